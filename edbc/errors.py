@@ -1,0 +1,85 @@
+"""One exception hierarchy for every user-facing failure.
+
+The CLI turns an `EdbcError` into one line `Error: <where>: <what>` and the
+exit code of its class; anything else escaping is a bug in edbc and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README. 2 is click's own code for bad usage.
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_VERIFY = 4
+EXIT_ARTIFACT = 5
+EXIT_LIMIT = 6
+
+
+class EdbcError(Exception):
+    """Base class: a failure the user can act on.
+
+    `path`, `line` and `column` (1-based) say where in which file; they are
+    optional because not every error belongs to a file.
+    """
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str, *, path: str | None = None,
+                 line: int | None = None, column: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.line = line
+        self.column = column
+
+    def where(self) -> str:
+        parts = [str(self.path)] if self.path is not None else []
+        if self.line is not None:
+            parts.append(str(self.line))
+            if self.column is not None:
+                parts.append(str(self.column))
+        return ":".join(parts)
+
+    def __str__(self) -> str:
+        where = self.where()
+        return f"{where}: {self.message}" if where else self.message
+
+
+class UsageError(EdbcError):
+    """Options that do not fit together (e.g. `--device cuda` without CUDA)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(EdbcError):
+    """A file the user gave is missing or malformed."""
+
+    exit_code = EXIT_INPUT
+
+
+class SpecError(InputError):
+    """A model spec is malformed: syntax, unknown op/parameter/input, shape mismatch."""
+
+
+class DataError(InputError):
+    """A data file (trees, sequences, lattices, typed DAGs) is malformed."""
+
+
+class VerificationError(EdbcError):
+    """An IR verifier failed, or batched results differ from the reference."""
+
+    exit_code = EXIT_VERIFY
+
+
+class ArtifactError(EdbcError):
+    """A plan or policy file is corrupt, truncated, of an unknown version or for another model."""
+
+    exit_code = EXIT_ARTIFACT
+
+
+class LimitError(EdbcError):
+    """The request exceeds a documented limit (graph too large for a policy, memory)."""
+
+    exit_code = EXIT_LIMIT

@@ -1,0 +1,18 @@
+"""Settings that come from the environment or the checkout, in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = Path(os.environ.get("EDBC_CONFIG_DIR", REPO_ROOT / "configs"))
+MODELS_DIR = CONFIG_DIR / "models"
+DEFAULT_MODEL = MODELS_DIR / "treelstm.yaml"
+# Real data sets live beside the checkout and are read by path, never copied in.
+SHARED_DATA = Path(os.environ.get("EDBC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+CHECK_TOLERANCE = 1e-4  # max |batched - reference| accepted by --check, in fp32
+DEFAULT_SYNTHETIC_INSTANCES = 256  # instances generated when no --data is given
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_THREADS = 1  # torch threads; timings are comparable to single-threaded DyNet
