@@ -1,0 +1,357 @@
+"""Load and validate a model spec from YAML.
+
+Every error names the file, the line and column, and what was expected. YAML
+is composed (not just loaded) so that each mapping key and list item keeps its
+position.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+
+import yaml
+
+from ..errors import SpecError
+from .cells import OpLine, eval_dim_text, parse_cell
+from .model import INITS, ModelSpec, ParamSpec, RoleSpec, Source, VocabSpec
+from .program import Program, Shape
+from .structure import KINDS, KindDef, RoleDef, readout_role
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_TOP_KEYS = ("model", "seed", "dims", "vocab", "params", "cells", "structure", "readout")
+_VOCAB_BUILDS = ("frequency", "hash")
+
+
+class _Node:
+    """A composed YAML value with its position (1-based line and column)."""
+
+    __slots__ = ("value", "line", "column")
+
+    def __init__(self, value, line: int, column: int):
+        self.value = value
+        self.line = line
+        self.column = column
+
+
+def _compose(text: str, path: str | None) -> _Node | None:
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"YAML syntax error: {problem}", path=path,
+                        line=mark.line + 1 if mark else None,
+                        column=mark.column + 1 if mark else None) from None
+    finally:
+        loader.dispose()
+    return None if root is None else _convert(root, loader, path)
+
+
+def _convert(node: yaml.Node, loader: yaml.SafeLoader, path: str | None) -> _Node:
+    line, col = node.start_mark.line + 1, node.start_mark.column + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, _Node] = {}
+        keys: dict[str, _Node] = {}
+        for k, v in node.value:
+            key = _convert(k, loader, path)
+            if not isinstance(key.value, (str, int)):
+                raise SpecError("mapping keys must be plain names", path=path,
+                                line=key.line, column=key.column)
+            name = str(key.value)
+            if name in out:
+                raise SpecError(f"key '{name}' appears twice in this mapping", path=path,
+                                line=key.line, column=key.column)
+            out[name] = _convert(v, loader, path)
+            keys[name] = key
+        return _Node(out, line, col)
+    if isinstance(node, yaml.SequenceNode):
+        return _Node([_convert(v, loader, path) for v in node.value], line, col)
+    try:
+        return _Node(loader.construct_object(node, deep=True), line, col)
+    except yaml.YAMLError as e:
+        raise SpecError(f"bad YAML value: {e}", path=path, line=line, column=col) from None
+
+
+class _Checker:
+    """Validation helpers that raise `SpecError` at a node's position."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def fail(self, node: _Node | None, message: str) -> SpecError:
+        return SpecError(message, path=self.path,
+                         line=node.line if node else None, column=node.column if node else None)
+
+    def mapping(self, node: _Node, what: str, allowed: tuple[str, ...] | None = None,
+                required: tuple[str, ...] = ()) -> dict[str, _Node]:
+        if not isinstance(node.value, dict):
+            raise self.fail(node, f"{what} must be a mapping")
+        if allowed is not None:
+            for key, v in node.value.items():
+                if key not in allowed:
+                    raise self.fail(v, f"{what}: unknown key '{key}'; expected one of: {', '.join(allowed)}")
+        for key in required:
+            if key not in node.value:
+                raise self.fail(node, f"{what}: missing key '{key}'")
+        return node.value
+
+    def sequence(self, node: _Node, what: str) -> list[_Node]:
+        if not isinstance(node.value, list):
+            raise self.fail(node, f"{what} must be a list")
+        return node.value
+
+    def name(self, node: _Node, what: str) -> str:
+        if not isinstance(node.value, str) or not _NAME.match(node.value):
+            raise self.fail(node, f"{what} must be a name (letters, digits, _), got {node.value!r}")
+        return node.value
+
+    def integer(self, node: _Node, what: str, minimum: int | None = None) -> int:
+        if type(node.value) is not int:
+            raise self.fail(node, f"{what} must be an integer, got {node.value!r}")
+        if minimum is not None and node.value < minimum:
+            raise self.fail(node, f"{what} must be at least {minimum}, got {node.value}")
+        return node.value
+
+    def dim(self, node: _Node, dims: dict[str, int], what: str) -> int:
+        try:
+            value = eval_dim_text(node.value, dims)
+        except ValueError as e:
+            raise self.fail(node, f"{what}: {e}") from None
+        if value < 1:
+            raise self.fail(node, f"{what} must be positive, got {value}")
+        return value
+
+    def shape(self, node: _Node, dims: dict[str, int], what: str) -> Shape:
+        items = self.sequence(node, what)
+        if not items:
+            raise self.fail(node, f"{what} must list at least one dimension")
+        return tuple(self.dim(i, dims, what) for i in items)
+
+
+def load_model(path: str | Path) -> ModelSpec:
+    """Read and validate a model spec file."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError("no such model spec file", path=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read model spec: {e}", path=path) from None
+    return parse_model(text, path)
+
+
+def parse_model(text: str, path: str | None = None) -> ModelSpec:
+    c = _Checker(path)
+    root = _compose(text, path)
+    if root is None:
+        raise SpecError("the model spec is empty", path=path)
+    top = c.mapping(root, "the model spec", _TOP_KEYS,
+                    ("model", "dims", "params", "cells", "structure", "readout"))
+    name = c.name(top["model"], "model")
+    seed = c.integer(top["seed"], "seed", 0) if "seed" in top else 0
+
+    dims: dict[str, int] = {}
+    for key, node in c.mapping(top["dims"], "dims").items():
+        c.name(_Node(key, node.line, node.column), "a dimension name")
+        dims[key] = c.dim(node, dims, f"dims.{key}")
+
+    params = _params(c, top["params"], dims, seed)
+    param_shapes = {k: p.shape for k, p in params.items()}
+    cells = {key: _cell(c, key, node, dims, param_shapes)
+             for key, node in c.mapping(top["cells"], "cells").items()}
+
+    struct = c.mapping(top["structure"], "structure", required=("kind",))
+    kind_name = struct["kind"].value
+    if kind_name not in KINDS:
+        raise c.fail(struct["kind"], f"structure.kind: unknown kind {kind_name!r}; "
+                                     f"expected one of: {', '.join(KINDS)}")
+    kind = KINDS[kind_name]
+    roles: dict[str, RoleSpec] = {}
+    role_nodes: dict[str, _Node] = {}
+    for key, node in struct.items():
+        if key == "kind":
+            continue
+        role_def = kind.role(key)
+        if role_def is None:
+            raise c.fail(node, f"structure: {kind.name} has no role '{key}'; expected: "
+                               f"{', '.join(r for r, _ in kind.roles)}")
+        roles[key] = _role(c, key, node, role_def, cells)
+        role_nodes[key] = node
+    for role_name, _ in kind.roles:
+        if role_name not in roles:
+            raise c.fail(top["structure"], f"structure: the {kind.name} kind needs role '{role_name}'")
+    node = top["readout"]
+    fields = c.mapping(node, "readout", ("cell", "at", "bind"), ("cell", "at", "bind"))
+    at = fields["at"].value
+    if at not in dict(kind.readout_at):
+        raise c.fail(fields["at"], f"readout.at: {at!r} is not a place of a {kind.name}; expected "
+                                   f"one of: {', '.join(a for a, _ in kind.readout_at)}")
+    roles["readout"] = _role(c, "readout", node, readout_role(kind, at), cells, at)
+    if len(cells[roles["readout"].cell].outputs) != 1:
+        raise c.fail(fields["cell"], "readout: the readout cell must have exactly one output")
+    role_nodes["readout"] = node
+    for role_name, role in roles.items():
+        _check_neighbors(c, role_name, role, role_nodes[role_name], kind, roles, cells, at_role=role.at)
+
+    vocabs = _vocabs(c, top.get("vocab"), dims, roles, cells, params, root)
+    return ModelSpec(name=name, path=path, seed=seed, dims=dims, vocabs=vocabs, params=params,
+                     cells=cells, kind=kind.name, roles=roles)
+
+
+def _params(c: _Checker, node: _Node, dims: dict[str, int], seed: int) -> dict[str, ParamSpec]:
+    out: dict[str, ParamSpec] = {}
+    for key, pnode in c.mapping(node, "params").items():
+        c.name(_Node(key, pnode.line, pnode.column), "a parameter name")
+        if key in dims:
+            raise c.fail(pnode, f"parameter '{key}' has the name of a dimension")
+        f = c.mapping(pnode, f"params.{key}", ("shape", "init", "std", "scale", "seed"), ("shape",))
+        shape = c.shape(f["shape"], dims, f"params.{key}.shape")
+        # Defaults as torch.nn.Linear's: Glorot for matrices, U(+-1/sqrt(n)) for vectors.
+        init = f["init"].value if "init" in f else ("xavier" if len(shape) >= 2 else "uniform")
+        if init not in INITS:
+            raise c.fail(f["init"], f"params.{key}.init: unknown initialiser {init!r}; "
+                                    f"expected one of: {', '.join(INITS)}")
+        scale = None
+        for k in ("std", "scale"):
+            if k in f:
+                if not isinstance(f[k].value, (int, float)) or isinstance(f[k].value, bool):
+                    raise c.fail(f[k], f"params.{key}.{k} must be a number")
+                scale = float(f[k].value)
+        if init == "uniform" and scale is None and "init" not in f:
+            scale = 1.0 / shape[0] ** 0.5
+        if init in ("normal", "uniform") and scale is None:
+            raise c.fail(pnode, f"params.{key}: init {init} needs "
+                                f"{'std' if init == 'normal' else 'scale'}")
+        # Each parameter draws from its own stream, so adding one leaves the others unchanged.
+        pseed = c.integer(f["seed"], f"params.{key}.seed", 0) if "seed" in f \
+            else (seed * 1_000_003 + zlib.crc32(key.encode())) % (2 ** 63)
+        out[key] = ParamSpec(key, shape, init, scale, pseed)
+    return out
+
+
+def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
+          params: dict[str, Shape]) -> Program:
+    c.name(_Node(name, node.line, node.column), "a cell name")
+    f = c.mapping(node, f"cells.{name}", ("inputs", "ops", "outputs"), ("inputs", "ops", "outputs"))
+    inputs: list[tuple[str, Shape | None]] = []
+    for key, inode in c.mapping(f["inputs"], f"cells.{name}.inputs").items():
+        c.name(_Node(key, inode.line, inode.column), f"cells.{name}.inputs: an input name")
+        if inode.value == "token":
+            inputs.append((key, None))
+        elif isinstance(inode.value, list):
+            inputs.append((key, c.shape(inode, dims, f"cells.{name}.inputs.{key}")))
+        else:
+            raise c.fail(inode, f"cells.{name}.inputs.{key} must be `token` or a shape such as [hidden]")
+    lines = []
+    for item in c.sequence(f["ops"], f"cells.{name}.ops"):
+        if not isinstance(item.value, str):
+            raise c.fail(item, f"cells.{name}.ops: each op is a line such as `h = tanh(x)`")
+        lines.append(OpLine(item.value, item.line, item.column))
+    outputs = [(c.name(o, f"cells.{name}.outputs: an output"), OpLine(o.value, o.line, o.column))
+               for o in c.sequence(f["outputs"], f"cells.{name}.outputs")]
+    return parse_cell(name, inputs, lines, outputs, params, dims, c.path)
+
+
+def _role(c: _Checker, role: str, node: _Node, role_def: RoleDef, cells: dict[str, Program],
+          at: str | None = None) -> RoleSpec:
+    what = "readout" if role == "readout" else f"structure.{role}"
+    f = c.mapping(node, what, ("cell", "bind", "at") if role == "readout" else ("cell", "bind"),
+                  ("cell", "bind"))
+    cell_name = f["cell"].value
+    if cell_name not in cells:
+        raise c.fail(f["cell"], f"{what}.cell: unknown cell {cell_name!r}; expected one of: "
+                                f"{', '.join(cells) or '(no cells)'}")
+    program = cells[cell_name]
+    binds = c.mapping(f["bind"], f"{what}.bind")
+    sources = []
+    for value in program.inputs:
+        if value.name not in binds:
+            raise c.fail(f["bind"], f"{what}.bind: cell '{cell_name}' input '{value.name}' is not bound")
+    for key, snode in binds.items():
+        if key not in [v.name for v in program.inputs]:
+            raise c.fail(snode, f"{what}.bind: cell '{cell_name}' has no input '{key}'; its inputs are: "
+                                f"{', '.join(v.name for v in program.inputs)}")
+    for value in program.inputs:
+        snode = binds[value.name]
+        text = snode.value
+        if not isinstance(text, str):
+            raise c.fail(snode, f"{what}.bind.{value.name} must be a token field or `neighbour.output`")
+        ref, _, output = text.partition(".")
+        if output:
+            if role_def.neighbor_roles(ref) is None:
+                known = ", ".join(n for n, _ in role_def.neighbors) or "(none)"
+                raise c.fail(snode, f"{what}.bind.{value.name}: {ref!r} is not a neighbour of "
+                                    f"{role}; expected one of: {known}")
+            if value.dtype != "f32":
+                raise c.fail(snode, f"{what}.bind.{value.name}: a token input must be bound to a "
+                                    f"token field ({', '.join(role_def.tokens) or 'none here'})")
+            sources.append(Source("state", ref, output))
+        else:
+            if ref not in role_def.tokens:
+                raise c.fail(snode, f"{what}.bind.{value.name}: {ref!r} is not a token field of "
+                                    f"{role}; expected one of: {', '.join(role_def.tokens) or '(none)'}"
+                                    f", or `neighbour.output`")
+            if value.dtype == "f32":
+                raise c.fail(snode, f"{what}.bind.{value.name}: input '{value.name}' is a float "
+                                    f"vector but {ref!r} gives token ids")
+            sources.append(Source("token", ref))
+    return RoleSpec(role, cell_name, tuple(sources), at)
+
+
+def _check_neighbors(c: _Checker, role: str, spec: RoleSpec, node: _Node, kind: KindDef,
+                     roles: dict[str, RoleSpec], cells: dict[str, Program], at_role: str | None) -> None:
+    """Every role that can fill a neighbour must have the bound output, with the input's shape."""
+    role_def = readout_role(kind, at_role) if role == "readout" else kind.role(role)
+    program = cells[spec.cell]
+    binds = node.value["bind"].value
+    for value, source in zip(program.inputs, spec.bind):
+        if source.kind != "state":
+            continue
+        for filler in role_def.neighbor_roles(source.ref):
+            other = cells[roles[filler].cell]
+            slot = other.output_slot(source.output)
+            where = binds[value.name]
+            if slot is None:
+                raise c.fail(where, f"bind.{value.name}: {source.ref} may be a {filler} node, whose cell "
+                                    f"'{other.name}' has no output '{source.output}'; its outputs are: "
+                                    f"{', '.join(other.values[v].name for v in other.outputs)}")
+            if other.output_shapes[slot] != value.shape:
+                raise c.fail(where, f"bind.{value.name}: shape mismatch: input '{value.name}' of cell "
+                                    f"'{program.name}' is {list(value.shape)} but output "
+                                    f"'{source.output}' of cell '{other.name}' is "
+                                    f"{list(other.output_shapes[slot])}")
+
+
+def _vocabs(c: _Checker, node: _Node | None, dims: dict[str, int], roles: dict[str, RoleSpec],
+            cells: dict[str, Program], params: dict[str, ParamSpec], root: _Node) -> dict[str, VocabSpec]:
+    entries = c.mapping(node, "vocab") if node is not None else {}
+    vocabs: dict[str, VocabSpec] = {}
+    for key, vnode in entries.items():
+        f = c.mapping(vnode, f"vocab.{key}", ("size", "build"), ("size",))
+        size = c.dim(f["size"], dims, f"vocab.{key}.size")
+        if size < 2:
+            raise c.fail(f["size"], f"vocab.{key}.size must be at least 2 (id 0 is the unknown word)")
+        build = f["build"].value if "build" in f else "frequency"
+        if build not in _VOCAB_BUILDS:
+            raise c.fail(f["build"], f"vocab.{key}.build: expected one of: {', '.join(_VOCAB_BUILDS)}")
+        vocabs[key] = VocabSpec(key, size, build)
+    for role in roles.values():
+        program = cells[role.cell]
+        for value_id, source in enumerate(role.bind):
+            if source.kind != "token":
+                continue
+            if source.ref not in vocabs:
+                raise c.fail(node or root, f"vocab: token field '{source.ref}' (read by cell "
+                                           f"'{program.name}') needs an entry `{source.ref}: {{size: N}}`")
+            size = vocabs[source.ref].size
+            for op in program.ops:
+                if op.kind == "embed" and op.args[1] == value_id:
+                    rows = params[op.args[0]].shape[0]
+                    if rows < size:
+                        raise c.fail(node or root, f"vocab.{source.ref}: {size} ids but embedding "
+                                                   f"table '{op.args[0]}' of cell '{program.name}' "
+                                                   f"has only {rows} rows")
+    return vocabs

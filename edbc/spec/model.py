@@ -1,0 +1,91 @@
+"""Value types of a model spec: dimensions, parameters, cells, structure, readout.
+
+A model is data: `load.load_model` parses and validates a YAML file into a
+`ModelSpec`; nothing downstream needs the YAML again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from .program import Program, Shape
+
+INITS = ("xavier", "normal", "uniform", "zeros", "ones")
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    name: str
+    shape: Shape
+    init: str  # one of INITS
+    scale: float | None  # std for normal, bound for uniform
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class VocabSpec:
+    """How a token field's strings become ids: `size` ids, id 0 the unknown word."""
+
+    field: str
+    size: int
+    build: str  # "frequency": the size-1 most frequent words of the data; "hash": crc32 buckets
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What feeds one cell input: a token field, a neighbour's output, or zeros."""
+
+    kind: str  # "token" | "state"
+    ref: str  # token field, or neighbour name (e.g. "left", "prev", "node")
+    output: str | None = None  # the neighbour cell's output name, for kind "state"
+
+    def __str__(self) -> str:
+        return self.ref if self.output is None else f"{self.ref}.{self.output}"
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSpec:
+    """A role of the structure (e.g. a tree's leaf) is filled by calls of one cell."""
+
+    role: str
+    cell: str
+    bind: tuple[Source, ...]  # one per cell input, in the cell's input order
+    at: str | None = None  # for the readout: which structure nodes it reads
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpec:
+    name: str
+    path: str | None
+    seed: int
+    dims: dict[str, int]
+    vocabs: dict[str, VocabSpec]
+    params: dict[str, ParamSpec]
+    cells: dict[str, Program]
+    kind: str
+    roles: dict[str, RoleSpec]  # the structure's roles, the readout under "readout"
+    options: dict[str, object] = field(default_factory=dict)  # kind-specific settings
+
+    def canonical(self) -> dict:
+        """Everything that defines the model, nothing about where it was read from."""
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "dims": self.dims,
+            "vocabs": {k: [v.size, v.build] for k, v in self.vocabs.items()},
+            "params": {k: [list(p.shape), p.init, p.scale, p.seed] for k, p in self.params.items()},
+            "cells": {k: c.to_json() for k, c in self.cells.items()},
+            "kind": self.kind,
+            "roles": {k: [r.cell, [str(s) for s in r.bind], r.at] for k, r in self.roles.items()},
+            "options": self.options,
+        }
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def cell_of(self, role: str) -> Program:
+        return self.cells[self.roles[role].cell]
