@@ -1,0 +1,168 @@
+"""Graph analyses the schedulers share, computed once per graph and memoised on it.
+
+All of them run level by level (Kahn's algorithm with whole levels as numpy
+arrays), so their Python work grows with the graph's depth, not its size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph.ir import Graph, csr_gather, csr_ptr
+
+
+@dataclass(frozen=True, eq=False)
+class Consumers:
+    ptr: np.ndarray  # int64 [N+1]
+    node: np.ndarray  # int32: one entry per argument edge, so a node may appear twice
+    num_args: np.ndarray  # int32 [N]: arguments that come from nodes (not zeros)
+
+
+def consumers(graph: Graph) -> Consumers:
+    def compute(g: Graph) -> Consumers:
+        owner = np.repeat(np.arange(g.num_nodes, dtype=np.int32), np.diff(g.arg_ptr))
+        real = g.arg_node >= 0
+        producer = g.arg_node[real]
+        order = np.argsort(producer, kind="stable")
+        ptr = csr_ptr(np.bincount(producer, minlength=g.num_nodes))
+        num_args = np.bincount(owner[real], minlength=g.num_nodes).astype(np.int32)
+        return Consumers(ptr, owner[real][order], num_args)
+    return graph.cached("consumers", compute)
+
+
+def levels(graph: Graph) -> list[np.ndarray]:
+    """Nodes grouped by depth: level 0 has no node arguments; a node's level is 1 + its deepest argument."""
+    def compute(g: Graph) -> list[np.ndarray]:
+        c = consumers(g)
+        pending = c.num_args.copy()
+        frontier = np.flatnonzero(pending == 0)
+        out = []
+        while frontier.size:
+            out.append(frontier)
+            pos, _ = csr_gather(c.ptr, frontier)
+            if not pos.size:
+                break
+            targets, counts = np.unique(c.node[pos], return_counts=True)
+            pending[targets] -= counts
+            frontier = targets[pending[targets] == 0]
+        return out
+    return graph.cached("levels", compute)
+
+
+def depth(graph: Graph) -> np.ndarray:
+    def compute(g: Graph) -> np.ndarray:
+        d = np.empty(g.num_nodes, dtype=np.int32)
+        for k, nodes in enumerate(levels(g)):
+            d[nodes] = k
+        return d
+    return graph.cached("depth", compute)
+
+
+def batchable_mask(graph: Graph) -> np.ndarray:
+    return graph.cached("batchable", lambda g: np.array([t.batchable for t in g.types], dtype=bool))
+
+
+def reduce_over_args(g: Graph, nodes: np.ndarray, table: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+    """For each node, `ufunc` over the `table` rows of its arguments.
+
+    `table` has one row per node plus a last row of zeros, which argument -1
+    (zeros) indexes; a node without arguments gets zeros.
+    """
+    starts = g.arg_ptr[nodes]
+    counts = g.arg_ptr[nodes + 1] - starts
+    out = np.zeros((len(nodes),) + table.shape[1:], dtype=table.dtype)
+    has = counts > 0
+    if np.any(has):
+        pos, _ = csr_gather(g.arg_ptr, nodes[has])
+        first = np.cumsum(counts[has]) - counts[has]
+        out[has] = ufunc.reduceat(table[g.arg_node[pos]], first, axis=0)
+    return out
+
+
+def lower_bound(graph: Graph) -> int:
+    """Unbatchable nodes + for each type, the most nodes of that type on any one path.
+
+    Every schedule needs at least this many batches: nodes of one type on one
+    path can never share a batch.
+    """
+    def compute(g: Graph) -> int:
+        batchable = batchable_mask(g)
+        unbatchable = int(np.count_nonzero(~batchable[g.node_type]))
+        used = np.unique(g.node_type[batchable[g.node_type]])
+        if not used.size:
+            return unbatchable
+        column = np.full(len(g.types), -1)
+        column[used] = np.arange(len(used))
+        longest = np.zeros((g.num_nodes + 1, len(used)), dtype=np.int32)
+        for nodes in levels(g):
+            acc = reduce_over_args(g, nodes, longest, np.maximum)
+            cols = column[g.node_type[nodes]]
+            mine = np.flatnonzero(cols >= 0)
+            acc[mine, cols[mine]] += 1
+            longest[nodes] = acc
+        return unbatchable + int(longest.max(axis=0).sum())
+    return graph.cached("lower_bound", compute)
+
+
+@dataclass(frozen=True, eq=False)
+class SameTypeLinks:
+    """Each node's nearest ancestors of its own type, as links to maintain |F*_t| incrementally.
+
+    `num_nearest[v]` counts the nearest same-type ancestors of v; `ptr`/`node`
+    list, for each u, the nodes of which u is a nearest same-type ancestor.
+    A node has no not-yet-run ancestor of its type exactly when all of its
+    nearest ones have run.
+    """
+
+    ptr: np.ndarray
+    node: np.ndarray
+    num_nearest: np.ndarray
+
+
+def same_type_links(graph: Graph) -> SameTypeLinks:
+    """Sets of same-type ancestors travel down the graph as bitsets, all types at once.
+
+    A type-t node records the type-t bits that reach it (its nearest type-t
+    ancestors), then replaces them by its own bit. Ancestors never cross
+    instances, so bits are numbered within an instance and stay narrow; each
+    type owns a range of 64-bit words.
+    """
+    def compute(g: Graph) -> SameTypeLinks:
+        n = g.num_nodes
+        types = g.node_type.astype(np.int64)
+        # Rank of each node among the nodes of its type in its instance.
+        order = np.lexsort((np.arange(n), g.instance, types))
+        key = types[order] * g.num_instances + g.instance[order]
+        group_start = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+        group_size = np.diff(np.append(group_start, n))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - np.repeat(group_start, group_size)
+        first_of_group = np.empty(n, dtype=np.int64)  # position in `order` of rank 0 of v's group
+        first_of_group[order] = np.repeat(group_start, group_size)
+        words = np.zeros(len(g.types), dtype=np.int64)
+        np.maximum.at(words, types[order[group_start]], (group_size + 63) // 64)
+        col0 = np.concatenate([[0], np.cumsum(words)])
+
+        reach = np.zeros((n + 1, int(col0[-1])), dtype=np.uint64)
+        near_words = np.zeros((n, int(words.max())), dtype=np.uint64)
+        for nodes in levels(g):
+            acc = reduce_over_args(g, nodes, reach, np.bitwise_or)
+            t = types[nodes]
+            for ty in np.unique(t):
+                mine = np.flatnonzero(t == ty)
+                lo, w = col0[ty], words[ty]
+                near_words[nodes[mine], :w] = acc[mine, lo:lo + w]
+                acc[mine, lo:lo + w] = 0
+                r = rank[nodes[mine]]
+                acc[mine, lo + r // 64] = np.uint64(1) << (r % 64).astype(np.uint64)
+            reach[nodes] = acc
+        bits = np.unpackbits(near_words.view(np.uint8), axis=1, bitorder="little")
+        dst, r = np.nonzero(bits)
+        src = order[first_of_group[dst] + r]
+        link_order = np.argsort(src, kind="stable")
+        ptr = csr_ptr(np.bincount(src, minlength=n))
+        num_nearest = np.bincount(dst, minlength=n).astype(np.int32)
+        return SameTypeLinks(ptr, dst[link_order].astype(np.int32), num_nearest)
+    return graph.cached("same_type_links", compute)

@@ -1,0 +1,93 @@
+"""Batching policies: graph -> `Schedule`.
+
+`POLICIES` maps a name to its function. Frontier policies pick one ready type
+per step and run all its ready nodes; `depth` buckets nodes by (depth, type)
+instead, and `eager` runs one node at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UsageError
+from ..graph.ir import Graph
+from .analysis import batchable_mask, depth
+from .frontier import Frontier
+from .ir import Schedule
+
+Chooser = Callable[[Frontier], int]
+
+
+def run_frontier(graph: Graph, policy: str, choose: Chooser, track_ideal: bool = False) -> Schedule:
+    """Drive a `Frontier` to the end, asking `choose` for the type of every batch."""
+    f = Frontier(graph, track_ideal)
+    batches: list[np.ndarray] = []
+    while True:
+        batches += f.run_unbatchable()
+        if f.done:
+            break
+        batches.append(f.run(choose(f)))
+    return Schedule.from_batches(policy, batches, graph)
+
+
+def eager(graph: Graph) -> Schedule:
+    """No batching: one node a batch, in node order."""
+    n = graph.num_nodes
+    return Schedule("eager", np.arange(n + 1), np.arange(n), graph.node_type)
+
+
+def depth_policy(graph: Graph) -> Schedule:
+    """Bucket by (depth from the inputs, type), buckets in depth order (TF Fold, DyNet strategy 2)."""
+    d = depth(graph).astype(np.int64)
+    t = graph.node_type.astype(np.int64)
+    alone = ~batchable_mask(graph)[t]
+    # Unbatchable nodes sort first within their depth and each gets a bucket of its own.
+    key_type = np.where(alone, -1, t)
+    key_node = np.where(alone, np.arange(graph.num_nodes), -1)
+    order = np.lexsort((np.arange(graph.num_nodes), key_node, key_type, d))
+    keys = np.stack([d[order], key_type[order], key_node[order]])
+    starts = np.flatnonzero(np.concatenate([[True], np.any(keys[:, 1:] != keys[:, :-1], axis=0)]))
+    ptr = np.append(starts, graph.num_nodes)
+    return Schedule("depth", ptr, order, graph.node_type[order[starts]])
+
+
+def agenda(graph: Graph) -> Schedule:
+    """DyNet's agenda: among ready types, the one whose nodes have the lowest average depth."""
+    counts = np.bincount(graph.node_type, minlength=len(graph.types))
+    sums = np.bincount(graph.node_type, weights=depth(graph), minlength=len(graph.types))
+    average = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+
+    def choose(f: Frontier) -> int:
+        ready = f.ready_types()
+        return int(ready[np.argmin(average[ready])])  # argmin keeps the lowest type id on ties
+
+    return run_frontier(graph, "agenda", choose)
+
+
+def typewise(graph: Graph) -> Schedule:
+    """Greedy: the ready type with the largest |F_t| / |F*_t|, the share of its ideal batch."""
+
+    def choose(f: Frontier) -> int:
+        ready = f.ready_types()
+        ratio = f.count[ready] / f.ideal[ready]
+        # Ties go to the larger batch, then the lower type id.
+        best = np.lexsort((ready, -f.count[ready], -ratio))[0]
+        return int(ready[best])
+
+    return run_frontier(graph, "typewise", choose, track_ideal=True)
+
+
+POLICIES: dict[str, Callable[[Graph], Schedule]] = {
+    "eager": eager,
+    "depth": depth_policy,
+    "agenda": agenda,
+    "typewise": typewise,
+}
+
+
+def schedule(graph: Graph, policy: str) -> Schedule:
+    if policy not in POLICIES:
+        raise UsageError(f"unknown policy '{policy}'; expected one of: {', '.join(POLICIES)}")
+    return POLICIES[policy](graph)
