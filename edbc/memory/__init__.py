@@ -1,0 +1,1 @@
+"""Memory planning: buffer layout from consecutive-ones constraints."""
