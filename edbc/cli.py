@@ -1,0 +1,201 @@
+"""The `edbc` command: a thin layer over `edbc.api`.
+
+It parses flags, calls the API and prints. Every `EdbcError` becomes one
+line `Error: ...` on stderr and the exit code of its class (see the README).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import torch
+
+from . import api
+from .data.typed_dag import read_typed_dag
+from .errors import EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
+from .graph import CELL, format_graph
+from .memory.layout import format_layout
+from .plan import format_plan, load_plan, save_plan
+from .plan.plan import MAGIC
+from .schedule import format_schedule, lower_bound, schedule as run_policy, verify_schedule
+from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_THREADS
+from .spec import format_program
+
+
+class _Main(click.Group):
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            code = super().main(args, prog_name or "edbc", standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            code = 0
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            code = EXIT_USAGE
+        except EdbcError as e:
+            click.echo(f"Error: {e}", err=True)
+            code = e.exit_code
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("Error: interrupted", err=True)
+            code = 130
+        sys.exit(code or 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edbc")
+def main():
+    """Compile dynamic neural networks into batched execution plans, and run them."""
+
+
+def _is_plan(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def _set_threads(threads: int) -> None:
+    if threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def _print_report(report: api.RunReport, source: str, as_json: bool) -> int:
+    failed = report.check_passed is False
+    if as_json:
+        click.echo(json.dumps(report.to_json(), sort_keys=True))
+    else:
+        d = report.to_json()
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in d["phase_ms"].items())
+        lines = [
+            f"{report.model} on {source}: {report.num_instances} instances, batch size {report.batch_size}, "
+            f"policy {report.policy} ({report.granularity} level), memory {report.memory}, "
+            f"{report.device}, {report.threads} thread{'s' if report.threads != 1 else ''}",
+            f"  mini-batches       {report.num_minibatches}",
+            f"  batches            {report.num_batches} (lower bound {report.lower_bound})",
+            f"  ms per mini-batch  {d['ms_per_minibatch']:.2f} (median; {phases})",
+            f"  instances/s        {d['instances_per_s']:.0f}",
+            f"  gathers            {report.gathers} ({report.gather_bytes / 2**20:.2f} MiB)",
+        ]
+        if report.max_abs_error is not None:
+            verdict = "failed" if failed else "passed"
+            lines.append(f"  check              {verdict}: max |batched - reference| = "
+                         f"{report.max_abs_error:.2e} (tolerance {CHECK_TOLERANCE:g})")
+        click.echo("\n".join(lines))
+    if failed:
+        click.echo(f"Error: batched results differ from the unbatched reference by {report.max_abs_error:.3g} "
+                   f"(more than {CHECK_TOLERANCE:g})", err=True)
+        return EXIT_VERIFY
+    return 0
+
+
+_model_options = [
+    click.option("--data", metavar="PATH", help="Data file read with the model's structure reader "
+                                                "(default: synthetic instances)."),
+    click.option("--limit", type=int, metavar="N", help="Use at most N instances."),
+    click.option("--batch-size", "-b", type=int, metavar="B", help=f"Mini-batch size (default {DEFAULT_BATCH_SIZE})."),
+    click.option("--policy", metavar="NAME", help="Batching policy: eager, depth, agenda (default), typewise."),
+    click.option("--granularity", type=click.Choice(api.GRANULARITIES), help="Graph nodes are cell calls "
+                                                                           "(cell, default) or primitive ops (op)."),
+    click.option("--memory", metavar="MODE", help="Memory planning mode (default none)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthetic data."),
+]
+
+
+def model_options(fn):
+    for option in reversed(_model_options):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("target", required=False, metavar="[MODEL|PLAN]")
+@model_options
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--check", is_flag=True, help="Compare with the unbatched reference (max abs error <= 1e-4).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
+@click.option("--verify", is_flag=True, help="Run the IR verifiers between passes.")
+def run(target, data, limit, batch_size, policy, granularity, memory, seed, device, check, as_json, threads, verify):
+    """Compile and execute mini-batches of MODEL (default: the bundled TreeLSTM on synthetic
+    trees), or execute a compiled PLAN."""
+    _set_threads(threads)
+    if target is not None and _is_plan(target):
+        given = {"--data": data, "--limit": limit, "--batch-size": batch_size, "--policy": policy,
+                 "--granularity": granularity, "--memory": memory}
+        fixed = [k for k, v in given.items() if v is not None]
+        if fixed:
+            raise UsageError(f"{', '.join(fixed)}: fixed when the plan was compiled; "
+                             "give them to `edbc compile` instead")
+        plan = load_plan(target)
+        report = api.run_plan(plan, device, check)
+        return _print_report(report, f"plan {target}", as_json)
+    spec, _ = api.load_spec(target)
+    dataset = api.load_data(spec, data, limit, seed)
+    report = api.run(spec, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy or "agenda",
+                     granularity or CELL, memory or "none", device, check, verify)
+    return _print_report(report, dataset.source, as_json)
+
+
+@main.command(name="compile")
+@click.argument("model")
+@model_options
+@click.option("--output", "-o", required=True, metavar="PLAN", help="Plan file to write (atomically).")
+def compile_cmd(model, data, limit, batch_size, policy, granularity, memory, seed, output):
+    """Compile mini-batches of MODEL into a plan file."""
+    spec, text = api.load_spec(model)
+    dataset = api.load_data(spec, data, limit, seed)
+    plan = api.compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy or "agenda",
+                            granularity or CELL, memory or "none", seed)
+    save_plan(plan, output)
+    batches = sum(b.schedule.num_batches for b in plan.batches)
+    click.echo(f"wrote {output}: {len(plan.batches)} mini-batches, {plan.num_instances} instances, "
+               f"{batches} batches", err=True)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN")
+@click.option("--dump", type=click.Choice(["graph", "schedule", "layout", "cells"]),
+              help="Print one IR of a mini-batch in full.")
+@click.option("--minibatch", type=int, default=0, show_default=True, help="Which mini-batch --dump prints.")
+def inspect(plan_path, dump, minibatch):
+    """Summarise a plan: nodes, types, batches against the lower bound, sizes."""
+    plan = load_plan(plan_path)
+    if dump is None:
+        click.echo(format_plan(plan, plan_path))
+        return
+    if not 0 <= minibatch < len(plan.batches):
+        raise UsageError(f"--minibatch {minibatch}: the plan has {len(plan.batches)} mini-batches")
+    b = plan.batches[minibatch]
+    if dump == "graph":
+        click.echo(format_graph(b.graph, max_nodes=None))
+    elif dump == "schedule":
+        click.echo(format_schedule(b.graph, b.schedule, max_batches=None))
+    elif dump == "layout":
+        click.echo(format_layout(b.layout))
+    else:
+        click.echo("\n\n".join(format_program(c) for c in plan.spec.cells.values()))
+
+
+@main.command(name="schedule")
+@click.argument("graph_files", nargs=-1, required=True, metavar="GRAPH_FILE...")
+@click.option("--policy", default="agenda", show_default=True, help="eager, depth, agenda or typewise.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a `graphs` list.")
+def schedule_cmd(graph_files, policy, as_json):
+    """Schedule bare typed DAGs (text: N, then `type n_args args...` a line; type 0 unbatchable)."""
+    results = []
+    for path in graph_files:
+        graph = read_typed_dag(path)
+        sched = run_policy(graph, policy)
+        verify_schedule(graph, sched)
+        results.append({"file": path, "num_nodes": graph.num_nodes, "num_batches": sched.num_batches,
+                        "lower_bound": lower_bound(graph)})
+    if as_json:
+        click.echo(json.dumps({"policy": policy, "graphs": results}, sort_keys=True))
+    else:
+        for r in results:
+            click.echo(f"{r['file']}: {r['num_nodes']} nodes, {r['num_batches']} batches "
+                       f"(lower bound {r['lower_bound']}) with {policy}")

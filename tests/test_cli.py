@@ -1,0 +1,118 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edbc.cli import main
+from edbc.errors import EXIT_ARTIFACT, EXIT_INPUT, EXIT_USAGE
+from edbc.schedule import POLICIES
+
+from .conftest import TREELSTM, shared
+
+
+def edbc(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for f in fragments:
+        assert f in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_run_default_model_json():
+    r = edbc("run", "--limit", 10, "--batch-size", 4, "--json", "--check")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    for key in ("model", "policy", "batch_size", "num_instances", "num_batches", "lower_bound",
+                "max_abs_error", "ms_per_minibatch"):
+        assert key in report
+    assert report["model"] == "treelstm" and report["num_instances"] == 10 and report["batch_size"] == 4
+    assert report["max_abs_error"] <= 1e-4 and report["num_batches"] >= report["lower_bound"]
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_run_on_sst_every_policy(policy):
+    sst = shared("sst/dev.txt")
+    r = edbc("run", TREELSTM, "--data", sst, "--limit", 64, "--batch-size", 64, "--policy", policy,
+             "--check", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["max_abs_error"] <= 1e-4 and report["num_batches"] >= report["lower_bound"]
+
+
+def test_compile_inspect_and_run_plan(tmp_path):
+    plan = tmp_path / "p.plan"
+    r = edbc("compile", TREELSTM, "--limit", 12, "-b", 6, "--policy", "depth", "--granularity", "op", "-o", plan)
+    assert r.exit_code == 0, r.output
+    r = edbc("inspect", plan)
+    assert r.exit_code == 0 and "depth at op level" in r.stdout and "lower bound" in r.stdout
+    for dump in ("graph", "schedule", "layout", "cells"):
+        assert edbc("inspect", plan, "--dump", dump).exit_code == 0
+    r = edbc("run", plan, "--check", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["num_instances"] == 12
+    one_line_error(edbc("run", plan, "--policy", "agenda"), EXIT_USAGE, "fixed when the plan was compiled")
+
+
+def test_schedule_command_on_typed_dags(tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_text("3\n1 0\n1 0\n2 2 0 1\n")
+    b = tmp_path / "b.txt"
+    b.write_text("2\n0 0\n1 1 0\n")
+    r = edbc("schedule", a, b, "--policy", "typewise", "--json")
+    assert r.exit_code == 0
+    graphs = json.loads(r.stdout)["graphs"]
+    assert [(g["num_nodes"], g["num_batches"], g["lower_bound"]) for g in graphs] == [(3, 2, 2), (2, 2, 2)]
+
+
+def test_malformed_tree_line(tmp_path):
+    f = tmp_path / "trees.txt"
+    f.write_text("(1 (2 a) (2 b))\n(1 (2 a) (2 b)\n")
+    one_line_error(edbc("run", TREELSTM, "--data", f), EXIT_INPUT, f"{f}:2:1:", "unbalanced")
+
+
+def test_unknown_op_in_spec(tmp_path):
+    spec = tmp_path / "m.yaml"
+    spec.write_text(TREELSTM.read_text().replace("h = mul(sigmoid(o), tanh(c))", "h = mul(sigmoid(o), tnah(c))", 1))
+    one_line_error(edbc("run", spec), EXIT_INPUT, f"{spec}:", "cell 'leaf'", "unknown op 'tnah'")
+
+
+def test_missing_files(tmp_path):
+    one_line_error(edbc("run", tmp_path / "none.yaml"), EXIT_INPUT, "no such model spec file")
+    one_line_error(edbc("run", "--data", tmp_path / "none.txt"), EXIT_INPUT, "no such data file")
+    one_line_error(edbc("schedule", tmp_path / "g.txt"), EXIT_INPUT, "no such graph file")
+    one_line_error(edbc("inspect", tmp_path / "p.plan"), EXIT_INPUT, "no such plan file")
+
+
+def test_usage_errors():
+    one_line_error(edbc("run", "--policy", "best"), EXIT_USAGE, "unknown policy 'best'")
+    one_line_error(edbc("run", "--frobnicate"), EXIT_USAGE, "No such option")
+    one_line_error(edbc("run", "--batch-size", 0), EXIT_USAGE, "--batch-size must be at least 1")
+    one_line_error(edbc("run", "--device", "tpu"), EXIT_USAGE, "unknown device")
+
+
+def test_corrupt_plan(tmp_path):
+    f = tmp_path / "p.plan"
+    f.write_bytes(b"EDBC-PLAN\n000000000099\n{")
+    one_line_error(edbc("run", f), EXIT_ARTIFACT, "truncated")
+
+
+@pytest.mark.skipif(shutil.which("edbc") is None and not (sys.prefix and shutil.which("edbc", path=sys.prefix + "/bin")),
+                    reason="console script not installed")
+def test_console_script_prints_one_json_object_and_no_traceback(tmp_path):
+    exe = shutil.which("edbc", path=sys.prefix + "/bin") or shutil.which("edbc")
+    r = subprocess.run([exe, "run", "--limit", "3", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert isinstance(json.loads(r.stdout), dict)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("(1 (2 a)\n")
+    r = subprocess.run([exe, "run", "--data", str(bad)], capture_output=True, text=True)
+    assert r.returncode == EXIT_INPUT and "Traceback" not in r.stderr and r.stderr.startswith("Error: ")

@@ -1,0 +1,104 @@
+import hashlib
+import json
+
+import pytest
+import torch
+
+from edbc import artifact
+from edbc.api import compile_plan, load_data, load_spec, run_plan
+from edbc.errors import ArtifactError
+from edbc.plan import format_plan, load_plan, save_plan, verify_plan
+from edbc.plan.plan import MAGIC
+from edbc.runtime import Runtime
+
+from .conftest import TREELSTM
+
+
+@pytest.fixture(scope="module")
+def plan():
+    spec, text = load_spec(TREELSTM)
+    data = load_data(spec, None, limit=20, seed=2)
+    return compile_plan(spec, text, data, batch_size=8, policy="typewise", granularity="op")
+
+
+def test_plan_roundtrip_runs_equal_to_the_reference(plan, tmp_path):
+    path = tmp_path / "p.plan"
+    save_plan(plan, path)
+    loaded = load_plan(path)
+    verify_plan(loaded)
+    assert loaded.spec.digest == plan.spec.digest
+    assert [b.schedule.num_batches for b in loaded.batches] == [b.schedule.num_batches for b in plan.batches]
+    report = run_plan(loaded, check=True)
+    assert report.num_instances == 20 and report.check_passed
+    rt = Runtime(plan.spec)
+    a = rt.prepare(plan.batches[0].graph, plan.batches[0].schedule, plan.batches[0].layout).run()
+    b = rt.prepare(loaded.batches[0].graph, loaded.batches[0].schedule, loaded.batches[0].layout).run()
+    assert torch.equal(a, b)
+    assert "batches" in format_plan(loaded) and "lower bound" in format_plan(loaded)
+
+
+def test_plans_are_byte_identical_for_equal_inputs(plan, tmp_path):
+    spec, text = load_spec(TREELSTM)
+    again = compile_plan(spec, text, load_data(spec, None, limit=20, seed=2), batch_size=8,
+                         policy="typewise", granularity="op")
+    save_plan(plan, tmp_path / "a.plan")
+    save_plan(again, tmp_path / "b.plan")
+    assert (tmp_path / "a.plan").read_bytes() == (tmp_path / "b.plan").read_bytes()
+
+
+def _rewrite_header(data: bytes, change) -> bytes:
+    pos = len(MAGIC)
+    length = int(data[pos:pos + 12])
+    head = json.loads(data[pos + 13:pos + 13 + length])
+    head.pop("checksum")
+    change(head)
+    head["checksum"] = hashlib.sha256(artifact._canonical(head)).hexdigest()
+    text = artifact._canonical(head)
+    return MAGIC + f"{len(text):012d}\n".encode() + text + data[pos + 13 + length:]
+
+
+def test_corrupt_truncated_and_foreign_versions_are_refused(plan, tmp_path):
+    path = tmp_path / "p.plan"
+    save_plan(plan, path)
+    data = path.read_bytes()
+    bad = tmp_path / "bad.plan"
+
+    bad.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ArtifactError, match="checksum mismatch in part"):
+        load_plan(bad)
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="truncated"):
+        load_plan(bad)
+    bad.write_bytes(data.replace(b'"policy":"typewise"', b'"policy":"typewisE"', 1))
+    with pytest.raises(ArtifactError, match="checksum mismatch in the header"):
+        load_plan(bad)
+    bad.write_bytes(_rewrite_header(data, lambda h: h.update(version="2.0")))
+    with pytest.raises(ArtifactError, match="schema version 2.0 is not supported"):
+        load_plan(bad)
+    bad.write_bytes(b"not a plan")
+    with pytest.raises(ArtifactError, match="not an edbc"):
+        load_plan(bad)
+    bad.write_bytes(_rewrite_header(data, lambda h: h["inputs"].update(spec="0" * 64)))
+    with pytest.raises(ArtifactError, match="does not match the spec"):
+        load_plan(bad)
+
+
+def test_newer_minor_version_loads(plan, tmp_path):
+    path = tmp_path / "p.plan"
+    save_plan(plan, path)
+    path.write_bytes(_rewrite_header(path.read_bytes(), lambda h: h.update(version="1.9", extra="x")))
+    assert load_plan(path).num_instances == 20
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "out.bin"
+    artifact.write_atomic(path, b"old")
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifact.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        artifact.write_atomic(path, b"new contents")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
