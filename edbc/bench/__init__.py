@@ -1,0 +1,1 @@
+"""Benchmarks: edbc against hand-written baselines on the same instances and weights."""
