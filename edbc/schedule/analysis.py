@@ -158,11 +158,32 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
                 r = rank[nodes[mine]]
                 acc[mine, lo + r // 64] = np.uint64(1) << (r % 64).astype(np.uint64)
             reach[nodes] = acc
-        bits = np.unpackbits(near_words.view(np.uint8), axis=1, bitorder="little")
-        dst, r = np.nonzero(bits)
+        dst, r = set_bits(near_words)
         src = order[first_of_group[dst] + r]
-        link_order = np.argsort(src, kind="stable")
+        link_order = np.lexsort((dst, src))
         ptr = csr_ptr(np.bincount(src, minlength=n))
         num_nearest = np.bincount(dst, minlength=n).astype(np.int32)
         return SameTypeLinks(ptr, dst[link_order].astype(np.int32), num_nearest)
     return graph.cached("same_type_links", compute)
+
+
+def set_bits(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and bit index of every set bit of a [rows, k] uint64 matrix.
+
+    Peels the lowest set bit of every nonzero word at once, so the work grows
+    with the number of set bits, not with the width of the bitsets.
+    """
+    rows, cols = np.nonzero(words)
+    vals = words[rows, cols]
+    found_rows, found_bits = [], []
+    while vals.size:
+        low = vals & (~vals + np.uint64(1))
+        # frexp of an exact power of two 2**k is (0.5, k + 1), exactly.
+        found_rows.append(rows)
+        found_bits.append(cols * 64 + np.frexp(low.astype(np.float64))[1] - 1)
+        vals = vals ^ low
+        more = vals != 0
+        rows, cols, vals = rows[more], cols[more], vals[more]
+    if not found_rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(found_rows).astype(np.int64), np.concatenate(found_bits).astype(np.int64)
