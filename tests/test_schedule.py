@@ -6,6 +6,7 @@ from edbc.data.typed_dag import parse_typed_dag
 from edbc.errors import UsageError, VerificationError
 from edbc.graph import build_graph, lower_to_ops
 from edbc.schedule import POLICIES, Frontier, Schedule, format_schedule, lower_bound, schedule, verify_schedule
+from edbc.schedule.analysis import set_bits
 
 from .dags import ideal_counts, optimal_batches, typed_dags
 
@@ -44,6 +45,33 @@ def test_ideal_batch_sizes_are_maintained_incrementally(g):
         done[f.run(t)] = True
         step += 1
     assert np.all(f.ideal == 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(typed_dags(max_nodes=25, unbatchable=False))
+def test_ideal_batch_sizes_switched_on_mid_run(g):
+    f = Frontier(g)
+    done = np.zeros(g.num_nodes, dtype=bool)
+    step = 0
+    while not f.done:
+        if step == 2:
+            f.track_ideal_now()
+        if f.ideal is not None:
+            assert np.array_equal(f.ideal, ideal_counts(g, done))
+        ready = f.ready_types()
+        done[f.run(int(ready[-1 - step % len(ready)]))] = True
+        step += 1
+
+
+def test_set_bits_match_unpacking():
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 2**63, size=(50, 3), dtype=np.uint64) & rng.integers(0, 2**63, size=(50, 3),
+                                                                                   dtype=np.uint64)
+    words[7] = 0
+    words[9, 1] = np.uint64(1) << np.uint64(63)
+    rows, bits = set_bits(words)
+    expected = np.nonzero(np.unpackbits(words.view(np.uint8), axis=1, bitorder="little"))
+    assert sorted(zip(rows.tolist(), bits.tolist())) == sorted(zip(*(e.tolist() for e in expected)))
 
 
 def test_lower_bound_by_hand():
