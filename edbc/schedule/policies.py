@@ -66,17 +66,18 @@ def agenda(graph: Graph) -> Schedule:
     return run_frontier(graph, "agenda", choose)
 
 
+def typewise_choice(f: Frontier) -> int:
+    """The ready type with the largest |F_t| / |F*_t|, the share of its ideal batch (needs `f.ideal`)."""
+    ready = f.ready_types()
+    ratio = f.count[ready] / f.ideal[ready]
+    # Ties go to the larger batch, then the lower type id.
+    best = np.lexsort((ready, -f.count[ready], -ratio))[0]
+    return int(ready[best])
+
+
 def typewise(graph: Graph) -> Schedule:
     """Greedy: the ready type with the largest |F_t| / |F*_t|, the share of its ideal batch."""
-
-    def choose(f: Frontier) -> int:
-        ready = f.ready_types()
-        ratio = f.count[ready] / f.ideal[ready]
-        # Ties go to the larger batch, then the lower type id.
-        best = np.lexsort((ready, -f.count[ready], -ratio))[0]
-        return int(ready[best])
-
-    return run_frontier(graph, "typewise", choose, track_ideal=True)
+    return run_frontier(graph, "typewise", typewise_choice, track_ideal=True)
 
 
 POLICIES: dict[str, Callable[[Graph], Schedule]] = {
