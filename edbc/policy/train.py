@@ -1,0 +1,328 @@
+"""Train an FSM batching policy with stable-baselines3 and distil it into a table.
+
+The learner is sb3-contrib's MaskablePPO over `FrontierEnv` (types with no
+ready node are masked). Every `eval_every` PPO updates the network is
+distilled into a table (`fsm.distil`, greedily, over the training graphs and
+graphs of smaller mini-batches) and the table is scored on held-out graphs;
+the best table so far is kept, and training stops early once it is within
+`target` (1.01x) of the lower bound. A checkpoint (the network, the best
+table, the history) is written atomically after every evaluation, so an
+interrupted run can be resumed; a resumed run reaches the same kind of
+result but not the same bytes, because the environments restart their episodes.
+
+`train_model_policy` and `train_dag_policy` build the graph sets for a model
+(sampled mini-batches of its training data) or for bare typed DAG files, run
+the training and write the policy file.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..artifact import decode_artifact, encode_artifact, read_bytes, write_atomic
+from ..errors import ArtifactError, UsageError
+from ..graph.ir import CELL, DAG, OP, Graph
+from ..schedule.analysis import batchable_mask, lower_bound
+from ..schedule.policies import POLICIES
+from ..spec.model import ModelSpec
+from .encoding import DEFAULT_ENCODING, ENCODINGS, State, TypeVocab, action_mask, observation
+from .file import DAG_MODEL, PolicyFile, save_policy
+from .fsm import Fsm, distil, fsm_schedule
+
+ALGORITHM = "MaskablePPO"
+BASELINES = ("depth", "agenda", "typewise")
+
+Progress = Callable[[int, int, float | None], None]  # (timesteps done, timesteps in all, best ratio)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    encoding: str = DEFAULT_ENCODING
+    timesteps: int = 200_000
+    seed: int = 0
+    eval_every: int = 2  # PPO updates between greedy evaluations on the held-out graphs
+    target: float = 1.01  # stop once held-out batches <= target x lower bound
+    n_envs: int = 4
+    n_steps: int = 512  # per environment and update
+    batch_size: int = 256
+    n_epochs: int = 4
+    learning_rate: float = 1e-3
+    gamma: float = 0.95
+    ent_coef: float = 0.01
+    net_arch: tuple[int, ...] = (64, 64)
+
+    def __post_init__(self):
+        if self.encoding not in ENCODINGS:
+            raise UsageError(f"unknown encoding '{self.encoding}'; expected one of: {', '.join(ENCODINGS)}")
+        if self.timesteps < 1:
+            raise UsageError(f"--timesteps must be at least 1, got {self.timesteps}")
+
+    def to_json(self) -> dict:
+        return dict(asdict(self), net_arch=list(self.net_arch))
+
+
+@dataclass(frozen=True, eq=False)
+class GraphSets:
+    train: list[Graph]  # episodes are drawn from these
+    heldout: list[Graph]  # scores the tables; picks the best one
+    extra: list[Graph] = field(default_factory=list)  # distilled over too: smaller mini-batches
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    timesteps: int
+    batches: int
+    lower_bound: int
+    fallbacks: int
+    states: int  # size of the table
+
+    @property
+    def ratio(self) -> float:
+        return self.batches / max(self.lower_bound, 1)
+
+    def better_than(self, other: "Evaluation | None") -> bool:
+        return other is None or (self.batches, self.fallbacks) < (other.batches, other.fallbacks)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    fsm: Fsm
+    timesteps: int
+    best: Evaluation
+    history: list[Evaluation]
+
+
+def evaluate(fsm: Fsm, graphs: list[Graph], timesteps: int = 0) -> Evaluation:
+    results = [fsm_schedule(g, fsm) for g in graphs]
+    return Evaluation(timesteps, sum(r.schedule.num_batches for r in results), sum(lower_bound(g) for g in graphs),
+                      sum(r.fallbacks for r in results), len(fsm.table))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: the network (stable-baselines3's zip), the best table and the history.
+
+CHECKPOINT_MAGIC = b"EDBC-CHECKPOINT\n"
+CHECKPOINT_FORMAT = "edbc.policy-checkpoint"
+CHECKPOINT_VERSION = (1, 0)
+
+
+def _save_checkpoint(path: str, run: dict, model, best_table: dict[State, int], history: list[Evaluation]) -> None:
+    buffer = io.BytesIO()
+    model.save(buffer)
+    header = {"run": run, "timesteps": int(model.num_timesteps),
+              "best_table": [[list(s), a] for s, a in sorted(best_table.items())],
+              "history": [asdict(e) for e in history]}
+    blob = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+    write_atomic(path, encode_artifact(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, header,
+                                       {"model": blob}))
+
+
+def _load_checkpoint(path: str, run: dict) -> tuple[dict, bytes]:
+    head, arrays = decode_artifact(path, read_bytes(path, "checkpoint"), CHECKPOINT_MAGIC, CHECKPOINT_FORMAT,
+                                   CHECKPOINT_VERSION[0])
+    theirs = head.get("run", {})
+    differ = sorted(k for k in set(run) | set(theirs) if run.get(k) != theirs.get(k))
+    if differ:
+        raise ArtifactError(f"the checkpoint belongs to another training run ({', '.join(differ)} differ); "
+                            "run without --resume to start afresh", path=path)
+    return head, arrays["model"].tobytes()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run: dict | None = None,
+              checkpoint: str | None = None, resume: bool = False, progress: Progress | None = None) -> TrainResult:
+    """Train with MaskablePPO on `graphs.train`; return the best distilled table.
+
+    `run` identifies the training run in the checkpoint (model, data, settings
+    other than the number of timesteps): `resume` refuses a checkpoint of
+    another run, and may go on with more timesteps than the first run had.
+    """
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.utils import set_random_seed
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from .env import FrontierEnv
+
+    if resume and checkpoint is None:
+        raise UsageError("--resume needs a checkpoint to resume from")
+    run = dict(run or {}, types=list(vocab.names),
+               settings={k: v for k, v in settings.to_json().items() if k != "timesteps"})
+    enc = settings.encoding
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small network: one thread is fastest, and results do not depend on the machine
+    try:
+        set_random_seed(settings.seed)
+        env = DummyVecEnv([lambda: FrontierEnv(graphs.train, vocab, enc) for _ in range(settings.n_envs)])
+        history: list[Evaluation] = []
+        best: Evaluation | None = None
+        best_table: dict[State, int] = {}
+        if resume:
+            head, blob = _load_checkpoint(checkpoint, run)
+            model = MaskablePPO.load(io.BytesIO(blob), env=env, device="cpu")
+            history = [Evaluation(**e) for e in head["history"]]
+            best_table = {tuple(s): int(a) for s, a in head["best_table"]}
+            best = min(history, key=lambda e: (e.batches, e.fallbacks, e.timesteps)) if history else None
+        else:
+            model = MaskablePPO("MlpPolicy", env, n_steps=settings.n_steps, batch_size=settings.batch_size,
+                                n_epochs=settings.n_epochs, learning_rate=settings.learning_rate,
+                                gamma=settings.gamma, ent_coef=settings.ent_coef, seed=settings.seed,
+                                policy_kwargs={"net_arch": list(settings.net_arch)}, device="cpu", verbose=0)
+
+        def choose(state: State) -> int:
+            action, _ = model.predict(observation(enc, state, len(vocab)),
+                                      action_masks=action_mask(enc, state, len(vocab)), deterministic=True)
+            return int(action)
+
+        def checkpoint_and_report():
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, run, model, best_table, history)
+            if progress is not None:
+                progress(model.num_timesteps, settings.timesteps, best.ratio if best else None)
+
+        def evaluate_now():
+            nonlocal best, best_table
+            table = distil(choose, graphs.train + graphs.extra, vocab, enc)
+            e = evaluate(Fsm(vocab, enc, table), graphs.heldout, int(model.num_timesteps))
+            history.append(e)
+            if e.better_than(best):
+                best, best_table = e, table
+
+        class Report(BaseCallback):
+            def _on_step(self) -> bool:
+                return True
+
+            def _on_rollout_end(self) -> None:
+                if progress is not None:
+                    progress(self.num_timesteps, settings.timesteps, best.ratio if best else None)
+
+        per_update = settings.n_steps * settings.n_envs
+        while model.num_timesteps < settings.timesteps and (best is None or best.ratio > settings.target):
+            left = settings.timesteps - model.num_timesteps
+            model.learn(min(settings.eval_every * per_update, left), callback=Report(), reset_num_timesteps=False)
+            evaluate_now()
+            checkpoint_and_report()
+        if best is None:
+            raise UsageError("the checkpoint has no evaluation yet; run without --resume")
+        return TrainResult(Fsm(vocab, enc, best_table), int(model.num_timesteps), best, history)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph sets and policy files for models and for bare typed DAGs.
+
+DISTIL_BATCH_SIZES = (1, 4, 16)  # extra mini-batch sizes distilled over, besides the training size
+
+
+def _sampled_graphs(spec: ModelSpec, instances: list, batch_size: int, count: int, granularity: str,
+                    rng: np.random.Generator) -> list[Graph]:
+    from ..graph import build_graph, lower_to_ops
+
+    size = min(batch_size, len(instances))
+    out = []
+    for _ in range(count):
+        pick = rng.choice(len(instances), size=size, replace=False)
+        g = build_graph(spec, [instances[i] for i in np.sort(pick)])
+        out.append(lower_to_ops(g) if granularity == OP else g)
+    return out
+
+
+def model_graph_sets(spec: ModelSpec, train: list, heldout: list, batch_size: int, granularity: str, seed: int,
+                     num_train: int = 64, num_heldout: int = 16, num_extra: int = 8) -> GraphSets:
+    """Sampled mini-batches: `num_train` of the training instances, `num_heldout` of the held-out
+    ones, and `num_extra` of each smaller size in `DISTIL_BATCH_SIZES` from the training instances."""
+    if not train or not heldout:
+        raise UsageError("training needs at least one training and one held-out instance")
+    rng = np.random.default_rng(seed)
+    sets = GraphSets(_sampled_graphs(spec, train, batch_size, num_train, granularity, rng),
+                     _sampled_graphs(spec, heldout, batch_size, num_heldout, granularity, rng))
+    for b in DISTIL_BATCH_SIZES:
+        if b < batch_size:
+            sets.extra.extend(_sampled_graphs(spec, train, b, num_extra, granularity, rng))
+    return sets
+
+
+def _figures(result: TrainResult, graphs: GraphSets, batch_size: int | None) -> dict:
+    held = graphs.heldout
+    best = result.best
+    return {
+        "heldout": {
+            "graphs": len(held), "batch_size": batch_size, "nodes": sum(g.num_nodes for g in held),
+            "batches": best.batches, "lower_bound": best.lower_bound, "ratio": round(best.ratio, 4),
+            "fallbacks": best.fallbacks,
+            "baselines": {p: sum(POLICIES[p](g).num_batches for g in held) for p in BASELINES},
+        },
+        "table_states": len(result.fsm.table),
+        "distilled_over_graphs": len(graphs.train) + len(graphs.extra),
+        "best_at_timesteps": best.timesteps,
+        "evaluations": [[e.timesteps, e.batches] for e in result.history],
+    }
+
+
+def _training(settings: TrainSettings, result: TrainResult, extra: dict) -> dict:
+    import sb3_contrib
+    import stable_baselines3
+
+    return dict(extra, algorithm=ALGORITHM, settings=settings.to_json(), timesteps_trained=result.timesteps,
+                libraries={"stable_baselines3": stable_baselines3.__version__,
+                           "sb3_contrib": sb3_contrib.__version__, "torch": torch.__version__.split("+")[0]})
+
+
+def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granularity: str,
+                       settings: TrainSettings, output: str, checkpoint: str | None = None,
+                       resume: bool = False, progress: Progress | None = None) -> PolicyFile:
+    """Train a policy for `spec` on `train` (an `api.Dataset`), score it on `heldout`, write `output`."""
+    if granularity not in (CELL, OP):
+        raise UsageError(f"unknown granularity '{granularity}'; expected one of: {CELL}, {OP}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    graphs = model_graph_sets(spec, train.instances, heldout.instances, batch_size, granularity, settings.seed)
+    vocab = TypeVocab.of_graphs(graphs.train)
+    data = {"train": train.source, "train_digest": train.digest, "heldout": heldout.source,
+            "heldout_digest": heldout.digest, "batch_size": batch_size}
+    run = {"model": spec.name, "spec_digest": spec.digest, "granularity": granularity, "data": data}
+    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress)
+    policy = PolicyFile(spec.name, spec.digest, granularity, result.fsm,
+                        _training(settings, result, {"data": data, "graphs": len(graphs.train)}),
+                        _figures(result, graphs, batch_size))
+    save_policy(policy, output)
+    return policy
+
+
+def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings: TrainSettings, output: str,
+                     checkpoint: str | None = None, resume: bool = False,
+                     progress: Progress | None = None) -> PolicyFile:
+    """Train a policy on bare typed DAG files; held-out files score it (the training files when none)."""
+    from ..artifact import file_digest
+    from ..data.typed_dag import read_typed_dag
+
+    if not train_paths:
+        raise UsageError("--graphs needs at least one typed DAG file")
+    train = [g for g in map(read_typed_dag, train_paths) if np.any(batchable_mask(g)[g.node_type])]
+    if not train:
+        raise UsageError("the training graphs have no batchable node; there is nothing to learn")
+    graphs = GraphSets(train, [read_typed_dag(p) for p in heldout_paths or train_paths])
+    vocab = TypeVocab.of_graphs(graphs.train)
+    data = {"train": [file_digest(p) for p in train_paths],
+            "heldout": [file_digest(p) for p in heldout_paths or train_paths]}
+    run = {"model": DAG_MODEL, "spec_digest": None, "granularity": DAG, "data": data}
+    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress)
+    policy = PolicyFile(DAG_MODEL, None, DAG, result.fsm,
+                        _training(settings, result, {"data": data, "graphs": len(graphs.train)}),
+                        _figures(result, graphs, None))
+    save_policy(policy, output)
+    return policy
+
+
+def default_checkpoint(output: str) -> str:
+    return str(Path(output).with_suffix(".ckpt")) if not output.endswith(".json") else output[:-5] + ".ckpt"
+
