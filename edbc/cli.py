@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 import torch
@@ -15,11 +16,12 @@ import torch
 from . import api
 from .data.typed_dag import read_typed_dag
 from .errors import EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
-from .graph import CELL, format_graph
+from .graph import CELL, DAG, format_graph
 from .memory.layout import format_layout
 from .plan import format_plan, load_plan, save_plan
 from .plan.plan import MAGIC
-from .schedule import format_schedule, lower_bound, schedule as run_policy, verify_schedule
+from .policy.encoding import DEFAULT_ENCODING, ENCODINGS
+from .schedule import format_schedule, lower_bound, verify_schedule
 from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_THREADS
 from .spec import format_program
 
@@ -76,6 +78,8 @@ def _print_report(report: api.RunReport, source: str, as_json: bool) -> int:
             f"{report.device}, {report.threads} thread{'s' if report.threads != 1 else ''}",
             f"  mini-batches       {report.num_minibatches}",
             f"  batches            {report.num_batches} (lower bound {report.lower_bound})",
+            *([f"  FSM fallbacks      {report.fsm_fallbacks} (policy file {report.policy_digest[:12]})"]
+              if report.policy_digest else []),
             f"  ms per mini-batch  {d['ms_per_minibatch']:.2f} (median; {phases})",
             f"  instances/s        {d['instances_per_s']:.0f}",
             f"  gathers            {report.gathers} ({report.gather_bytes / 2**20:.2f} MiB)",
@@ -97,7 +101,10 @@ _model_options = [
                                                 "(default: synthetic instances)."),
     click.option("--limit", type=int, metavar="N", help="Use at most N instances."),
     click.option("--batch-size", "-b", type=int, metavar="B", help=f"Mini-batch size (default {DEFAULT_BATCH_SIZE})."),
-    click.option("--policy", metavar="NAME", help="Batching policy: eager, depth, agenda (default), typewise."),
+    click.option("--policy", metavar="NAME|PATH",
+                 help="Batching policy: eager, depth, agenda, typewise, fsm (the model's shipped policy), "
+                      "optimal (exact, small graphs), or a policy file. Default: fsm where a policy is "
+                      "shipped for the model and granularity, else agenda."),
     click.option("--granularity", type=click.Choice(api.GRANULARITIES), help="Graph nodes are cell calls "
                                                                            "(cell, default) or primitive ops (op)."),
     click.option("--memory", metavar="MODE", help="Memory planning mode (default none)."),
@@ -135,7 +142,7 @@ def run(target, data, limit, batch_size, policy, granularity, memory, seed, devi
         return _print_report(report, f"plan {target}", as_json)
     spec, _ = api.load_spec(target)
     dataset = api.load_data(spec, data, limit, seed)
-    report = api.run(spec, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy or "agenda",
+    report = api.run(spec, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy,
                      granularity or CELL, memory or "none", device, check, verify)
     return _print_report(report, dataset.source, as_json)
 
@@ -148,7 +155,7 @@ def compile_cmd(model, data, limit, batch_size, policy, granularity, memory, see
     """Compile mini-batches of MODEL into a plan file."""
     spec, text = api.load_spec(model)
     dataset = api.load_data(spec, data, limit, seed)
-    plan = api.compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy or "agenda",
+    plan = api.compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy,
                             granularity or CELL, memory or "none", seed)
     save_plan(plan, output)
     batches = sum(b.schedule.num_batches for b in plan.batches)
@@ -182,20 +189,97 @@ def inspect(plan_path, dump, minibatch):
 
 @main.command(name="schedule")
 @click.argument("graph_files", nargs=-1, required=True, metavar="GRAPH_FILE...")
-@click.option("--policy", default="agenda", show_default=True, help="eager, depth, agenda or typewise.")
+@click.option("--policy", default="agenda", show_default=True, metavar="NAME|PATH",
+              help="eager, depth, agenda, typewise, optimal, or a policy file trained with "
+                   "`edbc train-policy --graphs`.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a `graphs` list.")
 def schedule_cmd(graph_files, policy, as_json):
     """Schedule bare typed DAGs (text: N, then `type n_args args...` a line; type 0 unbatchable)."""
+    resolved = api.resolve_policy(policy, None, DAG)
     results = []
     for path in graph_files:
         graph = read_typed_dag(path)
-        sched = run_policy(graph, policy)
+        sched, fallbacks = resolved.schedule(graph)
         verify_schedule(graph, sched)
         results.append({"file": path, "num_nodes": graph.num_nodes, "num_batches": sched.num_batches,
-                        "lower_bound": lower_bound(graph)})
+                        "lower_bound": lower_bound(graph), "fsm_fallbacks": fallbacks})
     if as_json:
-        click.echo(json.dumps({"policy": policy, "graphs": results}, sort_keys=True))
+        click.echo(json.dumps({"policy": resolved.name, "policy_digest": resolved.digest, "graphs": results},
+                              sort_keys=True))
     else:
         for r in results:
+            fallbacks = f", {r['fsm_fallbacks']} FSM fallbacks" if resolved.digest else ""
             click.echo(f"{r['file']}: {r['num_nodes']} nodes, {r['num_batches']} batches "
-                       f"(lower bound {r['lower_bound']}) with {policy}")
+                       f"(lower bound {r['lower_bound']}) with {resolved.name}{fallbacks}")
+
+
+class _ProgressBar:
+    """One line on stderr, redrawn in place; silent when stderr is not a terminal."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, total: int, best: float | None) -> None:
+        if not self.enabled:
+            return
+        filled = int(24 * min(done / total, 1.0))
+        best_text = f", best {best:.3f}x lower bound" if best is not None else ""
+        click.echo(f"\r{self.label} [{'#' * filled}{'.' * (24 - filled)}] {done}/{total} steps{best_text}, "
+                   f"{time.perf_counter() - self.start:.0f} s ", nl=False, err=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            click.echo(err=True)
+
+
+@main.command(name="train-policy")
+@click.argument("inputs", nargs=-1, metavar="[MODEL | --graphs FILE...]")
+@click.option("--graphs", "dag_files", is_flag=True, help="The arguments are bare typed DAG files, not a model.")
+@click.option("--data", metavar="PATH", help="Training data, read with the model's structure reader "
+                                             "(default: synthetic instances).")
+@click.option("--heldout", metavar="PATH", multiple=True,
+              help="Held-out data that scores the tables (with --graphs: typed DAG files, repeatable). "
+                   "Default: the last 10% of the training instances; with --graphs, the training graphs.")
+@click.option("--limit", type=int, metavar="N", help="Use at most N training instances (synthetic: how many).")
+@click.option("--batch-size", "-b", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Mini-batch size of the training graphs.")
+@click.option("--granularity", type=click.Choice(api.GRANULARITIES), default=CELL, show_default=True)
+@click.option("--encoding", type=click.Choice(ENCODINGS), default=DEFAULT_ENCODING, show_default=True,
+              help="Frontier state: types by ready count (sorted), the set of types, or the set plus the "
+                   "largest.")
+@click.option("--timesteps", type=int, default=api.TrainSettings().timesteps, show_default=True,
+              help="Environment steps to train for (fewer when the early stop is reached).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling, environments and network.")
+@click.option("--checkpoint", metavar="PATH", help="Checkpoint written after every evaluation "
+                                                   "(default: OUTPUT with .ckpt for .json).")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted run.")
+@click.option("--output", "-o", required=True, metavar="POLICY", help="Policy file to write (atomically).")
+def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularity, encoding, timesteps, seed,
+                 checkpoint, resume, output):
+    """Train the FSM batching policy of MODEL (default: the bundled TreeLSTM) with reinforcement
+    learning, distil it into a table and write the policy file."""
+    settings = api.TrainSettings(encoding=encoding, timesteps=timesteps, seed=seed)
+    checkpoint = checkpoint or api.default_checkpoint(output)
+    bar = _ProgressBar("training")
+    try:
+        if dag_files:
+            policy = api.train_dag_policy(list(inputs), list(heldout), settings, output, checkpoint, resume, bar)
+        else:
+            if len(inputs) > 1:
+                raise UsageError(f"give one model, got {len(inputs)} arguments; bare typed DAG files need --graphs")
+            if len(heldout) > 1:
+                raise UsageError("--heldout: give one held-out data file for a model")
+            spec, _ = api.load_spec(inputs[0] if inputs else None)
+            train, held = api.training_data(spec, data, heldout[0] if heldout else None, limit, seed)
+            policy = api.train_model_policy(spec, train, held, batch_size, granularity, settings, output,
+                                            checkpoint, resume, bar)
+    finally:
+        bar.close()
+    f = policy.figures["heldout"]
+    baselines = ", ".join(f"{k} {v}" for k, v in f["baselines"].items())
+    click.echo(f"wrote {output}: {policy.model} at {policy.granularity} level, {len(policy.fsm.table)} states "
+               f"({policy.fsm.encoding} encoding), {policy.training['timesteps_trained']} timesteps\n"
+               f"  held-out batches   {f['batches']} (lower bound {f['lower_bound']}, {f['ratio']:.3f}x; "
+               f"{baselines}), {f['fallbacks']} FSM fallbacks over {f['graphs']} graphs")

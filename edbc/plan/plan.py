@@ -36,6 +36,7 @@ class CompiledBatch:
     graph: Graph  # what the schedule runs on: cell_graph itself, or its op-level lowering
     schedule: Schedule
     layout: Layout
+    fsm_fallbacks: int = 0  # FSM steps that fell back to typewise while scheduling
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,6 +51,7 @@ class Plan:
     seed: int
     data: str  # where the instances came from: a path, or "synthetic"
     data_digest: str
+    policy_digest: str | None = None  # checksum of the policy file whose FSM made the schedules
 
     @property
     def num_instances(self) -> int:
@@ -94,6 +96,8 @@ def save_plan(plan: Plan, path: str) -> None:
         entry = {"cell_graph": _graph_header(b.cell_graph),
                  "arenas": [list(s) for s in b.layout.arena_shapes],
                  "layout_mode": b.layout.mode, "policy": b.schedule.policy}
+        if plan.policy_digest is not None:
+            entry["fsm_fallbacks"] = b.fsm_fallbacks
         for k, v in b.cell_graph.arrays().items():
             arrays[f"{i}/cell/{k}"] = v
         if b.graph is not b.cell_graph:
@@ -105,9 +109,12 @@ def save_plan(plan: Plan, path: str) -> None:
         for k, v in b.layout.arrays().items():
             arrays[f"{i}/layout/{k}"] = v
         batches.append(entry)
+    inputs = {"spec": plan.spec.digest, "data": plan.data_digest}
+    if plan.policy_digest is not None:
+        inputs["policy"] = plan.policy_digest
     header = {
         "edbc": __version__, "torch": torch.__version__.split("+")[0], "seed": plan.seed,
-        "inputs": {"spec": plan.spec.digest, "data": plan.data_digest},
+        "inputs": inputs,
         "spec_text": plan.spec_text, "data": plan.data, "policy": plan.policy,
         "granularity": plan.granularity, "memory": plan.memory, "batch_size": plan.batch_size,
         "minibatches": batches,
@@ -133,10 +140,10 @@ def load_plan(path: str) -> Plan:
             layout = Layout(entry["layout_mode"], tuple(tuple(s) for s in entry["arenas"]),
                             **{k[len(f"{i}/layout/"):]: v for k, v in arrays.items()
                                if k.startswith(f"{i}/layout/")})
-            batches.append(CompiledBatch(cell_graph, graph, schedule, layout))
+            batches.append(CompiledBatch(cell_graph, graph, schedule, layout, int(entry.get("fsm_fallbacks", 0))))
         return Plan(spec, head["spec_text"], tuple(batches), head["policy"], head["granularity"],
                     head["memory"], int(head["batch_size"]), int(head["seed"]), head["data"],
-                    head["inputs"]["data"])
+                    head["inputs"]["data"], head["inputs"].get("policy"))
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"corrupt plan: missing or malformed field ({e})", path=path) from None
 
@@ -150,7 +157,9 @@ def format_plan(plan: Plan, path: str | None = None) -> str:
         f"plan {path or ''}".rstrip(),
         f"  model        {plan.spec.name} (spec {plan.spec.digest[:12]})",
         f"  data         {plan.data} ({plan.num_instances} instances, batch size {plan.batch_size})",
-        f"  policy       {plan.policy} at {plan.granularity} level, memory {plan.memory}",
+        f"  policy       {plan.policy} at {plan.granularity} level, memory {plan.memory}"
+        + (f" (policy file {plan.policy_digest[:12]}, "
+           f"{sum(b.fsm_fallbacks for b in plan.batches)} FSM fallbacks)" if plan.policy_digest else ""),
         f"  mini-batches {len(plan.batches)}",
         f"  nodes        {nodes}",
         f"  batches      {batches} (lower bound {bound})",
