@@ -17,7 +17,7 @@ from ..errors import SpecError
 from .cells import OpLine, eval_dim_text, parse_cell
 from .model import INITS, ModelSpec, ParamSpec, RoleSpec, Source, VocabSpec
 from .program import Program, Shape
-from .structure import KINDS, KindDef, RoleDef, readout_role
+from .structure import ANY, KINDS, KindDef, RoleDef, readout_role
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TOP_KEYS = ("model", "seed", "dims", "vocab", "params", "cells", "structure", "readout")
@@ -175,14 +175,16 @@ def parse_model(text: str, path: str | None = None) -> ModelSpec:
         if key == "kind":
             continue
         role_def = kind.role(key)
-        if role_def is None:
-            raise c.fail(node, f"structure: {kind.name} has no role '{key}'; expected: "
-                               f"{', '.join(r for r, _ in kind.roles)}")
+        if role_def is None or key == "readout":
+            raise c.fail(node, f"structure: {kind.name} has no role '{key}'; expected: {kind.role_names()}")
         roles[key] = _role(c, key, node, role_def, cells)
         role_nodes[key] = node
-    for role_name, _ in kind.roles:
-        if role_name not in roles:
-            raise c.fail(top["structure"], f"structure: the {kind.name} kind needs role '{role_name}'")
+    for group in kind.required:
+        if not any(r in roles for r in group):
+            need = f"role '{group[0]}'" if len(group) == 1 else f"one of the roles {', '.join(group)}"
+            raise c.fail(top["structure"], f"structure: the {kind.name} kind needs {need}")
+    if not roles:
+        raise c.fail(top["structure"], f"structure: no roles; a {kind.name} needs at least one")
     node = top["readout"]
     fields = c.mapping(node, "readout", ("cell", "at", "bind"), ("cell", "at", "bind"))
     at = fields["at"].value
@@ -282,15 +284,14 @@ def _role(c: _Checker, role: str, node: _Node, role_def: RoleDef, cells: dict[st
         ref, _, output = text.partition(".")
         if output:
             if role_def.neighbor_roles(ref) is None:
-                known = ", ".join(n for n, _ in role_def.neighbors) or "(none)"
                 raise c.fail(snode, f"{what}.bind.{value.name}: {ref!r} is not a neighbour of "
-                                    f"{role}; expected one of: {known}")
+                                    f"{role}; expected one of: {role_def.describe_neighbors()}")
             if value.dtype != "f32":
                 raise c.fail(snode, f"{what}.bind.{value.name}: a token input must be bound to a "
                                     f"token field ({', '.join(role_def.tokens) or 'none here'})")
             sources.append(Source("state", ref, output))
         else:
-            if ref not in role_def.tokens:
+            if not role_def.accepts_token(ref) or not _NAME.match(ref):
                 raise c.fail(snode, f"{what}.bind.{value.name}: {ref!r} is not a token field of "
                                     f"{role}; expected one of: {', '.join(role_def.tokens) or '(none)'}"
                                     f", or `neighbour.output`")
@@ -303,17 +304,27 @@ def _role(c: _Checker, role: str, node: _Node, role_def: RoleDef, cells: dict[st
 
 def _check_neighbors(c: _Checker, role: str, spec: RoleSpec, node: _Node, kind: KindDef,
                      roles: dict[str, RoleSpec], cells: dict[str, Program], at_role: str | None) -> None:
-    """Every role that can fill a neighbour must have the bound output, with the input's shape."""
+    """Every role that can fill a neighbour must have the bound output, with the input's shape.
+
+    Neighbours filled by any role (a DAG's arguments) are checked per instance instead.
+    """
     role_def = readout_role(kind, at_role) if role == "readout" else kind.role(role)
     program = cells[spec.cell]
     binds = node.value["bind"].value
     for value, source in zip(program.inputs, spec.bind):
         if source.kind != "state":
             continue
-        for filler in role_def.neighbor_roles(source.ref):
+        fillers = role_def.neighbor_roles(source.ref)
+        if ANY in fillers:
+            continue
+        where = binds[value.name]
+        present = [f for f in fillers if f in roles]
+        if not present:
+            raise c.fail(where, f"bind.{value.name}: {source.ref} would be a {' or '.join(fillers)} node, "
+                                f"but the model has no such role")
+        for filler in present:
             other = cells[roles[filler].cell]
             slot = other.output_slot(source.output)
-            where = binds[value.name]
             if slot is None:
                 raise c.fail(where, f"bind.{value.name}: {source.ref} may be a {filler} node, whose cell "
                                     f"'{other.name}' has no output '{source.output}'; its outputs are: "
