@@ -56,7 +56,7 @@ def load_data(spec: ModelSpec, data: str | None = None, limit: int | None = None
         raise UsageError(f"--limit must be at least 1, got {limit}")
     if data is None:
         n = limit or DEFAULT_SYNTHETIC_INSTANCES
-        raw = synthesize(spec.kind, n, seed)
+        raw = synthesize(spec, n, seed)
         source, digest = "synthetic", f"synthetic:{spec.kind}:{seed}:{n}"
     else:
         raw = read_instances(spec.kind, data, limit)
