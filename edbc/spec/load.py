@@ -2,13 +2,15 @@
 
 Every error names the file, the line and column, and what was expected. YAML
 is composed (not just loaded) so that each mapping key and list item keeps its
-position.
+position. A cell may be an op list or an ONNX file (`{onnx: path}`, relative to
+the spec), imported by `onnx_cell`.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -143,7 +145,13 @@ def load_model(path: str | Path) -> ModelSpec:
     return parse_model(text, path)
 
 
-def parse_model(text: str, path: str | None = None) -> ModelSpec:
+def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] | None = None) -> ModelSpec:
+    """Parse and validate a model spec.
+
+    Files the spec refers to (ONNX cells) are read relative to `path`'s folder,
+    or, when `files` is given, taken from it by the path written in the spec
+    (how a plan, which embeds them, loads its spec).
+    """
     c = _Checker(path)
     root = _compose(text, path)
     if root is None:
@@ -160,8 +168,15 @@ def parse_model(text: str, path: str | None = None) -> ModelSpec:
 
     params = _params(c, top["params"], dims, seed)
     param_shapes = {k: p.shape for k, p in params.items()}
-    cells = {key: _cell(c, key, node, dims, param_shapes)
-             for key, node in c.mapping(top["cells"], "cells").items()}
+    cells: dict[str, Program] = {}
+    used_files: dict[str, bytes] = {}
+    for key, node in c.mapping(top["cells"], "cells").items():
+        if isinstance(node.value, dict) and "onnx" in node.value:
+            cells[key], cell_params, rel, data = _onnx_cell(c, key, node, dims, files)
+            params.update(cell_params)  # named `<cell>.<initializer>`: they cannot clash with YAML names
+            used_files[rel] = data
+        else:
+            cells[key] = _cell(c, key, node, dims, param_shapes)
 
     struct = c.mapping(top["structure"], "structure", required=("kind",))
     kind_name = struct["kind"].value
@@ -200,7 +215,7 @@ def parse_model(text: str, path: str | None = None) -> ModelSpec:
 
     vocabs = _vocabs(c, top.get("vocab"), dims, roles, cells, params, root)
     return ModelSpec(name=name, path=path, seed=seed, dims=dims, vocabs=vocabs, params=params,
-                     cells=cells, kind=kind.name, roles=roles)
+                     cells=cells, kind=kind.name, roles=roles, files=used_files)
 
 
 def _params(c: _Checker, node: _Node, dims: dict[str, int], seed: int) -> dict[str, ParamSpec]:
@@ -234,12 +249,9 @@ def _params(c: _Checker, node: _Node, dims: dict[str, int], seed: int) -> dict[s
     return out
 
 
-def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
-          params: dict[str, Shape]) -> Program:
-    c.name(_Node(name, node.line, node.column), "a cell name")
-    f = c.mapping(node, f"cells.{name}", ("inputs", "ops", "outputs"), ("inputs", "ops", "outputs"))
+def _cell_inputs(c: _Checker, name: str, node: _Node, dims: dict[str, int]) -> list[tuple[str, Shape | None]]:
     inputs: list[tuple[str, Shape | None]] = []
-    for key, inode in c.mapping(f["inputs"], f"cells.{name}.inputs").items():
+    for key, inode in c.mapping(node, f"cells.{name}.inputs").items():
         c.name(_Node(key, inode.line, inode.column), f"cells.{name}.inputs: an input name")
         if inode.value == "token":
             inputs.append((key, None))
@@ -247,6 +259,14 @@ def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
             inputs.append((key, c.shape(inode, dims, f"cells.{name}.inputs.{key}")))
         else:
             raise c.fail(inode, f"cells.{name}.inputs.{key} must be `token` or a shape such as [hidden]")
+    return inputs
+
+
+def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
+          params: dict[str, Shape]) -> Program:
+    c.name(_Node(name, node.line, node.column), "a cell name")
+    f = c.mapping(node, f"cells.{name}", ("inputs", "ops", "outputs"), ("inputs", "ops", "outputs"))
+    inputs = _cell_inputs(c, name, f["inputs"], dims)
     lines = []
     for item in c.sequence(f["ops"], f"cells.{name}.ops"):
         if not isinstance(item.value, str):
@@ -255,6 +275,54 @@ def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
     outputs = [(c.name(o, f"cells.{name}.outputs: an output"), OpLine(o.value, o.line, o.column))
                for o in c.sequence(f["outputs"], f"cells.{name}.outputs")]
     return parse_cell(name, inputs, lines, outputs, params, dims, c.path)
+
+
+def _onnx_cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
+               files: Mapping[str, bytes] | None) -> tuple[Program, dict[str, ParamSpec], str, bytes]:
+    """A cell given as an ONNX file; `inputs:` and `outputs:`, if given, must match its graph."""
+    c.name(_Node(name, node.line, node.column), "a cell name")
+    f = c.mapping(node, f"cells.{name}", ("onnx", "inputs", "outputs"))
+    where = f["onnx"]
+    rel = where.value
+    if not isinstance(rel, str) or not rel.strip():
+        raise c.fail(where, f"cells.{name}.onnx must be the path of an .onnx file, relative to the spec")
+    if files is not None:
+        if rel not in files:
+            raise c.fail(where, f"cells.{name}.onnx: '{rel}' is not among the files given with the spec "
+                                f"({', '.join(sorted(files)) or 'none'})")
+        data, label = files[rel], f"{rel} (given with {c.path})" if c.path else rel
+    else:
+        full = (Path(c.path).parent if c.path else Path(".")) / rel
+        try:
+            data = full.read_bytes()
+        except FileNotFoundError:
+            raise c.fail(where, f"cells.{name}.onnx: no such file '{full}' (the path is relative to the "
+                                f"spec's folder)") from None
+        except OSError as e:
+            raise c.fail(where, f"cells.{name}.onnx: cannot read '{full}': {e.strerror}") from None
+        label = str(full)
+    from .onnx_cell import import_onnx_cell  # onnx is imported only by specs that need it
+
+    imported = import_onnx_cell(name, data, label)
+    program = imported.program
+    if "inputs" in f:
+        declared = _cell_inputs(c, name, f["inputs"], dims)
+        actual = [(v.name, None if v.dtype == "token" else v.shape) for v in program.inputs]
+        if sorted(declared, key=str) != sorted(actual, key=str):
+            raise c.fail(f["inputs"], f"cells.{name}.inputs do not match the ONNX graph's inputs: "
+                                      f"{_format_inputs(actual)}")
+    if "outputs" in f:
+        declared_out = [c.name(o, f"cells.{name}.outputs: an output")
+                        for o in c.sequence(f["outputs"], f"cells.{name}.outputs")]
+        actual_out = [program.values[v].name for v in program.outputs]
+        if sorted(declared_out) != sorted(actual_out):
+            raise c.fail(f["outputs"], f"cells.{name}.outputs do not match the ONNX graph's outputs: "
+                                       f"{', '.join(actual_out)}")
+    return program, imported.params, rel, data
+
+
+def _format_inputs(inputs: list[tuple[str, Shape | None]]) -> str:
+    return ", ".join(f"{n}: {'token' if s is None else list(s)}" for n, s in inputs)
 
 
 def _role(c: _Checker, role: str, node: _Node, role_def: RoleDef, cells: dict[str, Program],
