@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import DataError
-from .text import gamma_lengths, read_lines, zipf_words
+from .text import gamma_lengths, is_integer, read_lines, zipf_words
 
 _FIELD = re.compile(r"\S+")
 
@@ -68,7 +68,7 @@ class _Cursor:
         if self.pos >= len(self.fields):
             raise self.fail(f"expected {what}, the file ends")
         text = self.fields[self.pos][0]
-        if not text.lstrip("-").isdigit():
+        if not is_integer(text):
             raise self.fail(f"expected {what} (an integer), got {text!r}")
         value = int(text)
         if value < minimum:

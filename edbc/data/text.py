@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import numpy as np
 
 from ..errors import DataError
+
+
+_INTEGER = re.compile(r"-?[0-9]+\Z")
+
+
+def is_integer(text: str) -> bool:
+    """ASCII digits with an optional minus (str.isdigit also accepts digits int() refuses, like '²')."""
+    return _INTEGER.match(text) is not None
 
 
 def read_lines(path: str, what: str = "data") -> Iterator[str]:

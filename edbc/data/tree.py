@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .text import gamma_lengths, read_lines, zipf_words
+from .text import gamma_lengths, is_integer, read_lines, zipf_words
 
 _PTB_UNESCAPE = {"-LRB-": "(", "-RRB-": ")", "-LCB-": "{", "-RCB-": "}", "-LSB-": "[", "-RSB-": "]"}
 # Only ASCII blanks separate tokens: SST words may hold a no-break space ("8\xa01/2").
@@ -87,7 +87,7 @@ def parse_ptb(line: str, path: str | None = None, lineno: int | None = None) -> 
             if i + 1 >= len(tokens) or tokens[i + 1][0] in "()":
                 raise fail("expected a label after '('", pos)
             label = tokens[i + 1][0]
-            stack.append([pos, int(label) if label.lstrip("-").isdigit() else -1, []])
+            stack.append([pos, int(label) if is_integer(label) else -1, []])
             i += 2
             if i < len(tokens) and tokens[i][0] not in "()":
                 word, wpos = tokens[i]
