@@ -48,7 +48,7 @@ def test_character_arc_listed_after_word_arcs_is_folded_first(tmp_path):
     ("2\n4\n0 3 3 3\n0\n1 0 17\n2 1 5 0 900\n2 2 6 1 901\n", "truncated", 7),
     ("1\n3\n0 0 0\n0\n1 0 4\n1 2 5\n", "comes from node 2", 6),
     ("1\n3\n0 0 0\n0\n1 0 4\n2 1 5\n", "truncated", 6),
-    ("1\n3\n0 0 0\n0\n1 0 4\n2 1 5\n0 3\n", "continues onto the next line", 7),
+    ("1\n3\n0 0 0\n0\n1 0 4\n2 1 5\n0 3\n", "fewer arcs than its count 2", 6),
     ("1\n3\n0 0 0\n0\n1 0 4\n1 1 5 7\n", "more values on its line", 6),
     ("1\n3\n0 0\n0\n1 0 4\n1 1 5\n", "continues onto the next line", 4),
     ("1\n3\n0 0 0\n1 0 3\n1 0 4\n1 1 5\n", "node 0 has 1 arcs", 4),

@@ -122,6 +122,8 @@ def _lattice(c: _Cursor, k: int) -> Lattice:
         node_arcs = []
         for _ in range(arcs):
             at = c.pos
+            if at < len(c.fields) and c.line(at) != c.line(start):
+                raise c.fail(f"lattice {k}, node {i}: its line holds fewer arcs than its count {arcs}", start)
             origin = c.integer(f"an arc's source node (lattice {k}, node {i})")
             if origin >= i:
                 raise c.fail(f"lattice {k}: an arc into node {i} comes from node {origin}; arcs must "

@@ -74,7 +74,7 @@ class _CellBuilder:
         w = self.where
         prefix = f"cell '{self.cell}'"
         if w is not None:
-            prefix += f", op {self.op_index} `{w.text}`"
+            prefix += f", op {self.op_index} `{w.text}`" if self.op_index else f", outputs: `{w.text}`"
         col = None
         if w is not None and w.column is not None:
             col = w.column + (getattr(node, "col_offset", 0) or 0)
@@ -195,6 +195,7 @@ def parse_cell(cell: str, inputs: list[tuple[str, Shape | None]], lines: list[Op
     for b.op_index, line in enumerate(lines, start=1):
         b.statement(line)
     b.where = None
+    b.op_index = 0
     n_inputs = len(inputs)
     out_ids = []
     for name, where in outputs:
