@@ -7,6 +7,7 @@ line `Error: ...` on stderr and the exit code of its class (see the README).
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import click
@@ -24,8 +25,14 @@ from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_THREADS
 from .spec import format_program
 
 
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so that atomic writes remove their temporary file.
+    raise KeyboardInterrupt
+
+
 class _Main(click.Group):
     def main(self, args=None, prog_name=None, **extra):
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             code = super().main(args, prog_name or "edbc", standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as e:
