@@ -262,15 +262,17 @@ class _ProgressBar:
 @click.option("--timesteps", type=int, default=api.TrainSettings().timesteps, show_default=True,
               help="Environment steps to train for (fewer when the early stop is reached).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling, environments and network.")
+@click.option("--eval-every", type=int, default=api.TrainSettings().eval_every, show_default=True, metavar="K",
+              help="PPO updates between greedy evaluations of the distilled table on the held-out graphs.")
 @click.option("--checkpoint", metavar="PATH", help="Checkpoint written after every evaluation "
                                                    "(default: OUTPUT with .ckpt for .json).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted run.")
 @click.option("--output", "-o", required=True, metavar="POLICY", help="Policy file to write (atomically).")
 def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularity, encoding, timesteps, seed,
-                 checkpoint, resume, output):
+                 eval_every, checkpoint, resume, output):
     """Train the FSM batching policy of MODEL (default: the bundled TreeLSTM) with reinforcement
     learning, distil it into a table and write the policy file."""
-    settings = api.TrainSettings(encoding=encoding, timesteps=timesteps, seed=seed)
+    settings = api.TrainSettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every)
     checkpoint = checkpoint or api.default_checkpoint(output)
     bar = _ProgressBar("training")
     try:

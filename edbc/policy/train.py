@@ -62,6 +62,8 @@ class TrainSettings:
             raise UsageError(f"unknown encoding '{self.encoding}'; expected one of: {', '.join(ENCODINGS)}")
         if self.timesteps < 1:
             raise UsageError(f"--timesteps must be at least 1, got {self.timesteps}")
+        if self.eval_every < 1:
+            raise UsageError(f"--eval-every must be at least 1, got {self.eval_every}")
 
     def to_json(self) -> dict:
         return dict(asdict(self), net_arch=list(self.net_arch))
@@ -221,6 +223,9 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run:
 # Graph sets and policy files for models and for bare typed DAGs.
 
 DISTIL_BATCH_SIZES = (1, 4, 16)  # extra mini-batch sizes distilled over, besides the training size
+# Sampled mini-batches (training, held-out, extra of each smaller size) by granularity: op-level
+# graphs are ten times larger, and every evaluation rolls the network over all of them.
+GRAPH_COUNTS = {CELL: (64, 16, 8), OP: (16, 8, 2)}
 
 
 def _sampled_graphs(spec: ModelSpec, instances: list, batch_size: int, count: int, granularity: str,
@@ -236,12 +241,13 @@ def _sampled_graphs(spec: ModelSpec, instances: list, batch_size: int, count: in
     return out
 
 
-def model_graph_sets(spec: ModelSpec, train: list, heldout: list, batch_size: int, granularity: str, seed: int,
-                     num_train: int = 64, num_heldout: int = 16, num_extra: int = 8) -> GraphSets:
-    """Sampled mini-batches: `num_train` of the training instances, `num_heldout` of the held-out
-    ones, and `num_extra` of each smaller size in `DISTIL_BATCH_SIZES` from the training instances."""
+def model_graph_sets(spec: ModelSpec, train: list, heldout: list, batch_size: int, granularity: str,
+                     seed: int) -> GraphSets:
+    """Sampled mini-batches (`GRAPH_COUNTS`): of the training instances, of the held-out ones,
+    and of each smaller size in `DISTIL_BATCH_SIZES` from the training instances."""
     if not train or not heldout:
         raise UsageError("training needs at least one training and one held-out instance")
+    num_train, num_heldout, num_extra = GRAPH_COUNTS[granularity]
     rng = np.random.default_rng(seed)
     sets = GraphSets(_sampled_graphs(spec, train, batch_size, num_train, granularity, rng),
                      _sampled_graphs(spec, heldout, batch_size, num_heldout, granularity, rng))
