@@ -15,6 +15,7 @@ a heuristic, a learned FSM from a policy file, or the exact search.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -148,10 +149,25 @@ def resolve_policy(policy: "str | BatchingPolicy | None", spec: ModelSpec | None
     else:
         raise UsageError(f"unknown policy '{policy}'; expected one of: {', '.join(POLICY_NAMES)}, "
                          "or a policy file")
-    loaded = load_policy(path)
+    loaded = _load_policy(path)
     check_policy(loaded, str(path), spec.name if spec is not None else DAG_MODEL,
                  spec.digest if spec is not None else None, DAG if spec is None else granularity)
     return BatchingPolicy("fsm", loaded, str(path))
+
+
+def _load_policy(path: Path) -> PolicyFile:
+    """`load_policy`, memoised while the file is unchanged: `compile_batch(..., "fsm")` per mini-batch
+    must not parse the file each time."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return load_policy(path)  # raises the error that names the problem
+    return _load_policy_of(str(path), str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_policy_of(path: str, resolved: str, mtime_ns: int, size: int) -> PolicyFile:
+    return load_policy(path)
 
 
 def check_options(granularity: str, memory: str) -> None:

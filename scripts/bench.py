@@ -46,7 +46,7 @@ def per_node_treelstm(batches, runtime: Runtime, passes: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(w.model for w in WORKLOADS))
-    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--policies", default=",".join([*POLICIES, "fsm"]))
     parser.add_argument("--granularity", default="cell", choices=["cell", "op"])
     parser.add_argument("--max-minibatches", type=int, default=8, help="full mini-batches per model")
     parser.add_argument("--passes", type=int, default=2, help="timed passes over the mini-batches")

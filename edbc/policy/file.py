@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from .. import __version__
@@ -59,7 +60,7 @@ class PolicyFile:
         doc["checksum"] = hashlib.sha256(canonical_json(doc)).hexdigest()
         return doc
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return self.document()["checksum"]
 
