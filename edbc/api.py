@@ -32,7 +32,6 @@ from .plan import CompiledBatch, Plan
 from .policy.file import DAG_MODEL, PolicyFile, check_policy, load_policy
 from .policy.fsm import fsm_schedule
 from .policy.optimal import optimal_schedule
-from .policy.train import TrainSettings, default_checkpoint, train_dag_policy, train_model_policy
 from .runtime import Runtime
 from .runtime.limits import check_fits
 from .schedule import Schedule, lower_bound, schedule, verify_schedule

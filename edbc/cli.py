@@ -22,6 +22,7 @@ from .memory.layout import format_layout
 from .plan import format_plan, load_plan, save_plan
 from .plan.plan import MAGIC
 from .policy.encoding import DEFAULT_ENCODING, ENCODINGS
+from .policy.train import TrainSettings, default_checkpoint, train_dag_policy, train_model_policy
 from .schedule import format_schedule, lower_bound, verify_schedule
 from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_THREADS
 from .spec import format_program
@@ -259,10 +260,10 @@ class _ProgressBar:
 @click.option("--encoding", type=click.Choice(ENCODINGS), default=DEFAULT_ENCODING, show_default=True,
               help="Frontier state: types by ready count (sorted), the set of types, or the set plus the "
                    "largest.")
-@click.option("--timesteps", type=int, default=api.TrainSettings().timesteps, show_default=True,
+@click.option("--timesteps", type=int, default=TrainSettings().timesteps, show_default=True,
               help="Environment steps to train for (fewer when the early stop is reached).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling, environments and network.")
-@click.option("--eval-every", type=int, default=api.TrainSettings().eval_every, show_default=True, metavar="K",
+@click.option("--eval-every", type=int, default=TrainSettings().eval_every, show_default=True, metavar="K",
               help="PPO updates between greedy evaluations of the distilled table on the held-out graphs.")
 @click.option("--checkpoint", metavar="PATH", help="Checkpoint written after every evaluation "
                                                    "(default: OUTPUT with .ckpt for .json).")
@@ -272,12 +273,12 @@ def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularit
                  eval_every, checkpoint, resume, output):
     """Train the FSM batching policy of MODEL (default: the bundled TreeLSTM) with reinforcement
     learning, distil it into a table and write the policy file."""
-    settings = api.TrainSettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every)
-    checkpoint = checkpoint or api.default_checkpoint(output)
+    settings = TrainSettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every)
+    checkpoint = checkpoint or default_checkpoint(output)
     bar = _ProgressBar("training")
     try:
         if dag_files:
-            policy = api.train_dag_policy(list(inputs), list(heldout), settings, output, checkpoint, resume, bar)
+            policy = train_dag_policy(list(inputs), list(heldout), settings, output, checkpoint, resume, bar)
         else:
             if len(inputs) > 1:
                 raise UsageError(f"give one model, got {len(inputs)} arguments; bare typed DAG files need --graphs")
@@ -285,7 +286,7 @@ def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularit
                 raise UsageError("--heldout: give one held-out data file for a model")
             spec, _ = api.load_spec(inputs[0] if inputs else None)
             train, held = api.training_data(spec, data, heldout[0] if heldout else None, limit, seed)
-            policy = api.train_model_policy(spec, train, held, batch_size, granularity, settings, output,
+            policy = train_model_policy(spec, train, held, batch_size, granularity, settings, output,
                                             checkpoint, resume, bar)
     finally:
         bar.close()

@@ -1,14 +1,14 @@
 """Why MaskablePPO: the same training budget with sb3 algorithms that cannot mask actions.
 
-On the lattice LSTM's cell-level graphs (the case where the policy matters), train
+On the lattice LSTM's graphs (the case where the policy matters), train
 with MaskablePPO (sb3-contrib, invalid types masked), PPO and DQN (stable-baselines3,
 no masking: choosing a type with no ready node costs -1 and changes nothing). All
-are distilled the same way, greedily over the allowed types, every 4096 steps;
-the best table on the held-out graphs is kept. Prints held-out batches of the
+are distilled the same way, greedily over the allowed types, every `--eval-every`
+updates (4096 steps at cell level); the best table on the held-out graphs is kept. Prints held-out batches of the
 best table after each budget, and the share of invalid choices the unmasked
 learners made during training.
 
-    python scripts/compare_algorithms.py [--timesteps 100000] [--seed 0]
+    python scripts/compare_algorithms.py [--timesteps 100000] [--seed 0] [--granularity cell]
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from edbc.policy.train import TrainSettings, evaluate, model_graph_sets, train_f
 from edbc.schedule import POLICIES  # noqa: E402
 from edbc.settings import MODELS_DIR, SHARED_DATA  # noqa: E402
 
-EVAL_EVERY = 4096
-
 
 class Unmasked(FrontierEnv):
     """FrontierEnv for learners without masking: an invalid choice costs -1 and is a no-op."""
@@ -48,7 +46,7 @@ class Unmasked(FrontierEnv):
         return super().step(action)
 
 
-def train_unmasked(algorithm: str, graphs, vocab, settings: TrainSettings):
+def train_unmasked(algorithm: str, graphs, vocab, settings: TrainSettings, steps_between: int):
     from stable_baselines3 import DQN, PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -78,7 +76,7 @@ def train_unmasked(algorithm: str, graphs, vocab, settings: TrainSettings):
 
     best = None
     while model.num_timesteps < settings.timesteps:
-        model.learn(EVAL_EVERY, reset_num_timesteps=False)
+        model.learn(steps_between, reset_num_timesteps=False)
         table = distil(choose, graphs.train + graphs.extra, vocab, settings.encoding)
         e = evaluate(Fsm(vocab, settings.encoding, table), graphs.heldout, model.num_timesteps)
         if e.better_than(best):
@@ -90,18 +88,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--granularity", default="cell", choices=["cell", "op"])
+    parser.add_argument("--eval-every", type=int, default=2, help="updates of 2048 steps between evaluations")
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec, _ = load_spec(MODELS_DIR / "lattice_lstm.yaml")
     train, held = training_data(spec, str(SHARED_DATA / "lattice/train.txt"), str(SHARED_DATA / "lattice/dev.txt"))
-    graphs = model_graph_sets(spec, train.instances, held.instances, 64, "cell", args.seed)
+    graphs = model_graph_sets(spec, train.instances, held.instances, 64, args.granularity, args.seed)
     vocab = TypeVocab.of_graphs(graphs.train)
     base = {p: sum(POLICIES[p](g).num_batches for g in graphs.heldout) for p in ("agenda", "typewise")}
-    print(f"lattice_lstm, cell level, {len(graphs.heldout)} held-out mini-batches of 64: agenda {base['agenda']}, "
-          f"typewise {base['typewise']} batches\n")
+    print(f"lattice_lstm, {args.granularity} level, seed {args.seed}, {len(graphs.heldout)} held-out mini-batches "
+          f"of 64: agenda {base['agenda']}, typewise {base['typewise']} batches\n")
     print("| algorithm | masking | best held-out batches | at timesteps | invalid choices | seconds |")
     print("|---|---|---:|---:|---:|---:|")
-    settings = TrainSettings(timesteps=args.timesteps, seed=args.seed, eval_every=EVAL_EVERY // 2048, target=0.0)
+    settings = TrainSettings(timesteps=args.timesteps, seed=args.seed, eval_every=args.eval_every, target=0.0)
+    steps_between = args.eval_every * settings.n_steps * settings.n_envs
     t0 = time.perf_counter()
     r = train_fsm(graphs, vocab, settings)
     print(f"| MaskablePPO | yes | {r.best.batches} | {r.best.timesteps} | 0 | {time.perf_counter() - t0:.0f} |",
@@ -109,7 +110,7 @@ def main() -> None:
     for algorithm in ("PPO", "DQN"):
         Unmasked.invalid = Unmasked.steps = 0
         t0 = time.perf_counter()
-        best = train_unmasked(algorithm, graphs, vocab, settings)
+        best = train_unmasked(algorithm, graphs, vocab, settings, steps_between)
         share = Unmasked.invalid / max(Unmasked.steps, 1)
         print(f"| {algorithm} | no (invalid: -1, no-op) | {best.batches} | {best.timesteps} | {share:.1%} | "
               f"{time.perf_counter() - t0:.0f} |", flush=True)

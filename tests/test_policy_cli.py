@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from edbc import api
 from edbc.data.typed_dag import format_typed_dag

@@ -89,7 +89,7 @@ def optimal_types(graph: Graph, max_nodes: int = MAX_NODES, max_states: int = MA
     """The types of an optimal sequence of batchable batches (unbatchable nodes run eagerly between)."""
     if graph.num_nodes > max_nodes:
         raise LimitError(f"policy 'optimal' handles graphs of at most {max_nodes} nodes; this one has "
-                         f"{graph.num_nodes}; use a smaller mini-batch or another policy")
+                         f"{graph.num_nodes} nodes; use a smaller mini-batch or another policy")
     s = _Search(graph)
     start = s.close(0)
     best_g = {start: 0}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -330,5 +329,6 @@ def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings:
 
 
 def default_checkpoint(output: str) -> str:
-    return str(Path(output).with_suffix(".ckpt")) if not output.endswith(".json") else output[:-5] + ".ckpt"
+    """`plans/x.policy.json` -> `plans/x.policy.ckpt`."""
+    return (output[:-len(".json")] if output.endswith(".json") else output) + ".ckpt"
 
