@@ -52,15 +52,19 @@ class Measurement:
     phases: dict[str, float]  # median ms of each phase
 
 
+def full_minibatches(instances: list, size: int) -> list[list]:
+    """Only full mini-batches, so that every sample times the same amount of work."""
+    return [mb for mb in minibatches(instances, size) if len(mb) == size]
+
+
 def load_workload(w: Workload, batch_size: int | None = None, max_minibatches: int | None = None):
-    """The model, and its full mini-batches (every sample times the same amount of work)."""
+    """The model, where its data came from, and its full mini-batches."""
     spec, _ = load_spec(MODELS_DIR / f"{w.model}.yaml")
     path = SHARED_DATA / w.data if w.data else None
     size = batch_size or w.batch_size
-    data = load_data(spec, str(path) if path is not None and path.exists() else None,
-                     limit=None if path is not None and path.exists() else 8 * size)
-    batches = [mb for mb in minibatches(data.instances, size) if len(mb) == size]
-    return spec, data.source, batches[:max_minibatches]
+    real = path is not None and path.exists()
+    data = load_data(spec, str(path) if real else None, limit=None if real else 8 * size)
+    return spec, data.source, full_minibatches(data.instances, size)[:max_minibatches]
 
 
 def measure(spec, source: str, batches: list, policy: str, granularity: str, runtime: Runtime,
