@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument("--model", choices=MODELS, required=True)
     parser.add_argument("--autobatch", type=int, default=1, help="0 none, 1 agenda, 2 depth")
     parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--data", default=None)
+    parser.add_argument("--data", default=None, help="data file (default: synthetic instances)")
+    parser.add_argument("--limit", type=int, default=None, help="instances to read or generate")
     parser.add_argument("--minibatches", type=int, default=8)
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--weights", required=True, help=".npz of edbc's parameters for the model")
@@ -143,7 +144,7 @@ def main() -> None:
     from ..settings import MODELS_DIR
 
     spec, _ = load_spec(MODELS_DIR / f"{args.model}.yaml")
-    data = load_data(spec, args.data)
+    data = load_data(spec, args.data, args.limit)
     batches = full_minibatches(data.instances, args.batch_size)[: args.minibatches]
     with np.load(args.weights) as f:
         net = _model_classes(dy)[args.model]({k: f[k] for k in f.files}, spec.dims["hidden"])
