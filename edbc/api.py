@@ -143,7 +143,7 @@ def resolve_policy(policy: "str | BatchingPolicy | None", spec: ModelSpec | None
         if not path.exists():
             raise UsageError(f"--policy fsm: no policy is shipped for model '{spec.name}' at {granularity} "
                              f"level ({path}); train one with `edbc train-policy` and give its path")
-    elif "/" in policy or policy.endswith(".json") or Path(policy).is_file():
+    elif _is_policy_path(policy):
         path = Path(policy)
     else:
         raise UsageError(f"unknown policy '{policy}'; expected one of: {', '.join(POLICY_NAMES)}, "
@@ -169,7 +169,15 @@ def _load_policy_of(path: str, resolved: str, mtime_ns: int, size: int) -> Polic
     return load_policy(path)
 
 
-def check_options(granularity: str, memory: str) -> None:
+def _is_policy_path(policy: str) -> bool:
+    return "/" in policy or policy.endswith(".json") or Path(policy).is_file()
+
+
+def check_options(policy: "str | BatchingPolicy | None", granularity: str, memory: str) -> None:
+    """Names the options' mistakes before any work (a policy file is read by `resolve_policy`)."""
+    if isinstance(policy, str) and policy not in POLICY_NAMES and not _is_policy_path(policy):
+        raise UsageError(f"unknown policy '{policy}'; expected one of: {', '.join(POLICY_NAMES)}, "
+                         "or a policy file")
     if granularity not in GRANULARITIES:
         raise UsageError(f"unknown granularity '{granularity}'; expected one of: {', '.join(GRANULARITIES)}")
     if memory not in PLANNERS:
@@ -181,7 +189,7 @@ def compile_batch(spec: ModelSpec, instances: list, policy: str | BatchingPolicy
                   timings: dict[str, float] | None = None) -> CompiledBatch:
     """Run the passes on one mini-batch. `policy` as `resolve_policy` takes it (resolve it once
     for many mini-batches). `timings`, if given, receives seconds per pass."""
-    check_options(granularity, memory)
+    check_options(policy, granularity, memory)
     policy = resolve_policy(policy, spec, granularity)
     clock = time.perf_counter
     t0 = clock()
@@ -206,7 +214,7 @@ def compile_batch(spec: ModelSpec, instances: list, policy: str | BatchingPolicy
 def compile_plan(spec: ModelSpec, spec_text: str, dataset: Dataset, batch_size: int,
                  policy: str | BatchingPolicy | None = None, granularity: str = CELL, memory: str = "none",
                  seed: int = 0, verify: bool = True) -> Plan:
-    check_options(granularity, memory)
+    check_options(policy, granularity, memory)
     policy = resolve_policy(policy, spec, granularity)
     batches = tuple(compile_batch(spec, mb, policy, granularity, memory, verify)
                     for mb in minibatches(dataset.instances, batch_size))
@@ -299,7 +307,7 @@ def run(spec: ModelSpec, dataset: Dataset, batch_size: int = 64, policy: str | B
         granularity: str = CELL, memory: str = "none", device: str = "cpu", check: bool = False,
         verify: bool = False) -> RunReport:
     """Compile and execute every mini-batch of `dataset`, end to end, timing each."""
-    check_options(granularity, memory)
+    check_options(policy, granularity, memory)
     policy = resolve_policy(policy, spec, granularity)
     runtime = Runtime(spec, device)
     report = RunReport(spec.name, policy.name, granularity, memory, device, torch.get_num_threads(), batch_size,

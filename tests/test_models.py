@@ -88,3 +88,32 @@ def test_lattice_arcs_are_folded_into_node_states():
     assert g.args(0) == [(-1, 0)] and g.args(1) == [(0, 0)] and g.args(2) == [(-1, 0)]
     assert g.args(3) == [(1, 0), (2, 0)]
     assert g.args(4) == [(0, 0)] and g.args(5) == [(3, 0)]  # readouts of nodes 1 and 2
+
+
+@pytest.mark.parametrize("name", ["treelstm", "treegru", "mvrnn", "bilstm_tagger", "lstm_seq2seq"])
+def test_benchmark_baselines_compute_the_same_model(name):
+    from edbc.bench.baselines import BASELINES
+    spec = _spec(name)
+    data = load_data(spec, None, limit=5, seed=3).instances
+    runtime = Runtime(spec)
+    c = compile_batch(spec, data, "agenda")
+    out = runtime.prepare(c.graph, c.schedule, c.layout).run()
+    assert (out - BASELINES[name][1](runtime.weights)(data)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["treelstm", "bilstm_tagger", "lattice_lstm"])
+def test_dynet_anchors_compute_the_same_model(name, tmp_path):
+    pytest.importorskip("dynet")
+    import subprocess
+    import sys
+    spec = _spec(name)
+    runtime = Runtime(spec)
+    np.savez(tmp_path / "w.npz", **{k: v.numpy() for k, v in runtime.weights.items()})
+    data = load_data(spec, None, limit=6, seed=0).instances
+    proc = subprocess.run([sys.executable, "-m", "edbc.bench.dynet_anchor", "--model", name, "--batch-size", "6",
+                           "--minibatches", "1", "--passes", "1", "--weights", str(tmp_path / "w.npz"),
+                           "--dump", str(tmp_path / "out.npy"), "--limit", "6"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    c = compile_batch(spec, data, "agenda")
+    out = runtime.prepare(c.graph, c.schedule, c.layout).run().numpy()
+    assert np.abs(out - np.load(tmp_path / "out.npy").reshape(out.shape)).max() <= 1e-4

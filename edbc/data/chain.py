@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import DataError
-from .text import gamma_lengths, read_lines, zipf_words
+from .text import gamma_lengths, read_records, zipf_words
 
 # Only ASCII blanks separate tokens, as in the tree reader.
 _TOKEN = re.compile(r"[^ \t\r\n]+")
@@ -56,16 +56,8 @@ def parse_sequence(line: str, path: str | None = None, lineno: int | None = None
 
 def read_sequences(path: str, limit: int | None = None) -> list[Sequence]:
     """One sequence a line; blank lines are skipped."""
-    out = []
-    for lineno, line in enumerate(read_lines(path), start=1):
-        if not _TOKEN.search(line):
-            continue
-        out.append(parse_sequence(line, path, lineno))
-        if limit is not None and len(out) >= limit:
-            break
-    if not out:
-        raise DataError("no sequences in the file; expected one sequence of tokens a line", path=path)
-    return out
+    return read_records(path, parse_sequence, limit,
+                        "no sequences in the file; expected one sequence of tokens a line")
 
 
 # WikiNER dev: 1,696 sentences of 23.0 tokens (sd 13.1), 1 to 144.

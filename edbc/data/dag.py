@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import DataError
 from ..graph.ir import csr_ptr
 from ..spec.structure import arg_index
-from .text import gamma_lengths, read_lines, zipf_words
+from .text import gamma_lengths, read_records, zipf_words
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,16 +102,7 @@ def parse_dag(line: str, path: str | None = None, lineno: int | None = None) -> 
 
 
 def read_dags(path: str, limit: int | None = None) -> list[DagInstance]:
-    out = []
-    for lineno, line in enumerate(read_lines(path), start=1):
-        if not line.strip():
-            continue
-        out.append(parse_dag(line, path, lineno))
-        if limit is not None and len(out) >= limit:
-            break
-    if not out:
-        raise DataError("no instances in the file; expected one JSON object a line", path=path)
-    return out
+    return read_records(path, parse_dag, limit, "no instances in the file; expected one JSON object a line")
 
 
 def format_dag(inst: DagInstance) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import DataError
 
 
+_BLANKS = " \t\r\n\f\v"  # ASCII only: a no-break space is part of a word
 _INTEGER = re.compile(r"-?[0-9]+\Z")
 
 
@@ -31,6 +32,21 @@ def read_lines(path: str, what: str = "data") -> Iterator[str]:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
     except OSError as e:
         raise DataError(f"cannot read: {e.strerror}", path=path) from None
+
+
+def read_records(path: str, parse, limit: int | None, empty: str) -> list:
+    """One record a non-blank line, `parse(line, path, lineno)` each; `empty` is the error
+    for a file without any."""
+    out = []
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if not line.strip(_BLANKS):
+            continue
+        out.append(parse(line, path, lineno))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(empty, path=path)
+    return out
 
 
 def zipf_words(rng: np.random.Generator, count: int, lexicon: int, prefix: str = "w") -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .text import gamma_lengths, is_integer, read_lines, zipf_words
+from .text import gamma_lengths, is_integer, read_records, zipf_words
 
 _PTB_UNESCAPE = {"-LRB-": "(", "-RRB-": ")", "-LCB-": "{", "-RCB-": "}", "-LSB-": "[", "-RSB-": "]"}
 # Only ASCII blanks separate tokens: SST words may hold a no-break space ("8\xa01/2").
@@ -133,17 +133,7 @@ def parse_ptb(line: str, path: str | None = None, lineno: int | None = None) -> 
 
 def read_trees(path: str | Path, limit: int | None = None) -> list[Tree]:
     """Read one tree a line; blank lines are skipped."""
-    path = str(path)
-    trees = []
-    for lineno, line in enumerate(read_lines(path), start=1):
-        if not line.strip():
-            continue
-        trees.append(parse_ptb(line, path, lineno))
-        if limit is not None and len(trees) >= limit:
-            break
-    if not trees:
-        raise DataError("no trees in the file; expected one bracketed tree a line", path=path)
-    return trees
+    return read_records(str(path), parse_ptb, limit, "no trees in the file; expected one bracketed tree a line")
 
 
 # Synthetic trees. SST (train/dev/test): 37.3 nodes a tree (sd 18.6), so 19.1 leaves (sd 9.3),
