@@ -8,7 +8,7 @@ from edbc.graph import build_graph, lower_to_ops
 from edbc.schedule import POLICIES, Frontier, Schedule, format_schedule, lower_bound, schedule, verify_schedule
 from edbc.schedule.analysis import set_bits
 
-from .dags import ideal_counts, optimal_batches, typed_dags
+from .dags import ideal_counts, lattice_dag, optimal_batches, typed_dags
 
 
 @settings(max_examples=60, deadline=None)
@@ -60,6 +60,20 @@ def test_ideal_batch_sizes_switched_on_mid_run(g):
             assert np.array_equal(f.ideal, ideal_counts(g, done))
         ready = f.ready_types()
         done[f.run(int(ready[-1 - step % len(ready)]))] = True
+        step += 1
+
+
+def test_ideal_batch_sizes_with_wide_bitsets():
+    # Over 64 nodes of one type in one instance: the same-type bitsets span several words.
+    g = lattice_dag(np.random.default_rng(2), num_lattices=2, min_len=70, max_len=80)
+    f = Frontier(g, track_ideal=True)
+    done = np.zeros(g.num_nodes, dtype=bool)
+    step = 0
+    while not f.done:
+        if step % 7 == 0:
+            assert np.array_equal(f.ideal, ideal_counts(g, done))
+        ready = f.ready_types()
+        done[f.run(int(ready[step % len(ready)]))] = True
         step += 1
 
 

@@ -110,10 +110,11 @@ def lower_bound(graph: Graph) -> int:
 class SameTypeLinks:
     """Each node's nearest ancestors of its own type, as links to maintain |F*_t| incrementally.
 
-    `num_nearest[v]` counts the nearest same-type ancestors of v; `ptr`/`node`
-    list, for each u, the nodes of which u is a nearest same-type ancestor.
-    A node has no not-yet-run ancestor of its type exactly when all of its
-    nearest ones have run.
+    The nearest same-type ancestors of v are those that are not ancestors of
+    another same-type ancestor of v. A node runs only after all its ancestors,
+    so v has no not-yet-run ancestor of its type exactly when all of its
+    nearest ones have run. `num_nearest[v]` counts them; `ptr`/`node` list,
+    for each u, the nodes of which u is a nearest same-type ancestor.
     """
 
     ptr: np.ndarray
@@ -124,10 +125,15 @@ class SameTypeLinks:
 def same_type_links(graph: Graph) -> SameTypeLinks:
     """Sets of same-type ancestors travel down the graph as bitsets, all types at once.
 
-    A type-t node records the type-t bits that reach it (its nearest type-t
-    ancestors), then replaces them by its own bit. Ancestors never cross
-    instances, so bits are numbered within an instance and stay narrow; each
-    type owns a range of 64-bit words.
+    Two bitsets a node: `seen`, the type-t nodes among its ancestors and
+    itself, and `shadowed`, those of them that are strict ancestors of another
+    (for a type-t node: everything it has seen before itself). The nearest
+    type-t ancestors of a type-t node are what its arguments have seen minus
+    what they have shadowed. (Keeping only those, rather than every type-t
+    ancestor with a path free of type t, matters: along an LSTM's cell-state
+    chain the latter grow with the chain.) Ancestors never cross instances,
+    so bits are numbered within an instance and stay narrow; each type owns a
+    range of 64-bit words.
     """
     def compute(g: Graph) -> SameTypeLinks:
         n = g.num_nodes
@@ -145,19 +151,29 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
         np.maximum.at(words, types[order[group_start]], (group_size + 63) // 64)
         col0 = np.concatenate([[0], np.cumsum(words)])
 
-        reach = np.zeros((n + 1, int(col0[-1])), dtype=np.uint64)
-        near_words = np.zeros((n, int(words.max())), dtype=np.uint64)
+        width = int(words.max()) if n else 0
+        total = int(col0[-1])
+        # `seen` and `shadowed` side by side, so that one reduction a level propagates both.
+        bits = np.zeros((n + 1, 2 * total), dtype=np.uint64)
+        near_words = np.zeros((n, width), dtype=np.uint64)
+        # Each node's own type's columns, padded to `width` (padding masked off).
+        own_valid = np.arange(width) < words[types][:, None]
+        own_cols = np.where(own_valid, col0[types][:, None] + np.arange(width), 0)
+        own_word = col0[types] + rank // 64
+        own_bit = np.uint64(1) << (rank % 64).astype(np.uint64)
         for nodes in levels(g):
-            acc = reduce_over_args(g, nodes, reach, np.bitwise_or)
-            t = types[nodes]
-            for ty in np.unique(t):
-                mine = np.flatnonzero(t == ty)
-                lo, w = col0[ty], words[ty]
-                near_words[nodes[mine], :w] = acc[mine, lo:lo + w]
-                acc[mine, lo:lo + w] = 0
-                r = rank[nodes[mine]]
-                acc[mine, lo + r // 64] = np.uint64(1) << (r % 64).astype(np.uint64)
-            reach[nodes] = acc
+            acc = reduce_over_args(g, nodes, bits, np.bitwise_or)
+            acc_seen, acc_shadowed = acc[:, :total], acc[:, total:]
+            rows = np.broadcast_to(np.arange(len(nodes))[:, None], (len(nodes), width))
+            valid = own_valid[nodes]
+            r, c = rows[valid], own_cols[nodes][valid]
+            mine = acc_seen[r, c]
+            near = np.zeros((len(nodes), width), dtype=np.uint64)
+            near[valid] = mine & ~acc_shadowed[r, c]
+            near_words[nodes] = near
+            acc_shadowed[r, c] = mine
+            acc_seen[rows[:, 0], own_word[nodes]] |= own_bit[nodes]
+            bits[nodes] = acc
         dst, r = set_bits(near_words)
         src = order[first_of_group[dst] + r]
         link_order = np.lexsort((dst, src))
