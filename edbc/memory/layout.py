@@ -111,6 +111,3 @@ def format_layout(layout: Layout) -> str:
         lines.append(f"  arena {a}: f32[{','.join(map(str, shape))}] x {rows} rows")
     return "\n".join(lines)
 
-
-# Memory mode -> planner.
-PLANNERS = {"none": batch_order_layout}
