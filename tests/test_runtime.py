@@ -16,10 +16,11 @@ def runtime(treelstm):
     return Runtime(treelstm)
 
 
+@pytest.mark.parametrize("memory", ["pq", "none"])
 @pytest.mark.parametrize("granularity", [CELL, OP])
 @pytest.mark.parametrize("policy", list(POLICIES))
-def test_batched_equals_reference(treelstm, synthetic_trees, runtime, policy, granularity):
-    compiled = compile_batch(treelstm, synthetic_trees, policy, granularity, verify=True)
+def test_batched_equals_reference(treelstm, synthetic_trees, runtime, policy, granularity, memory):
+    compiled = compile_batch(treelstm, synthetic_trees, policy, granularity, memory, verify=True)
     out = runtime.prepare(compiled.graph, compiled.schedule, compiled.layout).run()
     ref = runtime.reference(compiled.cell_graph)
     assert out.shape == (len(synthetic_trees), 5)
