@@ -30,6 +30,7 @@ from .memory import PLANNERS, verify_layout
 from .memory.operands import MemoryStats, NO_STATS, cell_plans, memory_stats
 from .plan import CompiledBatch, Plan
 from .runtime import Runtime
+from .runtime.limits import check_fits
 from .schedule import lower_bound, schedule, verify_schedule
 from .schedule.policies import POLICIES
 from .settings import CHECK_TOLERANCE, DEFAULT_MEMORY, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES
@@ -58,7 +59,7 @@ def load_data(spec: ModelSpec, data: str | None = None, limit: int | None = None
         raise UsageError(f"--limit must be at least 1, got {limit}")
     if data is None:
         n = limit or DEFAULT_SYNTHETIC_INSTANCES
-        raw = synthesize(spec.kind, n, seed)
+        raw = synthesize(spec, n, seed)
         source, digest = "synthetic", f"synthetic:{spec.kind}:{seed}:{n}"
     else:
         raw = read_instances(spec.kind, data, limit)
@@ -172,7 +173,8 @@ class RunReport:
             self.max_abs_error = max(self.max_abs_error or 0.0, error)
 
 
-def _execute(runtime: Runtime, compiled: CompiledBatch, phases: dict[str, float]):
+def _execute(runtime: Runtime, compiled: CompiledBatch, phases: dict[str, float], index: int):
+    check_fits(compiled.layout, runtime.device, f"mini-batch {index}")
     t0 = time.perf_counter()
     executable = runtime.prepare(compiled.graph, compiled.schedule, compiled.layout)
     out = executable.run()
@@ -196,10 +198,10 @@ def run(spec: ModelSpec, dataset: Dataset, batch_size: int = 64, policy: str = "
     check_options(policy, granularity, memory)
     runtime = Runtime(spec, device)
     report = RunReport(spec.name, policy, granularity, memory, device, torch.get_num_threads(), batch_size)
-    for mb in minibatches(dataset.instances, batch_size):
+    for index, mb in enumerate(minibatches(dataset.instances, batch_size)):
         phases: dict[str, float] = {}
         compiled = compile_batch(spec, mb, policy, granularity, memory, verify, phases)
-        out, stats = _execute(runtime, compiled, phases)
+        out, stats = _execute(runtime, compiled, phases, index)
         report.add(compiled, stats, phases, _error(runtime, compiled, out) if check else None)
     return report
 
@@ -209,9 +211,9 @@ def run_plan(plan: Plan, device: str = "cpu", check: bool = False) -> RunReport:
     runtime = Runtime(plan.spec, device)
     report = RunReport(plan.spec.name, plan.policy, plan.granularity, plan.memory, device,
                        torch.get_num_threads(), plan.batch_size)
-    for compiled in plan.batches:
+    for index, compiled in enumerate(plan.batches):
         phases: dict[str, float] = {}
-        out, stats = _execute(runtime, compiled, phases)
+        out, stats = _execute(runtime, compiled, phases, index)
         report.add(compiled, stats, phases, _error(runtime, compiled, out) if check else None)
     return report
 

@@ -90,7 +90,7 @@ def decode_artifact(path: str, data: bytes, magic: bytes, fmt: str,
         raise ArtifactError(message, path=path)
 
     if not data.startswith(magic):
-        fail(f"not an edbc {fmt} file (it does not start with {magic.strip().decode()!r})")
+        fail(f"not an {fmt} file (it does not start with {magic.strip().decode()!r})")
     pos = len(magic)
     digits = data[pos:pos + _LEN_DIGITS]
     if len(digits) < _LEN_DIGITS or not digits.isdigit() or data[pos + _LEN_DIGITS:pos + _LEN_DIGITS + 1] != b"\n":
@@ -106,7 +106,7 @@ def decode_artifact(path: str, data: bytes, magic: bytes, fmt: str,
     if not isinstance(head, dict):
         fail("corrupt: the header is not a JSON object")
     if head.get("format") != fmt:
-        fail(f"this is a {head.get('format')!r} file, not {fmt!r}")
+        fail(f"this is an {head.get('format')!r} file, not an {fmt!r} file")
     version = str(head.get("version", ""))
     try:
         got_major, got_minor = (int(x) for x in version.split("."))

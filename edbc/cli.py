@@ -7,6 +7,7 @@ line `Error: ...` on stderr and the exit code of its class (see the README).
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import click
@@ -25,8 +26,14 @@ from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAU
 from .spec import format_program
 
 
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so that atomic writes remove their temporary file.
+    raise KeyboardInterrupt
+
+
 class _Main(click.Group):
     def main(self, args=None, prog_name=None, **extra):
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             code = super().main(args, prog_name or "edbc", standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as e:
@@ -51,6 +58,9 @@ def main():
 
 
 def _is_plan(path: str) -> bool:
+    """A plan by its first bytes, or by its name when it is too broken to tell."""
+    if path.endswith(".plan"):
+        return True
     try:
         with open(path, "rb") as f:
             return f.read(len(MAGIC)) == MAGIC

@@ -11,6 +11,7 @@ from edbc.errors import EXIT_ARTIFACT, EXIT_INPUT, EXIT_USAGE
 from edbc.schedule import POLICIES
 
 from .conftest import TREELSTM, shared
+from edbc.settings import MODELS_DIR as MODELS
 
 
 def edbc(*args):
@@ -133,3 +134,29 @@ def test_console_script_prints_one_json_object_and_no_traceback(tmp_path):
     bad.write_text("(1 (2 a)\n")
     r = subprocess.run([exe, "run", "--data", str(bad)], capture_output=True, text=True)
     assert r.returncode == EXIT_INPUT and "Traceback" not in r.stderr and r.stderr.startswith("Error: ")
+
+
+def test_work_larger_than_memory_is_refused_with_the_estimate(monkeypatch):
+    import edbc.runtime.limits as limits
+    monkeypatch.setattr(limits, "MEMORY_LIMIT", 100_000)
+    one_line_error(edbc("run", "--limit", 8), 6, "mini-batch 0 needs", "KiB of tensor memory", "smaller --batch-size")
+
+
+def test_sigterm_leaves_the_previous_plan_and_no_partial_file(tmp_path):
+    import signal
+    import time
+    exe = shutil.which("edbc", path=sys.prefix + "/bin") or shutil.which("edbc")
+    if exe is None:
+        pytest.skip("console script not installed")
+    out = tmp_path / "out.plan"
+    out.write_bytes(b"previous plan")
+    # Op-level typewise over many lattices takes a good while: the signal lands mid-compile.
+    proc = subprocess.Popen([exe, "compile", str(MODELS / "lattice_lstm.yaml"), "--limit", "3000",
+                             "--granularity", "op", "--policy", "typewise", "-o", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "Error: interrupted"
+    assert out.read_bytes() == b"previous plan"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.plan"]

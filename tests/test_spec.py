@@ -131,3 +131,8 @@ def test_single_assignment_and_no_shadowing():
     assert "assigned twice" in str(e)
     e = spec_error(BASE.replace("h = tanh(embed(E, word))", "W = tanh(embed(E, word))"))
     assert "may not shadow" in str(e)
+
+
+def test_cycle_between_values_is_reported():
+    e = spec_error(BASE.replace("- h = mul(sigmoid(a), tanh(b))", "- g = tanh(h)\n      - h = mul(sigmoid(a), g)"))
+    assert "used before the op that assigns it" in str(e) and "'h'" in str(e)

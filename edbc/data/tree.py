@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .text import gamma_lengths, is_integer, read_records, zipf_words
 
 _PTB_UNESCAPE = {"-LRB-": "(", "-RRB-": ")", "-LCB-": "{", "-RCB-": "}", "-LSB-": "[", "-RSB-": "]"}
 # Only ASCII blanks separate tokens: SST words may hold a no-break space ("8\xa01/2").
@@ -86,7 +87,7 @@ def parse_ptb(line: str, path: str | None = None, lineno: int | None = None) -> 
             if i + 1 >= len(tokens) or tokens[i + 1][0] in "()":
                 raise fail("expected a label after '('", pos)
             label = tokens[i + 1][0]
-            stack.append([pos, int(label) if label.lstrip("-").isdigit() else -1, []])
+            stack.append([pos, int(label) if is_integer(label) else -1, []])
             i += 2
             if i < len(tokens) and tokens[i][0] not in "()":
                 word, wpos = tokens[i]
@@ -132,64 +133,39 @@ def parse_ptb(line: str, path: str | None = None, lineno: int | None = None) -> 
 
 def read_trees(path: str | Path, limit: int | None = None) -> list[Tree]:
     """Read one tree a line; blank lines are skipped."""
-    path = str(path)
-    trees = []
-    for lineno, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        trees.append(parse_ptb(line, path, lineno))
-        if limit is not None and len(trees) >= limit:
-            break
-    if not trees:
-        raise DataError("no trees in the file; expected one bracketed tree a line", path=path)
-    return trees
+    return read_records(str(path), parse_ptb, limit, "no trees in the file; expected one bracketed tree a line")
 
 
-def _read_lines(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            yield from f
-    except FileNotFoundError:
-        raise DataError("no such data file", path=path) from None
-    except IsADirectoryError:
-        raise DataError("is a directory; expected a data file", path=path) from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
-
-
-# Synthetic trees. SST (train/dev/test): 37.3 nodes a tree (sd 18.6), depth 10.9 (sd 3.7),
-# at most 30. Sentence lengths follow a gamma law; a split puts a single word on one side
-# with probability 0.55 (English parses lean to one side), else a uniform split point.
-_LEN_SHAPE, _LEN_SCALE = 3.38, 5.06
+# Synthetic trees. SST (train/dev/test): 37.3 nodes a tree (sd 18.6), so 19.1 leaves (sd 9.3),
+# depth 10.9 (sd 3.7), at most 30. A split puts a single word on one side with probability
+# 0.55 (English parses lean to one side), else a uniform split point.
+_LEAVES_MEAN, _LEAVES_STD = 19.1, 9.3
 _EDGE_SPLIT = 0.55
 _MAX_DEPTH = 30
 _LEXICON = 16_000  # word types, Zipf-distributed
 
 
-def synthetic_trees(n: int, seed: int = 0) -> list[Tree]:
+def synthetic_trees(n: int, seed: int = 0, spec=None) -> list[Tree]:
+    """`n` seeded random binary trees with SST's size and depth statistics."""
     rng = np.random.default_rng(seed)
-    ranks = np.arange(1, _LEXICON + 1)
-    zipf = 1.0 / ranks
-    zipf /= zipf.sum()
     trees = []
     while len(trees) < n:
-        leaves = 2 + int(round(rng.gamma(_LEN_SHAPE, _LEN_SCALE)))
-        tree = _random_tree(leaves, rng, zipf)
+        leaves = int(gamma_lengths(rng, 1, _LEAVES_MEAN, _LEAVES_STD, 2, 10 ** 6)[0])
+        tree = _random_tree(leaves, rng)
         if tree.depth() <= _MAX_DEPTH:
             trees.append(tree)
     return trees
 
 
-def _random_tree(leaves: int, rng: np.random.Generator, zipf: np.ndarray) -> Tree:
+def _random_tree(leaves: int, rng: np.random.Generator) -> Tree:
     left: list[int] = []
     right: list[int] = []
     words: list[str | None] = []
-    word_ids = rng.choice(len(zipf), size=leaves, p=zipf)
-    next_word = iter(word_ids)
+    next_word = iter(zipf_words(rng, leaves, _LEXICON))
 
     def build(span: int) -> int:
         if span == 1:
-            words.append(f"w{next(next_word)}")
+            words.append(next(next_word))
             left.append(-1)
             right.append(-1)
             return len(words) - 1

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..graph.ir import DAG, Graph, NodeType, csr_ptr
+from .text import is_integer
 
 
 def parse_typed_dag(text: str, path: str | None = None) -> Graph:
@@ -25,7 +26,7 @@ def parse_typed_dag(text: str, path: str | None = None) -> Graph:
     if not body:
         raise DataError("empty graph file; expected the node count on the first line", path=path)
     first_line, first = body[0]
-    if len(first) != 1 or not _is_int(first[0]) or int(first[0]) < 0:
+    if len(first) != 1 or not is_integer(first[0]) or int(first[0]) < 0:
         fail(first_line, f"expected the node count (one integer >= 0), got {' '.join(first)!r}")
     n = int(first[0])
     rows = body[1:]
@@ -36,7 +37,7 @@ def parse_typed_dag(text: str, path: str | None = None) -> Graph:
     counts = np.empty(n, dtype=np.int64)
     args: list[int] = []
     for v, (lineno, f) in enumerate(rows):
-        if not all(_is_int(x) for x in f):
+        if not all(is_integer(x) for x in f):
             fail(lineno, f"node {v}: expected integers `type n_args arg...`, got {' '.join(f)!r}")
         vals = [int(x) for x in f]
         if len(vals) < 2:
@@ -82,6 +83,3 @@ def format_typed_dag(graph: Graph) -> str:
         lines.append(" ".join(map(str, [graph.node_type[v], len(a), *a])))
     return "\n".join(lines) + "\n"
 
-
-def _is_int(s: str) -> bool:
-    return s.lstrip("-").isdigit()

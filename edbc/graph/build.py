@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..spec.model import ModelSpec
+from ..spec.structure import arg_index
 from .ir import CELL, Graph, NodeType, csr_ptr
 
 
@@ -25,14 +26,15 @@ class Calls:
     roles: dict[str, np.ndarray] = field(default_factory=dict)  # role -> its node ids
     neighbors: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (role, name) -> ids, -1 none
     tokens: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (role, field) -> token ids
-    anchors: dict[str, np.ndarray] = field(default_factory=dict)  # readout `at` -> structure node ids
+    # readout `at` -> the readout's neighbours (name -> node ids, -1 none), one entry per readout call
+    anchors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def build_graph(spec: ModelSpec, instances: list) -> Graph:
     """The merged cell-level graph of `instances` (already encoded with the vocabularies)."""
     if not instances:
         raise DataError("a mini-batch needs at least one instance")
-    return assemble(spec, BUILDERS[spec.kind](instances), len(instances))
+    return assemble(spec, BUILDERS[spec.kind](spec, instances), len(instances))
 
 
 def assemble(spec: ModelSpec, calls: Calls, num_instances: int) -> Graph:
@@ -41,17 +43,21 @@ def assemble(spec: ModelSpec, calls: Calls, num_instances: int) -> Graph:
     types = tuple(NodeType(name, spec.cells[name]) for name in cell_names)
 
     readout = spec.roles["readout"]
-    anchors = calls.anchors[readout.at]
+    anchors = {name: ids.astype(np.int64) for name, ids in calls.anchors[readout.at].items()}
     n_struct = len(calls.instance)
-    readout_ids = np.arange(n_struct, n_struct + len(anchors), dtype=np.int64)
+    n_readout = len(next(iter(anchors.values())))
+    readout_ids = np.arange(n_struct, n_struct + n_readout, dtype=np.int64)
     roles = dict(calls.roles, readout=readout_ids)
     neighbors = dict(calls.neighbors)
-    neighbors[("readout", "node")] = anchors.astype(np.int64)
+    for name, ids in anchors.items():
+        neighbors[("readout", name)] = ids
 
-    node_type = np.empty(n_struct + len(anchors), dtype=np.int32)
+    node_type = np.empty(n_struct + n_readout, dtype=np.int32)
     for role, ids in roles.items():
         node_type[ids] = type_of[spec.roles[role].cell]
-    instance = np.concatenate([calls.instance, calls.instance[anchors]])
+    # A readout belongs to the instance of whichever neighbour it has.
+    first = np.max(np.stack(list(anchors.values())), axis=0)
+    instance = np.concatenate([calls.instance, calls.instance[first]])
 
     n_args = np.array([len(t.program.float_inputs) for t in types], dtype=np.int64)
     n_imms = np.array([len(t.program.token_inputs) for t in types], dtype=np.int64)
@@ -80,9 +86,13 @@ def assemble(spec: ModelSpec, calls: Calls, num_instances: int) -> Graph:
                  num_instances, out_node=readout_ids, out_slot=np.zeros(len(readout_ids)))
 
 
-def _tree_calls(trees: list) -> Calls:
-    if any(t.tokens is None for t in trees):
-        raise ValueError("trees must be encoded (token ids) before building a graph")
+def _require_encoded(instances: list, attribute: str) -> None:
+    if any(getattr(inst, attribute) is None for inst in instances):
+        raise ValueError("instances must be encoded (token ids) before building a graph")
+
+
+def _tree_calls(spec: ModelSpec, trees: list) -> Calls:
+    _require_encoded(trees, "tokens")
     sizes = np.array([t.num_nodes for t in trees], dtype=np.int64)
     offsets = csr_ptr(sizes)
     instance = np.repeat(np.arange(len(trees), dtype=np.int32), sizes)
@@ -99,9 +109,198 @@ def _tree_calls(trees: list) -> Calls:
         neighbors={("internal", "left"): left[internal] + base[internal],
                    ("internal", "right"): right[internal] + base[internal]},
         tokens={("leaf", "word"): tokens[leaves]},
-        anchors={"root": offsets[1:] - 1, "nodes": np.arange(len(instance), dtype=np.int64)},
+        anchors={"root": {"node": offsets[1:] - 1}, "nodes": {"node": np.arange(len(instance))}},
     )
 
 
+def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For sequences of the given lengths: each position's sequence and index within it."""
+    seq = np.repeat(np.arange(len(lengths)), lengths)
+    return seq, np.arange(int(lengths.sum())) - np.repeat(csr_ptr(lengths)[:-1], lengths)
+
+
+def _chain_calls(spec: ModelSpec, seqs: list) -> Calls:
+    """Per sequence: the input block, then forward calls in order, then backward calls in
+    reverse order, so every call comes after what it reads."""
+    _require_encoded(seqs, "tokens")
+    present = [r for r in ("input", "forward", "backward") if r in spec.roles]
+    lengths = np.array([s.num_nodes for s in seqs], dtype=np.int64)
+    seq, p = _positions(lengths)
+    n = lengths[seq]
+    base = csr_ptr(lengths * len(present))[:-1][seq]
+    tokens = np.concatenate([s.tokens for s in seqs]).astype(np.int64)
+
+    def ids(role: str, at: np.ndarray) -> np.ndarray:
+        block = present.index(role) * n
+        return base + block + (n - 1 - at if role == "backward" else at)
+
+    calls = Calls(instance=np.repeat(np.arange(len(seqs), dtype=np.int32), lengths * len(present)))
+    for role in present:
+        calls.roles[role] = ids(role, p)
+        calls.tokens[(role, "word")] = tokens
+        if "input" in present and role != "input":
+            calls.neighbors[(role, "input")] = ids("input", p)
+    if "forward" in present:
+        calls.neighbors[("forward", "prev")] = np.where(p > 0, ids("forward", p - 1), -1)
+    if "backward" in present:
+        calls.neighbors[("backward", "next")] = np.where(p < n - 1, ids("backward", p + 1), -1)
+    at_nodes = {}
+    at_ends = {}
+    last = csr_ptr(lengths)[1:] - 1
+    first = csr_ptr(lengths)[:-1]
+    for role in present:
+        at_nodes[role] = calls.roles[role]
+        if role == "forward":
+            at_ends[role] = calls.roles[role][last]
+        elif role == "backward":
+            at_ends[role] = calls.roles[role][first]
+    calls.anchors = {"nodes": at_nodes, "ends": at_ends}
+    return calls
+
+
+def _seq2seq_calls(spec: ModelSpec, pairs: list) -> Calls:
+    """Per pair: the encoder calls, then the decoder calls; the first decoder step continues
+    from the last encoder step."""
+    _require_encoded(pairs, "source_tokens")
+    src_len = np.array([len(p.source) for p in pairs], dtype=np.int64)
+    tgt_len = np.array([len(p.target) for p in pairs], dtype=np.int64)
+    base = csr_ptr(src_len + tgt_len)[:-1]
+    s_seq, s_pos = _positions(src_len)
+    t_seq, t_pos = _positions(tgt_len)
+    encoder = base[s_seq] + s_pos
+    decoder = base[t_seq] + src_len[t_seq] + t_pos
+    last_encoder = base[t_seq] + src_len[t_seq] - 1
+    return Calls(
+        instance=np.repeat(np.arange(len(pairs), dtype=np.int32), src_len + tgt_len),
+        roles={"encoder": encoder, "decoder": decoder},
+        neighbors={("encoder", "prev"): np.where(s_pos > 0, encoder - 1, -1),
+                   ("decoder", "prev"): np.where(t_pos > 0, decoder - 1, last_encoder)},
+        tokens={("encoder", "source"): np.concatenate([p.source_tokens for p in pairs]).astype(np.int64),
+                ("decoder", "target"): np.concatenate([p.target_tokens for p in pairs]).astype(np.int64)},
+        anchors={"nodes": {"decoder": decoder}},
+    )
+
+
+def _lattice_calls(spec: ModelSpec, lattices: list) -> Calls:
+    """Per lattice node i >= 1, in node order: its char arc call, its word arc calls, then one
+    merge call per word arc folding it into the node's state (char arc first)."""
+    _require_encoded(lattices, "tokens")
+    nodes = np.array([lat.num_nodes for lat in lattices], dtype=np.int64)
+    node_base = csr_ptr(nodes)[:-1]
+    arcs_per = np.array([len(lat.arc_dst) for lat in lattices], dtype=np.int64)
+    arc_lat = np.repeat(np.arange(len(lattices)), arcs_per)
+    dst = np.concatenate([lat.arc_dst for lat in lattices]).astype(np.int64) + node_base[arc_lat]
+    src = np.concatenate([lat.arc_src for lat in lattices]).astype(np.int64) + node_base[arc_lat]
+    is_char = np.concatenate([lat.arc_char for lat in lattices])
+    tokens = np.concatenate([lat.tokens for lat in lattices]).astype(np.int64)
+    total = int(nodes.sum())
+    node_lat = np.repeat(np.arange(len(lattices)), nodes)
+    is_start = np.arange(total) == node_base[node_lat]
+
+    words = np.flatnonzero(~is_char)  # in (target node, listed) order
+    m = np.bincount(dst[words], minlength=total)
+    calls_per_node = np.where(is_start, 0, 1 + 2 * m)
+    base = csr_ptr(calls_per_node)
+    state = np.where(is_start, -1, base[:-1] + 2 * m)  # the last merge, or the char arc
+    rank = np.arange(len(words)) - csr_ptr(m)[:-1][dst[words]]  # a word arc's place among its node's
+
+    chars = np.flatnonzero(is_char)
+    char_ids = base[dst[chars]]
+    word_ids = base[dst[words]] + 1 + rank
+    merge_ids = base[dst[words]] + 1 + m[dst[words]] + rank
+    merge_acc = np.where(rank == 0, base[dst[words]], merge_ids - 1)
+    non_start = np.flatnonzero(~is_start)
+    last = node_base + nodes - 1
+    return Calls(
+        instance=np.repeat(node_lat, calls_per_node).astype(np.int32),
+        roles={"char": char_ids, "word": word_ids, "merge": merge_ids},
+        neighbors={("char", "src"): state[src[chars]], ("word", "src"): state[src[words]],
+                   ("merge", "acc"): merge_acc, ("merge", "arc"): word_ids},
+        tokens={("char", "char"): tokens[chars], ("word", "word"): tokens[words]},
+        anchors={"nodes": {"node": state[non_start]}, "last": {"node": state[last]}},
+    )
+
+
+def _dag_calls(spec: ModelSpec, dags: list) -> Calls:
+    """Nodes in file order; each node's role, arguments and tokens as its instance gives them,
+    checked against the spec's bindings here, where both are known."""
+    _require_encoded(dags, "tokens")
+    role_names = [r for r in spec.roles if r != "readout"]
+    role_index = {r: i for i, r in enumerate(role_names)}
+    sizes = np.array([d.num_nodes for d in dags], dtype=np.int64)
+    offsets = csr_ptr(sizes)
+    instance = np.repeat(np.arange(len(dags), dtype=np.int32), sizes)
+    roles = np.empty(int(sizes.sum()), dtype=np.int64)
+    arity = {}
+    for name in role_names:
+        ks = [arg_index(s.ref) for s in spec.roles[name].bind if s.kind == "state"]
+        arity[name] = max(ks) + 1 if ks else 0
+    arg_parts = []
+    for d, inst in enumerate(dags):
+        for v, name in enumerate(inst.roles):
+            if name not in role_index:
+                raise inst.fail(f"node {v}: role {name!r} is not a role of model '{spec.name}'; "
+                                f"expected one of: {', '.join(role_names)}")
+        local = np.array([role_index[name] for name in inst.roles], dtype=np.int64)
+        roles[offsets[d]:offsets[d + 1]] = local
+        counts = np.diff(inst.arg_ptr)
+        want = np.array([arity[role_names[i]] for i in local])
+        bad = np.flatnonzero(counts != want)
+        if len(bad):
+            v = int(bad[0])
+            raise inst.fail(f"node {v}: role {inst.roles[v]!r} takes {want[v]} arguments, "
+                            f"the node lists {counts[v]}")
+        arg_parts.append(inst.args + offsets[d])
+    # Every node lists exactly its role's arity, so the arguments index by the roles' arities.
+    args = np.concatenate(arg_parts)
+    arg_ptr = csr_ptr(np.array([arity[name] for name in role_names], dtype=np.int64)[roles])
+
+    def fail_at(v: int, message: str) -> DataError:
+        d = int(instance[v])
+        return dags[d].fail(f"node {v - offsets[d]}: {message}")
+
+    def check_argument(name: str, value, source, ids: np.ndarray, producers: np.ndarray) -> None:
+        """The producers of a bound argument must have the named output, of the input's shape."""
+        for r in np.unique(roles[producers]).tolist():
+            other = spec.cells[spec.roles[role_names[r]].cell]
+            slot = other.output_slot(source.output)
+            if slot is not None and other.output_shapes[slot] == value.shape:
+                continue
+            why = (f"cell '{other.name}' has no output '{source.output}'" if slot is None else
+                   f"its output '{source.output}' is {list(other.output_shapes[slot])}, input "
+                   f"'{value.name}' expects {list(value.shape)}")
+            v = int(ids[np.flatnonzero(roles[producers] == r)[0]])
+            raise fail_at(v, f"argument {source.ref} of role {name!r} is a {role_names[r]!r} node, but {why}")
+
+    calls = Calls(instance=instance)
+    for name in role_names:
+        ids = np.flatnonzero(roles == role_index[name])
+        calls.roles[name] = ids
+        program = spec.cells[spec.roles[name].cell]
+        for value, source in zip(program.inputs, spec.roles[name].bind):
+            if source.kind == "token":
+                values = np.concatenate([d.tokens.get(source.ref, np.full(d.num_nodes, -1)) for d in dags])[ids]
+                missing = np.flatnonzero(values < 0)
+                if len(missing):
+                    raise fail_at(int(ids[missing[0]]), f"role {name!r} needs token field {source.ref!r}")
+                calls.tokens[(name, source.ref)] = values
+                continue
+            k = arg_index(source.ref)
+            producers = args[arg_ptr[ids] + k]
+            calls.neighbors[(name, source.ref)] = producers
+            check_argument(name, value, source, ids, producers)
+    calls.anchors = {
+        "outputs": {"node": np.concatenate([d.outputs + offsets[i] for i, d in enumerate(dags)])},
+        "nodes": {"node": np.arange(len(instance))},
+    }
+    readout = spec.roles["readout"]
+    read = calls.anchors[readout.at]["node"]
+    for value, source in zip(spec.cells[readout.cell].inputs, readout.bind):
+        if source.kind == "state":
+            check_argument("readout", value, source, read, read)
+    return calls
+
+
 # Structure kind -> builder of its `Calls`.
-BUILDERS = {"tree": _tree_calls}
+BUILDERS = {"tree": _tree_calls, "chain": _chain_calls, "seq2seq": _seq2seq_calls,
+            "lattice": _lattice_calls, "dag": _dag_calls}

@@ -1,9 +1,10 @@
 """Plans: what the runtime needs to execute compiled mini-batches, as one file.
 
-A plan holds the model spec's text (so it is self-contained), and for each
-mini-batch its cell-level graph (for the reference), the graph the schedule
-runs on (the same, or its op-level lowering), the schedule and the memory
-layout. `save_plan` and `load_plan` go through `edbc.artifact`.
+A plan holds the model spec's text and the files it refers to (ONNX cells),
+so it is self-contained, and for each mini-batch its cell-level graph (for the
+reference), the graph the schedule runs on (the same, or its op-level
+lowering), the schedule and the memory layout. `save_plan` and `load_plan` go
+through `edbc.artifact`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from ..spec.program import Program
 
 MAGIC = b"EDBC-PLAN\n"
 FORMAT = "edbc.plan"
-VERSION = (1, 0)
+VERSION = (1, 1)  # 1.1: the spec's files embedded as parts "files/<path as written in the spec>"
+_FILES = "files/"
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,7 +90,8 @@ def _graph_from(head: dict, arrays: dict, prefix: str, spec: ModelSpec, path: st
 
 
 def save_plan(plan: Plan, path: str) -> None:
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {_FILES + rel: np.frombuffer(data, dtype=np.uint8)
+                                     for rel, data in plan.spec.files.items()}
     batches = []
     for i, b in enumerate(plan.batches):
         entry = {"cell_graph": _graph_header(b.cell_graph),
@@ -119,7 +122,8 @@ def load_plan(path: str) -> Plan:
     path = str(path)
     head, arrays = decode_artifact(path, read_bytes(path, "plan"), MAGIC, FORMAT, VERSION[0])
     try:
-        spec = parse_model(head["spec_text"], path=f"{path} (embedded spec)")
+        files = {k[len(_FILES):]: v.tobytes() for k, v in arrays.items() if k.startswith(_FILES)}
+        spec = parse_model(head["spec_text"], path=f"{path} (embedded spec)", files=files)
         if spec.digest != head["inputs"]["spec"]:
             raise ArtifactError("the embedded spec does not match the spec the plan was compiled for",
                                 path=path)

@@ -36,6 +36,15 @@ def _sum(args, attrs):
     return (out,)
 
 
+def _matvec(args, attrs):
+    a, v = args  # a: [p, q] parameter or [k, p, q] values; v: [q] parameter or [k, q] values
+    if a.dim() == 2:
+        return (v @ a.T,)
+    if v.dim() == 1:
+        return (a @ v,)
+    return (torch.bmm(a, v.unsqueeze(-1)).squeeze(-1),)
+
+
 OP_IMPLS: dict[str, Callable] = {
     "embed": lambda a, attrs: (F.embedding(a[1], a[0]),),
     "affine": _affine,
@@ -51,6 +60,9 @@ OP_IMPLS: dict[str, Callable] = {
     "concat": lambda a, attrs: (torch.cat(a, dim=-1),),
     "chunk": lambda a, attrs: tuple(torch.chunk(a[0], attrs["n"], dim=-1)),
     "split": lambda a, attrs: tuple(torch.split(a[0], list(attrs["sizes"]), dim=-1)),
+    "matmul": lambda a, attrs: (torch.matmul(a[0], a[1]),),
+    "matvec": _matvec,
+    "reshape": lambda a, attrs: (a[0].reshape((a[0].shape[0],) + tuple(attrs["shape"])),),
 }
 
 

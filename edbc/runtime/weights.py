@@ -1,14 +1,16 @@
-"""Materialise a model's parameters as torch tensors, deterministically from their seeds."""
+"""Materialise a model's parameters as torch tensors: given values, or drawn from their seeds."""
 
 from __future__ import annotations
 
 import torch
 
-from ..spec.model import ModelSpec, ParamSpec
+from ..spec.model import GIVEN, ModelSpec, ParamSpec
 
 
 def init_param(p: ParamSpec) -> torch.Tensor:
-    """Drawn on the CPU in fp32, so every device gets the same numbers."""
+    """Given values as they are; else drawn on the CPU in fp32, so every device gets the same numbers."""
+    if p.init == GIVEN:
+        return torch.tensor(p.values, dtype=torch.float32)
     g = torch.Generator().manual_seed(p.seed)
     if p.init == "zeros":
         return torch.zeros(p.shape)

@@ -68,12 +68,13 @@ class _CellBuilder:
         self.ops: list[Op] = []
         self.op_index = 0
         self.where: OpLine | None = None
+        self.assigned: set[str] = set()  # every name some op line assigns, for clearer errors
 
     def error(self, message: str, node: ast.AST | None = None) -> SpecError:
         w = self.where
         prefix = f"cell '{self.cell}'"
         if w is not None:
-            prefix += f", op {self.op_index} `{w.text}`"
+            prefix += f", op {self.op_index} `{w.text}`" if self.op_index else f", outputs: `{w.text}`"
         col = None
         if w is not None and w.column is not None:
             col = w.column + (getattr(node, "col_offset", 0) or 0)
@@ -160,6 +161,9 @@ class _CellBuilder:
                 return node.id
             if node.id in self.dims:
                 raise self.error(f"'{node.id}' is a dimension, not a value or parameter", node)
+            if node.id in self.assigned:
+                raise self.error(f"value '{node.id}' is used before the op that assigns it; ops run in "
+                                 "order, so values cannot depend on each other in a cycle", node)
             raise self.error(f"unknown value or parameter '{node.id}'", node)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
             raise self.error("`x @ W` is only allowed inside affine(...)", node)
@@ -186,9 +190,12 @@ def parse_cell(cell: str, inputs: list[tuple[str, Shape | None]], lines: list[Op
     for name, shape in inputs:
         b.bind(name, b.add_value(name, () if shape is None else shape,
                                  TOKEN if shape is None else F32))
+    b.assigned = {name.strip() for line in lines if "=" in line.text
+                  for name in line.text.split("=", 1)[0].split(",")}
     for b.op_index, line in enumerate(lines, start=1):
         b.statement(line)
     b.where = None
+    b.op_index = 0
     n_inputs = len(inputs)
     out_ids = []
     for name, where in outputs:

@@ -2,13 +2,15 @@
 
 Every error names the file, the line and column, and what was expected. YAML
 is composed (not just loaded) so that each mapping key and list item keeps its
-position.
+position. A cell may be an op list or an ONNX file (`{onnx: path}`, relative to
+the spec), imported by `onnx_cell`.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -17,7 +19,7 @@ from ..errors import SpecError
 from .cells import OpLine, eval_dim_text, parse_cell
 from .model import INITS, ModelSpec, ParamSpec, RoleSpec, Source, VocabSpec
 from .program import Program, Shape
-from .structure import KINDS, KindDef, RoleDef, readout_role
+from .structure import ANY, KINDS, KindDef, RoleDef, readout_role
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TOP_KEYS = ("model", "seed", "dims", "vocab", "params", "cells", "structure", "readout")
@@ -143,7 +145,13 @@ def load_model(path: str | Path) -> ModelSpec:
     return parse_model(text, path)
 
 
-def parse_model(text: str, path: str | None = None) -> ModelSpec:
+def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] | None = None) -> ModelSpec:
+    """Parse and validate a model spec.
+
+    Files the spec refers to (ONNX cells) are read relative to `path`'s folder,
+    or, when `files` is given, taken from it by the path written in the spec
+    (how a plan, which embeds them, loads its spec).
+    """
     c = _Checker(path)
     root = _compose(text, path)
     if root is None:
@@ -160,8 +168,15 @@ def parse_model(text: str, path: str | None = None) -> ModelSpec:
 
     params = _params(c, top["params"], dims, seed)
     param_shapes = {k: p.shape for k, p in params.items()}
-    cells = {key: _cell(c, key, node, dims, param_shapes)
-             for key, node in c.mapping(top["cells"], "cells").items()}
+    cells: dict[str, Program] = {}
+    used_files: dict[str, bytes] = {}
+    for key, node in c.mapping(top["cells"], "cells").items():
+        if isinstance(node.value, dict) and "onnx" in node.value:
+            cells[key], cell_params, rel, data = _onnx_cell(c, key, node, dims, files)
+            params.update(cell_params)  # named `<cell>.<initializer>`: they cannot clash with YAML names
+            used_files[rel] = data
+        else:
+            cells[key] = _cell(c, key, node, dims, param_shapes)
 
     struct = c.mapping(top["structure"], "structure", required=("kind",))
     kind_name = struct["kind"].value
@@ -175,14 +190,16 @@ def parse_model(text: str, path: str | None = None) -> ModelSpec:
         if key == "kind":
             continue
         role_def = kind.role(key)
-        if role_def is None:
-            raise c.fail(node, f"structure: {kind.name} has no role '{key}'; expected: "
-                               f"{', '.join(r for r, _ in kind.roles)}")
+        if role_def is None or key == "readout":
+            raise c.fail(node, f"structure: {kind.name} has no role '{key}'; expected: {kind.role_names()}")
         roles[key] = _role(c, key, node, role_def, cells)
         role_nodes[key] = node
-    for role_name, _ in kind.roles:
-        if role_name not in roles:
-            raise c.fail(top["structure"], f"structure: the {kind.name} kind needs role '{role_name}'")
+    for group in kind.required:
+        if not any(r in roles for r in group):
+            need = f"role '{group[0]}'" if len(group) == 1 else f"one of the roles {', '.join(group)}"
+            raise c.fail(top["structure"], f"structure: the {kind.name} kind needs {need}")
+    if not roles:
+        raise c.fail(top["structure"], f"structure: no roles; a {kind.name} needs at least one")
     node = top["readout"]
     fields = c.mapping(node, "readout", ("cell", "at", "bind"), ("cell", "at", "bind"))
     at = fields["at"].value
@@ -198,7 +215,7 @@ def parse_model(text: str, path: str | None = None) -> ModelSpec:
 
     vocabs = _vocabs(c, top.get("vocab"), dims, roles, cells, params, root)
     return ModelSpec(name=name, path=path, seed=seed, dims=dims, vocabs=vocabs, params=params,
-                     cells=cells, kind=kind.name, roles=roles)
+                     cells=cells, kind=kind.name, roles=roles, files=used_files)
 
 
 def _params(c: _Checker, node: _Node, dims: dict[str, int], seed: int) -> dict[str, ParamSpec]:
@@ -232,12 +249,9 @@ def _params(c: _Checker, node: _Node, dims: dict[str, int], seed: int) -> dict[s
     return out
 
 
-def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
-          params: dict[str, Shape]) -> Program:
-    c.name(_Node(name, node.line, node.column), "a cell name")
-    f = c.mapping(node, f"cells.{name}", ("inputs", "ops", "outputs"), ("inputs", "ops", "outputs"))
+def _cell_inputs(c: _Checker, name: str, node: _Node, dims: dict[str, int]) -> list[tuple[str, Shape | None]]:
     inputs: list[tuple[str, Shape | None]] = []
-    for key, inode in c.mapping(f["inputs"], f"cells.{name}.inputs").items():
+    for key, inode in c.mapping(node, f"cells.{name}.inputs").items():
         c.name(_Node(key, inode.line, inode.column), f"cells.{name}.inputs: an input name")
         if inode.value == "token":
             inputs.append((key, None))
@@ -245,6 +259,14 @@ def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
             inputs.append((key, c.shape(inode, dims, f"cells.{name}.inputs.{key}")))
         else:
             raise c.fail(inode, f"cells.{name}.inputs.{key} must be `token` or a shape such as [hidden]")
+    return inputs
+
+
+def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
+          params: dict[str, Shape]) -> Program:
+    c.name(_Node(name, node.line, node.column), "a cell name")
+    f = c.mapping(node, f"cells.{name}", ("inputs", "ops", "outputs"), ("inputs", "ops", "outputs"))
+    inputs = _cell_inputs(c, name, f["inputs"], dims)
     lines = []
     for item in c.sequence(f["ops"], f"cells.{name}.ops"):
         if not isinstance(item.value, str):
@@ -253,6 +275,54 @@ def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
     outputs = [(c.name(o, f"cells.{name}.outputs: an output"), OpLine(o.value, o.line, o.column))
                for o in c.sequence(f["outputs"], f"cells.{name}.outputs")]
     return parse_cell(name, inputs, lines, outputs, params, dims, c.path)
+
+
+def _onnx_cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
+               files: Mapping[str, bytes] | None) -> tuple[Program, dict[str, ParamSpec], str, bytes]:
+    """A cell given as an ONNX file; `inputs:` and `outputs:`, if given, must match its graph."""
+    c.name(_Node(name, node.line, node.column), "a cell name")
+    f = c.mapping(node, f"cells.{name}", ("onnx", "inputs", "outputs"))
+    where = f["onnx"]
+    rel = where.value
+    if not isinstance(rel, str) or not rel.strip():
+        raise c.fail(where, f"cells.{name}.onnx must be the path of an .onnx file, relative to the spec")
+    if files is not None:
+        if rel not in files:
+            raise c.fail(where, f"cells.{name}.onnx: '{rel}' is not among the files given with the spec "
+                                f"({', '.join(sorted(files)) or 'none'})")
+        data, label = files[rel], f"{rel} (given with {c.path})" if c.path else rel
+    else:
+        full = (Path(c.path).parent if c.path else Path(".")) / rel
+        try:
+            data = full.read_bytes()
+        except FileNotFoundError:
+            raise c.fail(where, f"cells.{name}.onnx: no such file '{full}' (the path is relative to the "
+                                f"spec's folder)") from None
+        except OSError as e:
+            raise c.fail(where, f"cells.{name}.onnx: cannot read '{full}': {e.strerror}") from None
+        label = str(full)
+    from .onnx_cell import import_onnx_cell  # onnx is imported only by specs that need it
+
+    imported = import_onnx_cell(name, data, label)
+    program = imported.program
+    if "inputs" in f:
+        declared = _cell_inputs(c, name, f["inputs"], dims)
+        actual = [(v.name, None if v.dtype == "token" else v.shape) for v in program.inputs]
+        if sorted(declared, key=str) != sorted(actual, key=str):
+            raise c.fail(f["inputs"], f"cells.{name}.inputs do not match the ONNX graph's inputs: "
+                                      f"{_format_inputs(actual)}")
+    if "outputs" in f:
+        declared_out = [c.name(o, f"cells.{name}.outputs: an output")
+                        for o in c.sequence(f["outputs"], f"cells.{name}.outputs")]
+        actual_out = [program.values[v].name for v in program.outputs]
+        if sorted(declared_out) != sorted(actual_out):
+            raise c.fail(f["outputs"], f"cells.{name}.outputs do not match the ONNX graph's outputs: "
+                                       f"{', '.join(actual_out)}")
+    return program, imported.params, rel, data
+
+
+def _format_inputs(inputs: list[tuple[str, Shape | None]]) -> str:
+    return ", ".join(f"{n}: {'token' if s is None else list(s)}" for n, s in inputs)
 
 
 def _role(c: _Checker, role: str, node: _Node, role_def: RoleDef, cells: dict[str, Program],
@@ -282,15 +352,14 @@ def _role(c: _Checker, role: str, node: _Node, role_def: RoleDef, cells: dict[st
         ref, _, output = text.partition(".")
         if output:
             if role_def.neighbor_roles(ref) is None:
-                known = ", ".join(n for n, _ in role_def.neighbors) or "(none)"
                 raise c.fail(snode, f"{what}.bind.{value.name}: {ref!r} is not a neighbour of "
-                                    f"{role}; expected one of: {known}")
+                                    f"{role}; expected one of: {role_def.describe_neighbors()}")
             if value.dtype != "f32":
                 raise c.fail(snode, f"{what}.bind.{value.name}: a token input must be bound to a "
                                     f"token field ({', '.join(role_def.tokens) or 'none here'})")
             sources.append(Source("state", ref, output))
         else:
-            if ref not in role_def.tokens:
+            if not role_def.accepts_token(ref) or not _NAME.match(ref):
                 raise c.fail(snode, f"{what}.bind.{value.name}: {ref!r} is not a token field of "
                                     f"{role}; expected one of: {', '.join(role_def.tokens) or '(none)'}"
                                     f", or `neighbour.output`")
@@ -303,17 +372,27 @@ def _role(c: _Checker, role: str, node: _Node, role_def: RoleDef, cells: dict[st
 
 def _check_neighbors(c: _Checker, role: str, spec: RoleSpec, node: _Node, kind: KindDef,
                      roles: dict[str, RoleSpec], cells: dict[str, Program], at_role: str | None) -> None:
-    """Every role that can fill a neighbour must have the bound output, with the input's shape."""
+    """Every role that can fill a neighbour must have the bound output, with the input's shape.
+
+    Neighbours filled by any role (a DAG's arguments) are checked per instance instead.
+    """
     role_def = readout_role(kind, at_role) if role == "readout" else kind.role(role)
     program = cells[spec.cell]
     binds = node.value["bind"].value
     for value, source in zip(program.inputs, spec.bind):
         if source.kind != "state":
             continue
-        for filler in role_def.neighbor_roles(source.ref):
+        fillers = role_def.neighbor_roles(source.ref)
+        if ANY in fillers:
+            continue
+        where = binds[value.name]
+        present = [f for f in fillers if f in roles]
+        if not present:
+            raise c.fail(where, f"bind.{value.name}: {source.ref} would be a {' or '.join(fillers)} node, "
+                                f"but the model has no such role")
+        for filler in present:
             other = cells[roles[filler].cell]
             slot = other.output_slot(source.output)
-            where = binds[value.name]
             if slot is None:
                 raise c.fail(where, f"bind.{value.name}: {source.ref} may be a {filler} node, whose cell "
                                     f"'{other.name}' has no output '{source.output}'; its outputs are: "

@@ -10,18 +10,36 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .program import Program, Shape
 
-INITS = ("xavier", "normal", "uniform", "zeros", "ones")
+INITS = ("xavier", "normal", "uniform", "zeros", "ones")  # the initialisers a YAML spec may name
+GIVEN = "given"  # a parameter whose values come with the spec (e.g. an ONNX cell's initializers)
 
 
 @dataclass(frozen=True, slots=True)
 class ParamSpec:
     name: str
     shape: Shape
-    init: str  # one of INITS
+    init: str  # one of INITS, or GIVEN
     scale: float | None  # std for normal, bound for uniform
     seed: int
+    values: np.ndarray | None = field(default=None, compare=False, repr=False)  # fp32, for GIVEN
+
+    @staticmethod
+    def given(name: str, values: np.ndarray) -> "ParamSpec":
+        """A parameter with fixed values (copied to read-only fp32)."""
+        values = np.array(values, dtype=np.float32)
+        values.flags.writeable = False
+        return ParamSpec(name, tuple(values.shape), GIVEN, None, 0, values)
+
+    def canonical(self) -> list:
+        out = [list(self.shape), self.init, self.scale, self.seed]
+        if self.values is not None:
+            # The values themselves define the model: a changed ONNX file changes the digest.
+            out.append(hashlib.sha256(np.ascontiguousarray(self.values, dtype="<f4").tobytes()).hexdigest())
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,8 @@ class ModelSpec:
     kind: str
     roles: dict[str, RoleSpec]  # the structure's roles, the readout under "readout"
     options: dict[str, object] = field(default_factory=dict)  # kind-specific settings
+    # Files the spec refers to (ONNX cells), by the path written in the spec; plans embed them.
+    files: dict[str, bytes] = field(default_factory=dict)
 
     def canonical(self) -> dict:
         """Everything that defines the model, nothing about where it was read from."""
@@ -75,7 +95,7 @@ class ModelSpec:
             "seed": self.seed,
             "dims": self.dims,
             "vocabs": {k: [v.size, v.build] for k, v in self.vocabs.items()},
-            "params": {k: [list(p.shape), p.init, p.scale, p.seed] for k, p in self.params.items()},
+            "params": {k: p.canonical() for k, p in self.params.items()},
             "cells": {k: c.to_json() for k, c in self.cells.items()},
             "kind": self.kind,
             "roles": {k: [r.cell, [str(s) for s in r.bind], r.at] for k, r in self.roles.items()},

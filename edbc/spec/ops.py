@@ -8,6 +8,7 @@ the user.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -188,3 +189,46 @@ def _split(ops, attrs):
     if not x.shape or sum(sizes) != x.shape[-1]:
         raise ShapeError(f"split sizes {list(sizes)} do not add up to the last dimension of {_fmt(x.shape)}")
     return [x.shape[:-1] + (s,) for s in sizes]
+
+
+@_register("matmul", "matmul(A, B): matrix product [p, q] x [q, r] -> [p, r]; either may be a parameter")
+def _matmul(ops, attrs):
+    _count(ops, "matmul", 2)
+    _needs_value(ops, "matmul")
+    _float_only(ops, "matmul")
+    a, b = ops
+    if len(a.shape) != 2 or len(b.shape) != 2:
+        raise ShapeError(f"matmul takes two matrices, got {_fmt(a.shape)} and {_fmt(b.shape)}; "
+                         "use matvec for a matrix and a vector")
+    if a.shape[1] != b.shape[0]:
+        raise ShapeError(f"matmul: {_fmt(a.shape)} and {_fmt(b.shape)} do not fit "
+                         f"({a.shape[1]} columns, {b.shape[0]} rows)")
+    return [(a.shape[0], b.shape[1])]
+
+
+@_register("matvec", "matvec(A, v): matrix times vector [p, q] x [q] -> [p]; either may be a parameter")
+def _matvec(ops, attrs):
+    _count(ops, "matvec", 2)
+    _needs_value(ops, "matvec")
+    _float_only(ops, "matvec")
+    a, v = ops
+    if len(a.shape) != 2 or len(v.shape) != 1:
+        raise ShapeError(f"matvec takes a matrix and a vector, got {_fmt(a.shape)} and {_fmt(v.shape)}")
+    if a.shape[1] != v.shape[0]:
+        raise ShapeError(f"matvec: {_fmt(a.shape)} and {_fmt(v.shape)} do not fit ({a.shape[1]} columns, "
+                         f"{v.shape[0]} entries)")
+    return [(a.shape[0],)]
+
+
+@_register("reshape", "reshape(x, [d1, d2, ...]): the same numbers in another shape", attrs=("shape",))
+def _reshape(ops, attrs):
+    _count(ops, "reshape", 1)
+    _needs_value(ops, "reshape")
+    _float_only(ops, "reshape")
+    (x,) = ops
+    shape = attrs["shape"]
+    if not isinstance(shape, tuple) or not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ShapeError(f"reshape's shape must be a list of positive integers, got {shape!r}")
+    if math.prod(shape) != math.prod(x.shape):
+        raise ShapeError(f"reshape cannot turn {_fmt(x.shape)} into {_fmt(shape)}: sizes differ")
+    return [tuple(shape)]

@@ -1,0 +1,65 @@
+"""Shared helpers of the text readers: opening files with one-line errors, Zipf sampling."""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import DataError
+
+
+_BLANKS = " \t\r\n\f\v"  # ASCII only: a no-break space is part of a word
+_INTEGER = re.compile(r"-?[0-9]+\Z")
+
+
+def is_integer(text: str) -> bool:
+    """ASCII digits with an optional minus (str.isdigit also accepts digits int() refuses, like '²')."""
+    return _INTEGER.match(text) is not None
+
+
+def read_lines(path: str, what: str = "data") -> Iterator[str]:
+    """The lines of a UTF-8 file; a missing, unreadable or binary file is a `DataError`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from f
+    except FileNotFoundError:
+        raise DataError(f"no such {what} file", path=path) from None
+    except IsADirectoryError:
+        raise DataError(f"is a directory; expected a {what} file", path=path) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
+    except OSError as e:
+        raise DataError(f"cannot read: {e.strerror}", path=path) from None
+
+
+def read_records(path: str, parse, limit: int | None, empty: str) -> list:
+    """One record a non-blank line, `parse(line, path, lineno)` each; `empty` is the error
+    for a file without any."""
+    out = []
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if not line.strip(_BLANKS):
+            continue
+        out.append(parse(line, path, lineno))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(empty, path=path)
+    return out
+
+
+def zipf_words(rng: np.random.Generator, count: int, lexicon: int, prefix: str = "w") -> list[str]:
+    """`count` words from a Zipf law (exponent 1) over `lexicon` word types."""
+    p = 1.0 / np.arange(1, lexicon + 1)
+    p /= p.sum()
+    return [f"{prefix}{i}" for i in rng.choice(lexicon, size=count, p=p)]
+
+
+def gamma_lengths(rng: np.random.Generator, count: int, mean: float, std: float,
+                  minimum: int, maximum: int) -> np.ndarray:
+    """Integer lengths >= minimum with the given mean and spread, capped at `maximum`."""
+    excess_mean = mean - minimum
+    shape = (excess_mean / std) ** 2
+    scale = std ** 2 / excess_mean
+    return np.minimum(minimum + np.rint(rng.gamma(shape, scale, size=count)).astype(np.int64), maximum)
