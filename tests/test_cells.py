@@ -111,3 +111,27 @@ def test_odd_model_runs_equal_to_reference_in_both_modes(odd_spec):
         compiled = compile_batch(odd_spec, data.instances, "agenda", memory=memory, verify=True)
         out = runtime.prepare(compiled.graph, compiled.schedule, compiled.layout).run()
         assert (out - runtime.reference(compiled.cell_graph)).abs().max().item() <= 1e-4
+
+
+def test_every_single_op_kernel_writes_its_destination():
+    """Op-level kernels write results straight into arena rows; none may leave them unwritten."""
+    from edbc.spec.program import Op, Program, Value
+    g = torch.Generator().manual_seed(1)
+    weights = {"W": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g), "v": torch.randn(4, generator=g)}
+    x, y = Value("x", (4,)), Value("y", (3,))
+    cases = [
+        Program("affine_no_bias", (x, y), 1, (Op("affine", (0, "W"), (1,)),), (1,)),
+        Program("affine_bias", (x, y), 1, (Op("affine", (0, "W", "b"), (1,)),), (1,)),
+        Program("mul_param", (x, Value("z", (4,))), 1, (Op("mul", (0, "v"), (1,)),), (1,)),
+        Program("sum_one", (x, Value("z", (4,))), 1, (Op("sum", (0,), (1,)),), (1,)),
+        Program("log_softmax", (x, Value("z", (4,))), 1, (Op("log_softmax", (0,), (1,)),), (1,)),
+        Program("chunk", (x, Value("a", (2,)), Value("b", (2,))), 1,
+                (Op("chunk", (0,), (1, 2), (("n", 2),)),), (1, 2)),
+    ]
+    shapes = {n: tuple(t.shape) for n, t in weights.items()}
+    for program in cases:
+        inputs = [torch.randn(5, 4, generator=g)]
+        kernel = Kernel(program, weights, plan_cell(program, shapes))
+        out = kernel(inputs, [torch.full((5,) + program.values[v].shape, float("nan")) for v in program.outputs])
+        for a, b in zip(interpret(program, inputs, weights), out):
+            assert torch.allclose(a, b, atol=1e-6), program.name

@@ -38,8 +38,6 @@ import numpy as np
 
 from .pqtree import PQTree
 
-_UNVISITED, _ACTIVE, _DONE = 0, 1, 2
-
 
 @dataclass(frozen=True, eq=False)
 class Request:
@@ -218,6 +216,8 @@ class _Solver:
         return True
 
     def pin(self, c: int, root_c: int, at_c: np.ndarray, producer: int, target: np.ndarray) -> bool:
+        if len(target) <= 1:
+            return True  # one row is aligned in any order
         cls = self.classes[producer]
         if cls.fixed:
             return False
@@ -327,48 +327,39 @@ class _Solver:
         return "dropped"
 
     # -- reading the orders off
-    def orders(self) -> list[np.ndarray]:
+    def orders(self, max_passes: int = 8) -> list[np.ndarray]:
+        """Every batch's order: class roots start from an order meeting their sets, then
+        each pin lays its range out in its consumer's current order, consumers first,
+        pass after pass until nothing changes (pins of two classes may read each other)."""
         n = len(self.sizes)
-        state = np.zeros(n, dtype=np.int8)
-        position: list[np.ndarray | None] = [None] * n  # per root: where each root position stands
+        roots = [r for r in range(n) if self.classes[r] is not None]
+        order: dict[int, np.ndarray] = {}
+        pos: dict[int, np.ndarray] = {}
+        for r in roots:
+            if self.classes[r].parts is None:
+                order[r] = self.classes[r].base_order()
+                pos[r] = _inverse(order[r])
 
-        def batch_order(b: int) -> np.ndarray | None:
+        def batch_order(b: int) -> np.ndarray:
             root, at = self.find(b)
-            if state[root] == _ACTIVE:
-                return None
-            if state[root] == _UNVISITED:
-                solve(root)
-            return np.argsort(position[root][at], kind="stable")
+            parts = self.classes[root].parts
+            if parts is None:
+                return np.argsort(pos[root][at], kind="stable")
+            whole = np.concatenate([members[batch_order(producer)] for producer, members in parts])
+            return np.argsort(_inverse(whole)[at], kind="stable")
 
-        def solve(r: int) -> None:
-            state[r] = _ACTIVE
-            cls = self.classes[r]
-            if cls.parts is not None:
-                seq = []
-                for producer, members in cls.parts:
-                    o = batch_order(producer)
-                    seq.append(members if o is None else members[o])
-                order = np.concatenate(seq)
-            else:
-                order = cls.base_order()
-                pos = np.empty(cls.size, dtype=np.int64)
-                pos[order] = np.arange(cls.size)
-                mirrors = []
-                for d, target in cls.pins:
-                    if self.find(d)[0] == r:
-                        mirrors.append((d, target))
-                        continue
-                    o = batch_order(d)
-                    if o is not None:
-                        _rewrite(order, pos, target[o])
-                for d, target in mirrors:
-                    _, at = self.find(d)
-                    _rewrite(order, pos, target[np.argsort(pos[at], kind="stable")])
-            p = np.empty(len(order), dtype=np.int64)
-            p[order] = np.arange(len(order))
-            position[r] = p
-            state[r] = _DONE
-
+        for _ in range(max_passes):
+            changed = False
+            for r in sorted(order, reverse=True):
+                pins = self.classes[r].pins
+                # pins from other classes first; a class's own (mirror) pins read its updated order
+                for mirror in (False, True):
+                    for d, target in pins:
+                        if (self.find(d)[0] == r) != mirror:
+                            continue
+                        changed |= _rewrite(order[r], pos[r], target[batch_order(d)])
+            if not changed:
+                break
         return [batch_order(b) if self.sizes[b] else np.zeros(0, dtype=np.int64) for b in range(n)]
 
     def chains(self) -> list[list[int]]:
@@ -383,11 +374,21 @@ class _Solver:
         return out
 
 
-def _rewrite(order: np.ndarray, pos: np.ndarray, sequence: np.ndarray) -> None:
-    """Lay `sequence` out, in this order, over the positions its members hold now."""
+def _inverse(order: np.ndarray) -> np.ndarray:
+    where = np.empty(len(order), dtype=np.int64)
+    where[order] = np.arange(len(order))
+    return where
+
+
+def _rewrite(order: np.ndarray, pos: np.ndarray, sequence: np.ndarray) -> bool:
+    """Lay `sequence` out, in this order, over the positions its members hold now; whether
+    anything moved."""
     slots = np.sort(pos[sequence])
+    if np.array_equal(order[slots], sequence):
+        return False
     order[slots] = sequence
     pos[sequence] = slots
+    return True
 
 
 def solve_orders(sizes, requests: list[Request], fixed=None) -> Orders:

@@ -34,7 +34,17 @@ from ..spec.program import TOKEN, Program, Shape
 from ..schedule.cell import CellSchedule, schedule_cell
 from .align import Request, solve_orders
 
-ALIAS_OPS = ("chunk", "split")
+# Ops whose batch of m runs on `[k, m, ...]` operands as one call (the others run one by one).
+BATCHABLE = frozenset({"add", "sub", "mul", "sum", "sigmoid", "tanh", "relu", "identity", "log_softmax",
+                       "concat", "affine", "embed"})
+
+
+def is_alias(program: Program, op) -> bool:
+    """Ops that only re-read their input's memory: `reshape`, and `chunk`/`split` of a vector
+    (their pieces are column ranges of it; of a matrix they are not)."""
+    if op.kind == "reshape":
+        return True
+    return op.kind in ("chunk", "split") and len(program.values[op.args[0]].shape) == 1
 VALUE, VIEW, BROADCAST, GATHER, SHARED, STACKED, TOKENS = range(7)
 KIND_NAMES = ("value", "view", "broadcast", "gather", "shared", "stacked", "tokens")
 
@@ -109,7 +119,11 @@ class CellPlan:
 def batching_signature(program: Program, op, param_shapes: dict[str, Shape]) -> tuple:
     """Ops with equal signatures may run as one batch: same kind, attributes and operand
     shapes. Parameters count by shape (different ones are stacked once), except
-    embedding tables, whose lookup batches only over one table."""
+    embedding tables, whose lookup batches only over one table. Ops outside
+    `BATCHABLE`, and affines of matrices, get a signature of their own."""
+    if op.kind not in BATCHABLE or (op.kind == "affine" and any(
+            not isinstance(a, str) and len(program.values[a].shape) != 1 for a in op.args)):
+        return ("alone", op.outs)
     args = []
     for a in op.args:
         if isinstance(a, str):
@@ -125,14 +139,14 @@ def plan_cell(program: Program, param_shapes: dict[str, Shape], memory: str = "p
     for j, op in enumerate(program.ops):
         for k, v in enumerate(op.outs):
             made_by[v] = (j, k)
-    compute = [j for j, op in enumerate(program.ops) if op.kind not in ALIAS_OPS]
+    compute = [j for j, op in enumerate(program.ops) if not is_alias(program, op)]
     index_of = {j: i for i, j in enumerate(compute)}
 
     def producer(v: int) -> int | None:
         """The computing op a value comes from, through slices; None for cell inputs."""
         while v in made_by:
             j = made_by[v][0]
-            if program.ops[j].kind not in ALIAS_OPS:
+            if not is_alias(program, program.ops[j]):
                 return j
             v = program.ops[j].args[0]
         return None
@@ -168,7 +182,7 @@ def _planned_orders(program: Program, batches: list[list[int]], made_by) -> list
     sizes = [len(b) for b in batches]
     fixed = [False] * len(batches)
     for j, op in enumerate(program.ops):
-        if op.kind in ALIAS_OPS:
+        if is_alias(program, op):
             for q, v in enumerate(op.outs):
                 piece[v] = (len(sizes), q)
             sizes.append(len(op.outs))
@@ -218,7 +232,7 @@ def _homes(program: Program, batches: list[list[int]]) -> tuple[tuple[Home, ...]
                 size = prod(program.values[v].shape)
                 homes[v] = Home(base_of[(b, k)], r * size, size)
     for op in program.ops:  # in program order, so a sliced value already has its home
-        if op.kind in ALIAS_OPS:
+        if is_alias(program, op):
             whole = homes[op.args[0]]
             start = whole.start
             for v in op.outs:

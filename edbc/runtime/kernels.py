@@ -76,13 +76,12 @@ def _fused_affine(weight: torch.Tensor, bias: torch.Tensor | None):
 
     def run(args, attrs, out=None):
         x = args[0] if len(args) == 1 else torch.cat(args, dim=-1)
-        if per_op:
-            y = torch.bmm(x.transpose(0, 1), weight).transpose(0, 1)
-            return (y + bias if bias is not None else y,)
-        if bias is not None and x.dim() == 2:
-            return (torch.addmm(bias, x, weight, out=out),) if out is not None else (torch.addmm(bias, x, weight),)
-        y = x @ weight
-        return (y + bias if bias is not None else y,)
+        if bias is not None and x.dim() == 2 and not per_op:
+            return (torch.addmm(bias, x, weight, out=out) if out is not None else torch.addmm(bias, x, weight),)
+        y = torch.bmm(x.transpose(0, 1), weight).transpose(0, 1) if per_op else x @ weight
+        if bias is not None:
+            y = y + bias
+        return (y if out is None else out.copy_(y),)
     run.writes_out = True
     return run
 
