@@ -79,7 +79,8 @@ class _Class:
     inner: np.ndarray | None = None  # laminar: innermost kept set of each position, -1 none
     parent: list[int] = field(default_factory=list)  # laminar: smallest kept set strictly containing a set
     tree: PQTree | None = None
-    pins: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (consumer, its nodes' positions)
+    # (consumer, some of its nodes, their positions here): lay those positions out in the consumer's order
+    pins: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
     parts: list[tuple[int, np.ndarray]] | None = None  # composite: (batch, root position of its t-th node)
     _saved: list = field(default_factory=list)
 
@@ -128,27 +129,36 @@ class _Class:
         return False
 
     def _add_laminar(self, s: np.ndarray) -> bool | None:
-        """Add `s` to the containment forest; None when it crosses a kept set."""
-        owners, counts = np.unique(self.inner[s], return_counts=True)
+        """Add `s` to the containment forest; None when it crosses a kept set.
+
+        Plain Python: the sets are small and many, so numpy's per-call cost would dominate.
+        """
+        members = self.inner[s].tolist()
+        counts: dict[int, int] = {}
+        for o in members:
+            counts[o] = counts.get(o, 0) + 1
+        parent, sets, size = self.parent, self.sets, len(s)
         hits: dict[int, int] = {}  # kept set -> how many members of s it holds
-        for o, n in zip(owners.tolist(), counts.tolist()):
+        for o, n in counts.items():
             while o >= 0:
                 hits[o] = hits.get(o, 0) + n
-                o = self.parent[o]
-        sizes = {u: len(self.sets[u]) for u in hits}
-        if any(n != sizes[u] and n != len(s) for u, n in hits.items()):
-            return None
-        if any(n == len(s) == sizes[u] for u, n in hits.items()):
-            return True  # the same set again
-        around = [u for u, n in hits.items() if n == len(s)]  # kept sets containing s
-        new = len(self.sets)
+                o = parent[o]
+        around = []  # kept sets containing s
         for u, n in hits.items():
-            if n == sizes[u] and (self.parent[u] < 0 or self.parent[u] in around):
-                self.parent[u] = new  # the largest kept sets inside s
-        self.parent.append(min(around, key=lambda u: sizes[u]) if around else -1)
-        self.sets.append(s)
-        members = self.inner[s]
-        self.inner[s] = np.where((members < 0) | np.isin(members, around), new, members)
+            if n == size:
+                if len(sets[u]) == size:
+                    return True  # the same set again
+                around.append(u)
+            elif n != len(sets[u]):
+                return None
+        new = len(sets)
+        for u, n in hits.items():
+            if n == len(sets[u]) and (parent[u] < 0 or parent[u] in around):
+                parent[u] = new  # the largest kept sets inside s
+        parent.append(min(around, key=lambda u: len(sets[u])) if around else -1)
+        sets.append(s)
+        enclosing = set(around)
+        self.inner[s] = [new if o < 0 or o in enclosing else o for o in members]
         return True
 
     def base_order(self) -> np.ndarray:
@@ -209,7 +219,7 @@ class _Solver:
             theirs.rollback()
             return False
         theirs.commit()
-        theirs.pins.extend((d, target[t]) for d, t in mine.pins)
+        theirs.pins.extend((d, nodes, target[t]) for d, nodes, t in mine.pins)
         self.classes[c] = None
         self.parent[c] = target_root
         self.to_parent[c] = target
@@ -221,44 +231,45 @@ class _Solver:
         cls = self.classes[producer]
         if cls.fixed:
             return False
-        if root_c == producer and np.intersect1d(at_c, target).size:
+        if root_c == producer and np.isin(target, at_c).any():
             return False  # the operand overlaps the consumer's own rows in one class
         if not cls.add(target):
             return False
-        cls.pins.append((c, target))
+        cls.pins.append((c, np.arange(len(target)), target))
         return True
 
     def composite(self, c: int, parts: list[tuple[int, int, np.ndarray]]) -> bool:
         """Consumer root c takes the orders of whole producer batches one after another.
 
         `parts`: (producer batch, its block, members) with members[t] the node of c
-        that reads the producer's t-th node.
+        that reads the producer's t-th node. The order of the parts is chosen with
+        a PQ tree over them, so that c's own kept sets that span several parts
+        stay consecutive; sets inside one part move to that part's producer.
         """
         mine = self.classes[c]
-        blocks = [blk for _, blk, _ in parts]
-        if not self._chain_fits(blocks):
-            return False
         part_of = np.empty(mine.size, dtype=np.int64)
         where = np.empty(mine.size, dtype=np.int64)
-        bounds = [0]
         for j, (_, _, members) in enumerate(parts):
             part_of[members] = j
             where[members] = np.arange(len(members))
-            bounds.append(bounds[-1] + len(members))
+        part_size = np.array([len(members) for _, _, members in parts])
         moved: list[tuple[int, np.ndarray]] = []
+        spanning = PQTree(len(parts))
         for s in mine.sets:
             owners = np.unique(part_of[s])
             if len(owners) == 1:
                 moved.append((parts[owners[0]][0], where[s]))
-            elif not (owners[-1] - owners[0] == len(owners) - 1
-                      and len(s) == bounds[owners[-1] + 1] - bounds[owners[0]]):
-                return False  # a set that is neither inside one part nor whole adjacent parts
-        pins = []
-        for d, t in mine.pins:
-            owners = np.unique(part_of[t])
-            if len(owners) != 1:
-                return False
-            pins.append((parts[owners[0]][0], d, where[t]))
+            elif len(s) != part_size[owners].sum() or not spanning.reduce(owners.tolist()):
+                return False  # covers a part partly, or no order of the parts keeps it consecutive
+        pins = []  # a pin over several parts becomes one per part: each producer follows the consumer there
+        for d, nodes, t in mine.pins:
+            for j in np.unique(part_of[t]):
+                mask = part_of[t] == j
+                pins.append((parts[j][0], d, nodes[mask], where[t[mask]]))
+        parts = [parts[j] for j in spanning.frontier()]
+        blocks = [blk for _, blk, _ in parts]
+        if not self._chain_fits(blocks):
+            return False
         opened = []
         for producer, s in moved:
             cls = self.classes[producer]
@@ -271,13 +282,13 @@ class _Solver:
                 return False
         for o in opened:
             o.commit()
-        for producer, d, t in pins:
-            self.classes[producer].pins.append((d, t))
+        for producer, d, nodes, t in pins:
+            self.classes[producer].pins.append((d, nodes, t))
         mine.sets, mine.pins, mine.inner, mine.tree = [], [], None, None
         mine.parts = [(producer, members) for producer, _, members in parts]
-        for a, b in zip(blocks, blocks[1:]):
-            self.next_block[a] = b
-            self.prev_block[b] = a
+        for x, y in zip(blocks, blocks[1:]):
+            self.next_block[x] = y
+            self.prev_block[y] = x
         return True
 
     def _chain_fits(self, blocks: list[int]) -> bool:
@@ -340,13 +351,20 @@ class _Solver:
                 order[r] = self.classes[r].base_order()
                 pos[r] = _inverse(order[r])
 
-        def batch_order(b: int) -> np.ndarray:
-            root, at = self.find(b)
+        composite_pos: dict[int, np.ndarray] = {}  # composite roots, valid until a pin moves something
+
+        def root_pos(root: int) -> np.ndarray:
             parts = self.classes[root].parts
             if parts is None:
-                return np.argsort(pos[root][at], kind="stable")
-            whole = np.concatenate([members[batch_order(producer)] for producer, members in parts])
-            return np.argsort(_inverse(whole)[at], kind="stable")
+                return pos[root]
+            if root not in composite_pos:  # parts are earlier batches: no cycle
+                composite_pos[root] = _inverse(np.concatenate([members[batch_order(producer)]
+                                                               for producer, members in parts]))
+            return composite_pos[root]
+
+        def batch_order(b: int) -> np.ndarray:
+            root, at = self.find(b)
+            return np.argsort(root_pos(root)[at], kind="stable")
 
         for _ in range(max_passes):
             changed = False
@@ -354,10 +372,13 @@ class _Solver:
                 pins = self.classes[r].pins
                 # pins from other classes first; a class's own (mirror) pins read its updated order
                 for mirror in (False, True):
-                    for d, target in pins:
+                    for d, nodes, target in pins:
                         if (self.find(d)[0] == r) != mirror:
                             continue
-                        changed |= _rewrite(order[r], pos[r], target[batch_order(d)])
+                        rank = _inverse(batch_order(d))[nodes]
+                        if _rewrite(order[r], pos[r], target[np.argsort(rank, kind="stable")]):
+                            changed = True
+                            composite_pos.clear()
             if not changed:
                 break
         return [batch_order(b) if self.sizes[b] else np.zeros(0, dtype=np.int64) for b in range(n)]

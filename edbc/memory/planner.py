@@ -16,6 +16,8 @@ without a copy and must gather the others anyway.
 
 from __future__ import annotations
 
+from math import prod
+
 import numpy as np
 
 from ..graph.ir import Graph
@@ -39,32 +41,34 @@ def operand_requests(graph: Graph, schedule: Schedule) -> list[Request]:
     batch_of = schedule.batch_of_node(graph.num_nodes)
     position = position_in_batch(schedule, graph.num_nodes)
     width = int(graph.num_outputs_per_type.max(initial=1))
+    stamp = np.full(graph.num_values, -1, dtype=np.int64)  # duplicate values, without sorting
     merged: dict[tuple, Request] = {}
     for c in range(schedule.num_batches):
         nodes = schedule.batch(c)
-        if len(nodes) < 2:
+        k = len(nodes)
+        if k < 2:
             continue
         program = graph.types[schedule.batch_type[c]].program
         if program is None:
             continue
         for p, value in enumerate(program.float_inputs):
             e = graph.arg_ptr[nodes] + p
-            producer, slot = graph.arg_node[e], graph.arg_slot[e].astype(np.int64)
-            if np.any(producer < 0) or np.all(producer == producer[0]):
+            producer, slot = graph.arg_node[e], graph.arg_slot[e]
+            if producer.min() < 0 or producer.max() == producer.min():
                 continue
-            keys = producer.astype(np.int64) * width + slot
-            if len(np.unique(keys)) != len(keys):
+            values = graph.value_ptr[producer] + slot
+            stamp[values] = np.arange(k)
+            if np.any(stamp[values] != np.arange(k)):
                 continue
-            weight = len(nodes) * int(np.prod(program.values[value].shape)) * 4
+            weight = k * prod(program.values[value].shape) * 4
             batch, index = batch_of[producer], position[producer]
-            block = batch * width + slot
             key = (c, batch.tobytes(), index.tobytes())
             if key in merged:
                 old = merged[key]
                 # a second operand of the same producers in another slot: one order serves both
                 merged[key] = Request(c, old.batch, old.index, old.block, old.weight + weight)
             else:
-                merged[key] = Request(c, batch, index, block, weight)
+                merged[key] = Request(c, batch, index, batch * width + slot, weight)
     return list(merged.values())
 
 
