@@ -18,6 +18,7 @@ from .data.typed_dag import read_typed_dag
 from .errors import EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
 from .graph import CELL, format_graph
 from .memory.layout import format_layout
+from .memory.cells import format_cell_plan, plan_cell
 from .memory.operands import format_memory
 from .plan import format_plan, load_plan, save_plan
 from .plan.plan import MAGIC
@@ -191,7 +192,9 @@ def inspect(plan_path, dump, minibatch):
     elif dump == "layout":
         click.echo(format_layout(b.layout))
     else:
-        click.echo("\n\n".join(format_program(c) for c in plan.spec.cells.values()))
+        shapes = {name: p.shape for name, p in plan.spec.params.items()}
+        click.echo("\n\n".join(format_program(c) + "\n" + format_cell_plan(plan_cell(c, shapes, plan.memory))
+                                for c in plan.spec.cells.values()))
 
 
 @main.command(name="schedule")

@@ -1,9 +1,9 @@
 """Memory planning figures for every bundled model: gathers with `--memory pq` against `none`.
 
-For each model and granularity: runtime gathers and bytes they copy per
-mini-batch (batch operands plus gathers inside cell kernels), the share of
-operand bytes served as views, and the time the pq planner takes per
-mini-batch (median; it runs at compile time). Each model reads its real data
+For each model and granularity: runtime gathers and the bytes they copy per
+mini-batch, the share of operand bytes served as views, torch calls inside
+cell kernels (internal batches run), and the time the pq planner takes per
+mini-batch (median and max; it runs at compile time). Each model reads its real data
 set when `../shared/data` has it (SST test, lattice test, WikiNER dev), else
 seeded synthetic instances. Prints a markdown table.
 
@@ -40,11 +40,11 @@ def main() -> None:
     names = args.models.split(",") if args.models else sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
 
     print(f"{args.policy} policy, mini-batches of {args.batch_size}, first {args.minibatches} mini-batches; "
-          "per mini-batch: gathers, MiB they copy (inside cell kernels), operand bytes served as views; "
-          "pq planning ms (median, max)\n")
-    print("| model | data | level | gathers pq / none | MiB pq / none (in cells) | pq / none bytes "
-          "| views pq / none | plan ms |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+          "per mini-batch: gathers, MiB they copy, operand bytes served as views, torch calls inside "
+          "cell kernels; pq planning ms (median, max)\n")
+    print("| model | data | level | gathers pq / none | MiB pq / none | pq / none bytes "
+          "| views pq / none | calls in cells pq / none | plan ms |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for name in names:
         spec, _ = load_spec(MODELS_DIR / f"{name}.yaml")
         rel = DATA.get(spec.kind)
@@ -73,10 +73,10 @@ def main() -> None:
             pq, none = totals["pq"], totals["none"]
             mib = 2 ** 20
             print(f"| {name} | {source} | {granularity} | {pq.gathers / n:.0f} / {none.gathers / n:.0f} "
-                  f"| {pq.gather_bytes / n / mib:.2f} ({pq.cell_gather_bytes / n / mib:.2f}) / "
-                  f"{none.gather_bytes / n / mib:.2f} ({none.cell_gather_bytes / n / mib:.2f}) "
+                  f"| {pq.gather_bytes / n / mib:.2f} / {none.gather_bytes / n / mib:.2f} "
                   f"| {pq.gather_bytes / max(none.gather_bytes, 1):.2f} "
                   f"| {100 * pq.view_fraction:.0f}% / {100 * none.view_fraction:.0f}% "
+                  f"| {pq.cell_calls / n:.0f} / {none.cell_calls / n:.0f} "
                   f"| {statistics.median(plan_ms):.1f}, {max(plan_ms):.1f} |", flush=True)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edbc.api import compile_batch, load_data
-from edbc.memory.cells import BROADCAST, GATHER, STACKED, VIEW, plan_cell
+from edbc.memory.cells import BROADCAST, GATHER, STACKED, VIEW, format_cell_plan, plan_cell
 from edbc.runtime import Kernel, Runtime
 from edbc.runtime.kernels import interpret
 from edbc.spec.load import parse_model
@@ -24,7 +24,7 @@ ODD_NODE = '''  node:
       - p = sigmoid(b)
       - q = sigmoid(a)
       - h = mul(p, q)
-      - c = add(mul(h, W_a), mul(c_l, W_b))
+      - c = add(add(mul(p, W_a), mul(q, W_b)), c_l)
     outputs: [h, c]
 '''
 
@@ -56,22 +56,23 @@ def random_inputs(program, k: int, seed: int = 0):
 
 def test_treelstm_node_plan(treelstm):
     plan = plan_cell(treelstm.cells["node"], shapes(treelstm), "pq")
-    assert len(plan.steps) == plan.schedule.lower_bound == 7
+    assert len(plan.schedule.batches) == plan.schedule.lower_bound == 7
     sigmoids = next(s for s in plan.steps if len(s.ops) == 4)
     assert sigmoids.operands[0].kind == VIEW  # four chunks of the gate vector, side by side
-    muls = next(s for s in plan.steps if len(s.ops) == 3)
-    # sigmoid outputs in the muls' order; tanh(u), c_l, c_r mix kernel values and cell inputs
-    assert [o.kind for o in muls.operands] == [VIEW, GATHER]
-    assert plan.gathers == 1 and plan.gather_bytes_per_call() == 3 * 128 * 4
+    # mul(i, tanh u), mul(f_l, c_l), mul(f_r, c_r) would gather tanh(u) with cell inputs: run one by one
+    assert [len(s.ops) for s in plan.steps] == [1, 4, 1, 1, 1, 1, 1, 1, 1]
+    assert all(o.kind != GATHER for s in plan.steps for o in s.operands)
 
 
 def test_pq_orders_an_internal_batch_that_program_order_misaligns(odd_spec):
     node = odd_spec.cells["node"]
     pq, none = plan_cell(node, shapes(odd_spec), "pq"), plan_cell(node, shapes(odd_spec), "none")
-    assert kinds(none)[1] == [GATHER] and kinds(pq)[1] == [VIEW]
-    assert pq.gathers == none.gathers - 1
-    # mul(h, W_a) and mul(c_l, W_b): one batch, weights stacked when the kernel is built
-    assert [GATHER, STACKED] in kinds(pq) and pq.stacked_weights == 1
+    # the sigmoids read (b, a): a gather in program order, so `none` runs them one by one
+    assert [len(s.ops) for s in none.steps][:3] == [1, 1, 1]
+    assert kinds(pq)[1] == [VIEW] and len(pq.steps) < len(none.steps)
+    # mul(p, W_a) and mul(q, W_b): one batch, reading the sigmoids' block, weights stacked once
+    assert [VIEW, STACKED] in kinds(pq) and pq.stacked_weights == 1 and none.stacked_weights == 0
+    assert "sigmoid x2" in format_cell_plan(pq) and "view" in format_cell_plan(pq)
 
 
 @pytest.mark.parametrize("memory", ["pq", "none"])

@@ -52,7 +52,6 @@ def test_pq_moves_fewer_bytes(treelstm, granularity):
         c = compile_batch(treelstm, data.instances, "agenda", granularity, memory)
         stats[memory] = runtime.prepare(c.graph, c.schedule, c.layout).stats
     assert stats["pq"].gather_bytes < stats["none"].gather_bytes
-    assert stats["pq"].cell_gather_bytes == stats["none"].cell_gather_bytes  # TreeLSTM cells: program order is aligned
     if granularity == OP:
         assert stats["pq"].gather_bytes * 2 <= stats["none"].gather_bytes
 

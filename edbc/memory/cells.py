@@ -17,7 +17,8 @@ Operand kinds, as the kernel serves them:
   VALUE      one op: the value itself
   VIEW       the m values side by side in one base, in order (a view)
   BROADCAST  the same value for every op (an expanded view)
-  GATHER     anything else: concatenated at run time (a copy, counted)
+  GATHER     anything else: it would be a copy at run time, so the planner runs
+             such a batch op by op instead; plans it returns have none
   SHARED     one parameter for every op
   STACKED    different parameters, stacked once when the kernel is built
   TOKENS     token inputs (stacked ids; no float copy)
@@ -87,33 +88,22 @@ class CellPlan:
     base_of: dict  # (step, output slot) -> base number
 
     @property
-    def gathers(self) -> int:
-        """Runtime gathers per kernel call."""
-        return sum(o.kind == GATHER for s in self.steps for o in s.operands)
-
-    @property
     def stacked_weights(self) -> int:
         """Parameter operands stacked once when the kernel is built."""
         return sum(o.kind == STACKED for s in self.steps for o in s.operands)
 
-    def gather_bytes_per_call(self) -> int:
-        """Bytes those gathers copy per call (times k for a batch of k calls)."""
-        v = self.program.values
-        return sum(4 * sum(prod(v[x].shape) for x in o.values)
-                   for s in self.steps for o in s.operands if o.kind == GATHER)
 
-    def operand_bytes_per_call(self) -> dict[str, int]:
-        """Float operand bytes per call of batches of several ops, by kind."""
-        out: dict[str, int] = {}
-        v = self.program.values
-        for s in self.steps:
-            if len(s.ops) < 2:
-                continue
-            for o in s.operands:
-                if o.kind in (SHARED, STACKED, TOKENS):
-                    continue
-                out[KIND_NAMES[o.kind]] = out.get(KIND_NAMES[o.kind], 0) + 4 * sum(prod(v[x].shape) for x in o.values)
-        return out
+def format_cell_plan(plan: CellPlan) -> str:
+    """The printer of a cell plan: its internal batches in run order and how operands are served."""
+    program = plan.program
+    lines = [f"  {len(plan.steps)} internal batches ({plan.memory} layout; the exact schedule has "
+             f"{len(plan.schedule.batches)}, lower bound {plan.schedule.lower_bound})"]
+    for s in plan.steps:
+        op = program.ops[s.ops[0]]
+        outs = ", ".join(program.values[program.ops[j].outs[0]].name for j in s.ops)
+        kinds = ", ".join(KIND_NAMES[o.kind] for o in s.operands)
+        lines.append(f"    {op.kind} x{len(s.ops)} -> {outs}  [{kinds}]")
+    return "\n".join(lines)
 
 
 def batching_signature(program: Program, op, param_shapes: dict[str, Shape]) -> tuple:
@@ -133,8 +123,11 @@ def batching_signature(program: Program, op, param_shapes: dict[str, Shape]) -> 
     return (op.kind, tuple(args), op.attrs)
 
 
-def plan_cell(program: Program, param_shapes: dict[str, Shape], memory: str = "pq") -> CellPlan:
-    values = program.values
+def plan_cell(program: Program, param_shapes: dict[str, Shape], memory: str = "pq",
+              batch_ops: bool = True) -> CellPlan:
+    """The cell plan of `program`: its internal schedule (the fewest batches, or with
+    `batch_ops=False` one op a batch, as an unbatched interpreter runs it) and the order of
+    the ops in each batch (planned for `memory="pq"`, program order for `"none"`)."""
     made_by: dict[int, tuple[int, int]] = {}  # value -> (op, output position)
     for j, op in enumerate(program.ops):
         for k, v in enumerate(op.outs):
@@ -158,14 +151,21 @@ def plan_cell(program: Program, param_shapes: dict[str, Shape], memory: str = "p
         types.append(signatures.setdefault(batching_signature(program, op, param_shapes), len(signatures)))
         deps.append(tuple(sorted({index_of[p] for a in op.args if not isinstance(a, str)
                                   for p in [producer(a)] if p is not None})))
-    sched = schedule_cell(deps, types)
+    sched = schedule_cell(deps, types if batch_ops else list(range(len(types))))
     batches = [[compute[i] for i in b] for b in sched.batches]
     if memory == "pq":
         batches = _planned_orders(program, batches, made_by)
-    homes, base_of = _homes(program, batches)
-    steps = tuple(Step(tuple(b), tuple(_operand(program, b, pos, homes) for pos in range(len(program.ops[b[0]].args))))
-                  for b in batches)
-    return CellPlan(program, memory, sched, steps, homes, base_of)
+    while True:
+        homes, base_of = _homes(program, batches)
+        steps = [Step(tuple(b), tuple(_operand(program, b, pos, homes) for pos in range(len(program.ops[b[0]].args))))
+                 for b in batches]
+        # A batch whose operand would be gathered runs its ops one by one instead: on the
+        # measured CPU kernels the copy costs more than the calls it saves. Splitting can
+        # break views of later batches, so repeat until every batch of several ops is views.
+        split = [i for i, st in enumerate(steps) if len(st.ops) > 1 and any(o.kind == GATHER for o in st.operands)]
+        if not split:
+            return CellPlan(program, memory, sched, tuple(steps), homes, base_of)
+        batches = [part for i, b in enumerate(batches) for part in ([[j] for j in b] if i in split else [b])]
 
 
 def _planned_orders(program: Program, batches: list[list[int]], made_by) -> list[list[int]]:

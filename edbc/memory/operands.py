@@ -1,14 +1,13 @@
 """Operand classification of a laid-out schedule, and the memory figures it gives.
 
-Every float operand of a batch is served one of four ways:
+Every float operand of a batch is served one of three ways:
   view       consecutive arena rows, aligned with the batch (no copy)
   broadcast  one value for every node, or zeros: one row expanded (no copy)
   gather     rows picked at run time (a copy of `k` rows)
-Inside cell kernels, internal batches add their own operands (`edbc.memory.cells`):
-views, broadcasts and gathers as above, and parameters either shared or
-stacked once when the kernel is built. The executor builds its tensors from
-`batch_operands`, and `memory_stats` adds the figures up for reports, so the
-two always agree.
+Inside cell kernels nothing is gathered (`edbc.memory.cells`): internal
+batches read views, broadcasts and parameters, shared or stacked once when
+the kernel is built. The executor builds its tensors from `batch_operands`,
+and `memory_stats` adds the figures up for reports, so the two always agree.
 """
 
 from __future__ import annotations
@@ -38,11 +37,10 @@ class BatchOperand:
 
 @dataclass(frozen=True)
 class MemoryStats:
-    gathers: int  # runtime gather operations (batch operands and inside cell kernels)
+    gathers: int  # runtime gather operations
     gather_bytes: int  # bytes they copy
-    operand_bytes: int  # bytes of every float operand that could need a gather
-    cell_gathers: int  # the part of `gathers` inside cell kernels
-    cell_gather_bytes: int
+    operand_bytes: int  # bytes of every float batch operand
+    cell_calls: int  # torch calls inside cell kernels: their internal batches, run for every batch
     stacked_weights: int  # parameter operands stacked once, when kernels are built
 
     @property
@@ -52,18 +50,17 @@ class MemoryStats:
 
     def to_json(self) -> dict:
         return {"gathers": self.gathers, "gather_bytes": self.gather_bytes, "operand_bytes": self.operand_bytes,
-                "cell_gathers": self.cell_gathers, "cell_gather_bytes": self.cell_gather_bytes,
-                "stacked_weights": self.stacked_weights, "view_fraction": round(self.view_fraction, 4)}
+                "cell_calls": self.cell_calls, "stacked_weights": self.stacked_weights,
+                "view_fraction": round(self.view_fraction, 4)}
 
     def __add__(self, other: "MemoryStats") -> "MemoryStats":
         return MemoryStats(*(a + b for a, b in zip(self._fields(), other._fields())))
 
     def _fields(self) -> tuple:
-        return (self.gathers, self.gather_bytes, self.operand_bytes, self.cell_gathers,
-                self.cell_gather_bytes, self.stacked_weights)
+        return (self.gathers, self.gather_bytes, self.operand_bytes, self.cell_calls, self.stacked_weights)
 
 
-NO_STATS = MemoryStats(0, 0, 0, 0, 0, 0)
+NO_STATS = MemoryStats(0, 0, 0, 0, 0)
 
 
 def arena_of_shape(layout: Layout, shape: Shape) -> int:
@@ -106,22 +103,19 @@ def batch_operands(graph: Graph, schedule: Schedule, layout: Layout, b: int) -> 
 
 
 def memory_stats(graph: Graph, schedule: Schedule, layout: Layout, plans: dict[Program, CellPlan]) -> MemoryStats:
-    """Gathers and bytes of one compiled mini-batch; `plans`: the kernels' cell plans by program."""
-    gathers = gather_bytes = operand_bytes = cell_gathers = cell_bytes = 0
+    """Gathers and bytes of one compiled mini-batch; `plans`: the cell plans of (at least) the
+    programs its batches run."""
+    gathers = gather_bytes = operand_bytes = cell_calls = 0
     for b in range(schedule.num_batches):
         for o in batch_operands(graph, schedule, layout, b):
             operand_bytes += o.nbytes
             if o.kind == GATHER:
                 gathers += 1
                 gather_bytes += o.nbytes
-        k = int(schedule.ptr[b + 1] - schedule.ptr[b])
-        plan = plans[graph.types[schedule.batch_type[b]].program]
-        cell_gathers += plan.gathers
-        cell_bytes += k * plan.gather_bytes_per_call()
-        operand_bytes += k * sum(plan.operand_bytes_per_call().values())
-    stacked = sum(plans[t.program].stacked_weights for t in graph.types)
-    return MemoryStats(gathers + cell_gathers, gather_bytes + cell_bytes, operand_bytes, cell_gathers,
-                       cell_bytes, stacked)
+        cell_calls += len(plans[graph.types[schedule.batch_type[b]].program].steps)
+    used = {graph.types[t].program for t in np.unique(schedule.batch_type)}
+    stacked = sum(plans[p].stacked_weights for p in used)
+    return MemoryStats(gathers, gather_bytes, operand_bytes, cell_calls, stacked)
 
 
 def cell_plans(graph: Graph, param_shapes: dict[str, Shape], memory: str) -> dict[Program, CellPlan]:
@@ -142,7 +136,7 @@ def format_memory(stats: dict[str, MemoryStats], compiled: str, minibatches: int
         f"  memory       {head}, per mini-batch",
         row("gathers", lambda s: f"{s.gathers / per:.1f}"),
         row("gather bytes", lambda s: f"{s.gather_bytes / per / 2**20:.3f} MiB"),
-        row("  of which inside cell kernels", lambda s: f"{s.cell_gather_bytes / per / 2**20:.3f} MiB"),
         row("operand bytes served as views", lambda s: f"{100 * s.view_fraction:.1f}%"),
+        row("torch calls inside cell kernels", lambda s: f"{s.cell_calls / per:.0f}"),
         row("weights stacked at compile time", lambda s: f"{s.stacked_weights / per:.0f}"),
     ])

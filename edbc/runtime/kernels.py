@@ -215,9 +215,9 @@ class Kernel:
         if o.kind == BROADCAST:
             get = parts[0]
             return lambda env: get(env).unsqueeze(1).expand(-1, m, *shape)
-        if o.kind == GATHER and flat:  # a copy
-            return lambda env: torch.cat([g(env) for g in parts], dim=1)
-        return lambda env: torch.stack([g(env) for g in parts], dim=1)  # GATHER, TOKENS
+        if o.kind == GATHER:
+            raise ValueError("cell plans run batches that would gather op by op; this plan gathers")
+        return lambda env: torch.stack([g(env) for g in parts], dim=1)  # token ids
 
     def __call__(self, inputs: list[torch.Tensor], out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """`inputs` in the program's input order; returns the program's outputs.
