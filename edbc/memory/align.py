@@ -12,15 +12,17 @@ classes* (union-find over batches): a batch that **follows** a producer takes
 its order from the producer (its nodes are identified with the positions they
 read), so whatever order the producer finally gets, that operand is aligned.
 Each class root holds the consecutive-ones constraints of its whole class,
-in a PQ tree (`edbc.memory.pqtree`), materialised only once two constraints
-overlap (disjoint sets need no tree: grouping them is enough). A consumer that
-already follows someone **pins** its other single-source operands instead: the
-producer keeps the read set consecutive, and once the consumer's order is
-known the producer lays that range out in it. A consumer whose operand reads
-whole producer blocks (every node of a batch, e.g. the chunks of a gate
-vector, or all steps of a chain) may follow a **composite** of them: its order
-is their orders one after the other, and the blocks must be adjacent in
-memory (`chains`).
+in a PQ tree (`edbc.memory.pqtree`), built only once two kept sets cross
+(while any two are disjoint or nested, a containment forest orders them).
+Moving a class into another adds all its sets or none (PQ-tree checkpoints).
+A consumer that already follows someone **pins** its other single-source
+operands instead: the producer keeps the read set consecutive, and once the
+consumer's order is known the producer lays that range out in it. A consumer
+whose operand reads whole producer blocks (every node of a batch, e.g. the
+chunks of a gate vector, or all steps of a chain) may follow a **composite**
+of them: its order is their orders one after the other, in an order of the
+parts chosen by a PQ tree over them so that its own kept sets stay
+consecutive, and the blocks must be adjacent in memory (`chains`).
 
 Requests are decided consumer by consumer in reverse run order, so that all
 constraints on a batch are known before it decides whom to follow; within a

@@ -102,6 +102,33 @@ def batch_operands(graph: Graph, schedule: Schedule, layout: Layout, b: int) -> 
     return out
 
 
+def never_views(graph: Graph, schedule: Schedule) -> int:
+    """Bytes of batch operands that no layout can serve as a view: they read a value twice
+    (one row cannot sit at two places), mix zeros with values, or read three or more
+    producer blocks of which more than two only in part (a run of rows crosses whole blocks
+    between its first and its last)."""
+    batch_of = schedule.batch_of_node(graph.num_nodes)
+    width = int(graph.num_outputs_per_type.max(initial=1))
+    total = 0
+    for b in range(schedule.num_batches):
+        nodes = schedule.batch(b)
+        k = len(nodes)
+        program = graph.types[schedule.batch_type[b]].program
+        for p, value in enumerate(program.float_inputs):
+            e = graph.arg_ptr[nodes] + p
+            producer, slot = graph.arg_node[e], graph.arg_slot[e]
+            if k == 1 or np.all(producer < 0) or np.all(producer == producer[0]):
+                continue
+            nbytes = k * prod(program.values[value].shape) * 4
+            if np.any(producer < 0) or len(np.unique(graph.value_ptr[producer] + slot)) < k:
+                total += nbytes
+                continue
+            blocks, counts = np.unique(batch_of[producer] * width + slot, return_counts=True)
+            if np.count_nonzero(counts < schedule.sizes[blocks // width]) > 2:
+                total += nbytes
+    return total
+
+
 def memory_stats(graph: Graph, schedule: Schedule, layout: Layout, plans: dict[Program, CellPlan]) -> MemoryStats:
     """Gathers and bytes of one compiled mini-batch; `plans`: the cell plans of (at least) the
     programs its batches run."""
