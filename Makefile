@@ -24,7 +24,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/edbc bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -7,6 +7,7 @@ line `Error: ...` on stderr and the exit code of its class (see the README).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 
@@ -216,3 +217,62 @@ def schedule_cmd(graph_files, policy, as_json):
         for r in results:
             click.echo(f"{r['file']}: {r['num_nodes']} nodes, {r['num_batches']} batches "
                        f"(lower bound {r['lower_bound']}) with {policy}")
+
+
+def _csv(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+@main.command()
+@click.option("--models", default=None, help="Comma-separated models (default: the seven benchmark models).")
+@click.option("--batch-sizes", default="1,32,64,128", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--policies", default=None, help="Comma-separated policies (default: all but optimal).")
+@click.option("--memory", "memories", default=None, help="Comma-separated memory modes (default: all).")
+@click.option("--samples", type=int, default=20, show_default=True, help="Timed mini-batches per configuration.")
+@click.option("--max-minibatches", type=int, default=8, show_default=True,
+              help="Distinct mini-batches per workload (samples cycle over them).")
+@click.option("--granularity", type=click.Choice(api.GRANULARITIES), default=CELL, show_default=True)
+@click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
+@click.option("--dynet/--no-dynet", default=True, show_default=True, help="Time the DyNet anchors where installed.")
+@click.option("--out", "out_dir", default="benchmarks", show_default=True, metavar="DIR",
+              help="Where results.json, results.md and throughput.png go.")
+def bench(models, batch_sizes, policies, memories, samples, max_minibatches, granularity, threads, dynet, out_dir):
+    """Benchmark edbc against DyNet and PyTorch baselines; write a table, JSON and a plot."""
+    import platform
+    from pathlib import Path
+
+    from .bench.suite import WORKLOADS, dynet_available, run_suite, write_results
+    from .memory.layout import PLANNERS
+    from .schedule.policies import POLICIES
+
+    _set_threads(threads)
+    models = _csv(models) if models else [w.model for w in WORKLOADS]
+    known = {w.model for w in WORKLOADS}
+    for m in models:
+        if m not in known:
+            raise UsageError(f"--models: unknown model '{m}'; expected some of: {', '.join(sorted(known))}")
+    policies = _csv(policies) if policies else [p for p in POLICIES if p != "optimal"]
+    memories = _csv(memories) if memories else list(PLANNERS)
+    api.check_options(policies[0], granularity, memories[0])
+    for p in policies:
+        api.check_options(p, granularity, memories[0])
+    for m in memories:
+        api.check_options(policies[0], granularity, m)
+    try:
+        sizes = [int(b) for b in _csv(batch_sizes)]
+    except ValueError:
+        raise UsageError(f"--batch-sizes: expected comma-separated integers, got {batch_sizes!r}") from None
+    use_dynet = dynet and dynet_available()
+
+    def progress(row):
+        click.echo(f"{row.model:>14} B={row.batch_size:<4} {row.system:<18} {row.policy:<9} {row.memory:<5} "
+                   f"{row.ms:9.2f} ms", err=True)
+
+    rows = run_suite(models, sizes, policies, memories, samples, max_minibatches, threads, use_dynet,
+                     granularity, progress)
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+            "threads": threads, "samples": samples, "granularity": granularity,
+            "dynet": "installed" if use_dynet else "not installed (pip install .[bench])"}
+    write_results(rows, Path(out_dir), meta)
+    click.echo((Path(out_dir) / "results.md").read_text())
+

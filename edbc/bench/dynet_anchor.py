@@ -166,7 +166,7 @@ def main() -> None:
             once(mb)
             times.append((time.perf_counter() - t0) * 1e3)
     print(json.dumps({"model": args.model, "autobatch": args.autobatch, "batch_size": args.batch_size,
-                      "minibatches": len(batches), "ms": statistics.median(times)}))
+                      "minibatches": len(batches), "samples": len(times), "ms": statistics.median(times)}))
 
 
 if __name__ == "__main__":

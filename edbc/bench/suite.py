@@ -1,29 +1,41 @@
-"""The benchmark suite: each bundled model on its data, every policy, edbc end to end.
+"""The benchmark suite: every bundled model on its data, edbc under each policy and memory mode,
+and the external anchors on the same instances, in one run.
 
-A workload is a model with its default data (real where `../shared/data` has it,
-else synthetic with the same statistics) and batch size. `measure` times
-whole mini-batches end to end — graph build + schedule + memory layout +
-execution — after one warm-up pass, and reports medians.
+A workload is a model with its default data (real where `../shared/data` has
+it, else synthetic with the same statistics). edbc is timed end to end from
+parsed instances to outputs — graph build + schedule + memory plan +
+execution — as DyNet's own figure includes its graph building. Every
+configuration is warmed up once, then timed on at least `samples` mini-batches
+(cycling over the data's full mini-batches); the median is reported.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from ..api import compile_batch, load_data, load_spec, minibatches
 from ..runtime import Runtime
 from ..schedule import lower_bound
 from ..settings import MODELS_DIR, SHARED_DATA
+from .baselines import BASELINES
 
 
 @dataclass(frozen=True)
 class Workload:
     model: str
     data: str | None  # path under ../shared/data, None for synthetic
-    batch_size: int
+    batch_size: int  # the batch size of the headline comparison
 
 
 # Held-out splits, as in the evaluation of method.md §5 (the tagger at B=32, as DyNet's figure).
@@ -36,20 +48,31 @@ WORKLOADS = (
     Workload("lattice_lstm", "lattice/test.txt", 64),
     Workload("lattice_gru", "lattice/test.txt", 64),
 )
+DYNET_MODELS = ("treelstm", "lattice_lstm", "bilstm_tagger")
+SYNTHETIC_INSTANCES = 512
 
 
 @dataclass
-class Measurement:
+class Row:
+    """One system on one workload at one batch size."""
+
     model: str
     data: str
-    policy: str
-    granularity: str
     batch_size: int
-    minibatches: int
-    batches: float  # per mini-batch, mean
-    lower_bound: float
-    ms: float  # median ms per mini-batch, end to end
-    phases: dict[str, float]  # median ms of each phase
+    system: str  # "edbc", or an anchor's name
+    policy: str = ""
+    memory: str = ""
+    ms: float = 0.0  # median ms per mini-batch, end to end
+    samples: int = 0
+    batches: float | None = None  # per mini-batch, mean
+    lower_bound: float | None = None
+    gathers: float | None = None  # runtime gathers per mini-batch, mean
+    gather_bytes: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # median ms of each compile phase
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.batch_size / self.ms * 1e3 if self.ms else 0.0
 
 
 def full_minibatches(instances: list, size: int) -> list[list]:
@@ -57,35 +80,200 @@ def full_minibatches(instances: list, size: int) -> list[list]:
     return [mb for mb in minibatches(instances, size) if len(mb) == size]
 
 
-def load_workload(w: Workload, batch_size: int | None = None, max_minibatches: int | None = None):
-    """The model, where its data came from, and its full mini-batches."""
+def load_workload(w: Workload, batch_size: int, max_minibatches: int | None = None):
+    """The model, where its data came from, and full mini-batches of `batch_size`."""
     spec, _ = load_spec(MODELS_DIR / f"{w.model}.yaml")
     path = SHARED_DATA / w.data if w.data else None
-    size = batch_size or w.batch_size
     real = path is not None and path.exists()
-    data = load_data(spec, str(path) if real else None, limit=None if real else 8 * size)
-    return spec, data.source, full_minibatches(data.instances, size)[:max_minibatches]
+    data = load_data(spec, str(path) if real else None, limit=None if real else SYNTHETIC_INSTANCES)
+    return spec, data.source, full_minibatches(data.instances, batch_size)[:max_minibatches]
 
 
-def measure(spec, source: str, batches: list, policy: str, granularity: str, runtime: Runtime,
-            passes: int = 2) -> Measurement:
-    def once(mb) -> dict[str, float]:
+def _samples(batches: list, count: int) -> list:
+    return [batches[i % len(batches)] for i in range(max(count, len(batches)))]
+
+
+def time_edbc(spec, source: str, batches: list, policy: str, memory: str, runtime: Runtime,
+              granularity: str = "cell", samples: int = 20) -> Row:
+    def once(mb) -> tuple[dict[str, float], object]:
         phases: dict[str, float] = {}
-        c = compile_batch(spec, mb, policy, granularity, timings=phases)
+        c = compile_batch(spec, mb, policy, granularity, memory, timings=phases)
         t0 = time.perf_counter()
-        runtime.prepare(c.graph, c.schedule, c.layout).run()
+        executable = runtime.prepare(c.graph, c.schedule, c.layout)
+        executable.run()
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
         phases["execute"] = time.perf_counter() - t0
-        return phases
+        return phases, (c, executable.stats)
 
     for mb in batches:
         once(mb)
-    samples = [once(mb) for _ in range(passes) for mb in batches]
-    compiled = [compile_batch(spec, mb, policy, granularity) for mb in batches]
-    return Measurement(
-        model=spec.name, data=Path(source).name if source != "synthetic" else source, policy=policy,
-        granularity=granularity, batch_size=len(batches[0]), minibatches=len(batches),
-        batches=statistics.mean(c.schedule.num_batches for c in compiled),
-        lower_bound=statistics.mean(lower_bound(c.graph) for c in compiled),
-        ms=statistics.median(sum(s.values()) * 1e3 for s in samples),
-        phases={k: statistics.median(s[k] * 1e3 for s in samples) for k in samples[0]},
+    timed = [once(mb) for mb in _samples(batches, samples)]
+    compiled = timed[: len(batches)]
+    return Row(
+        model=spec.name, data=_label(source), batch_size=len(batches[0]), system="edbc", policy=policy,
+        memory=memory, samples=len(timed),
+        ms=statistics.median(sum(p.values()) * 1e3 for p, _ in timed),
+        batches=statistics.mean(c.schedule.num_batches for _, (c, _) in compiled),
+        lower_bound=statistics.mean(lower_bound(c.graph) for _, (c, _) in compiled),
+        gathers=statistics.mean(s.gathers for _, (_, s) in compiled),
+        gather_bytes=statistics.mean(s.gather_bytes for _, (_, s) in compiled),
+        phases={k: statistics.median(p[k] * 1e3 for p, _ in timed) for k in timed[0][0]},
     )
+
+
+def time_baseline(spec, source: str, batches: list, runtime: Runtime, samples: int = 20) -> Row | None:
+    if spec.name not in BASELINES:
+        return None
+    name, cls = BASELINES[spec.name]
+    baseline = cls(runtime.weights)
+    for mb in batches:
+        baseline(mb)
+    times = []
+    for mb in _samples(batches, samples):
+        t0 = time.perf_counter()
+        baseline(mb)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return Row(model=spec.name, data=_label(source), batch_size=len(batches[0]), system=name,
+               ms=statistics.median(times), samples=len(times))
+
+
+def dynet_available() -> bool:
+    try:
+        import dynet_config  # noqa: F401  (the wheel ships both modules)
+    except ImportError:
+        return False
+    return True
+
+
+def time_dynet(spec, w: Workload, batch_size: int, runtime: Runtime, autobatch: int, minibatches_: int,
+               samples: int, threads: int) -> Row:
+    """DyNet in a process of its own (its autobatch setting is fixed at import)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "w.npz"
+        np.savez(weights, **{k: v.cpu().numpy() for k, v in runtime.weights.items()})
+        path = SHARED_DATA / w.data if w.data else None
+        args = [sys.executable, "-m", "edbc.bench.dynet_anchor", "--model", w.model, "--autobatch",
+                str(autobatch), "--batch-size", str(batch_size), "--minibatches", str(minibatches_),
+                "--passes", str(max(1, -(-samples // minibatches_))), "--weights", str(weights)]
+        if path is not None and path.exists():
+            args += ["--data", str(path)]
+        else:
+            args += ["--limit", str(SYNTHETIC_INSTANCES)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        out = subprocess.run(args, capture_output=True, text=True, env=env)
+        if out.returncode:
+            raise RuntimeError(f"DyNet anchor failed: {out.stderr.strip().splitlines()[-1:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    name = "DyNet agenda" if autobatch == 1 else ("DyNet depth" if autobatch == 2 else "DyNet no batching")
+    return Row(model=w.model, data=Path(w.data).name if w.data else "synthetic", batch_size=batch_size,
+               system=name, ms=result["ms"], samples=result["samples"])
+
+
+def run_suite(models: list[str], batch_sizes: list[int], policies: list[str], memories: list[str],
+              samples: int = 20, max_minibatches: int = 8, threads: int = 1, dynet: bool = True,
+              granularity: str = "cell", progress=None) -> list[Row]:
+    """Every selected workload x batch size: edbc per policy and memory mode, then the anchors."""
+    rows: list[Row] = []
+
+    def add(row: Row | None) -> None:
+        if row is not None:
+            rows.append(row)
+            if progress:
+                progress(row)
+
+    for w in WORKLOADS:
+        if w.model not in models:
+            continue
+        for size in batch_sizes:
+            spec, source, batches = load_workload(w, size, max_minibatches)
+            if not batches:
+                continue
+            runtime = Runtime(spec)
+            for policy in policies:
+                for memory in memories:
+                    add(time_edbc(spec, source, batches, policy, memory, runtime, granularity, samples))
+            add(time_baseline(spec, source, batches, runtime, samples))
+            if dynet and w.model in DYNET_MODELS:
+                for autobatch in (1, 0):
+                    add(time_dynet(spec, w, size, runtime, autobatch, len(batches), samples, threads))
+    return rows
+
+
+def _label(source: str) -> str:
+    return source if source == "synthetic" else Path(source).name
+
+
+def write_results(rows: list[Row], out_dir: Path, meta: dict) -> None:
+    """JSON of every row, a markdown report and a throughput plot, each written atomically."""
+    from ..artifact import write_atomic
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "rows": [dict(asdict(r), instances_per_s=r.instances_per_s) for r in rows]}
+    write_atomic(out_dir / "results.json", (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+    write_atomic(out_dir / "results.md", markdown(rows, meta).encode())
+    plot(rows, out_dir / "throughput.png", meta)
+
+
+def markdown(rows: list[Row], meta: dict) -> str:
+    lines = [f"# edbc benchmark", "",
+             f"{meta['machine']}; torch {meta['torch']}, {meta['threads']} thread(s); forward only, hidden 128. "
+             "ms per mini-batch end to end (graph build + schedule + memory plan + execution for edbc; "
+             "graph construction + forward for DyNet), median over at least "
+             f"{meta['samples']} timed mini-batches after a warm-up pass.", ""]
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        lines += [f"## {model} ({mine[0].data})", "",
+                  "| B | system | policy | memory | ms / mini-batch | instances / s | batches | lower bound | "
+                  "gathers | gather MiB | build | schedule | plan | execute |",
+                  "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in sorted(mine, key=lambda r: (r.batch_size, r.system != "edbc", r.ms)):
+            def opt(v, fmt):
+                return format(v, fmt) if v is not None else "-"
+            p = r.phases
+            lines.append(
+                f"| {r.batch_size} | {r.system} | {r.policy or '-'} | {r.memory or '-'} | {r.ms:.2f} | "
+                f"{r.instances_per_s:.0f} | {opt(r.batches, '.1f')} | {opt(r.lower_bound, '.1f')} | "
+                f"{opt(r.gathers, '.0f')} | {opt(r.gather_bytes and r.gather_bytes / 2**20, '.2f')} | "
+                f"{p.get('graph', 0):.2f} | {p.get('schedule', 0):.2f} | {p.get('memory', 0):.2f} | "
+                f"{p.get('execute', 0):.2f} |" if r.system == "edbc" else
+                f"| {r.batch_size} | {r.system} | - | - | {r.ms:.2f} | {r.instances_per_s:.0f} | - | - | - | - | "
+                f"- | - | - | - |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path, meta: dict) -> None:
+    """Throughput per model and system at each model's headline batch size (log scale)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    headline = {w.model: w.batch_size for w in WORKLOADS}
+    models = [m for m in dict.fromkeys(r.model for r in rows) if any(r.batch_size == headline.get(m) for r in rows)]
+    best: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r.batch_size != headline.get(r.model):
+            continue
+        name = f"edbc {r.policy}" if r.system == "edbc" else r.system
+        if r.system == "edbc" and r.policy == "eager":
+            continue
+        key = (r.model, name)
+        best[key] = max(best.get(key, 0.0), r.instances_per_s)
+    systems = list(dict.fromkeys(name for _, name in best))
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(models)), 4.5))
+    width = 0.8 / max(1, len(systems))
+    for k, name in enumerate(systems):
+        xs = [i + k * width for i, m in enumerate(models) if (m, name) in best]
+        ys = [best[(m, name)] for m in models if (m, name) in best]
+        ax.bar(xs, ys, width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))])
+    ax.set_xticklabels([f"{m}\nB={headline[m]}" for m in models], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("instances / s (log scale)")
+    ax.set_title(f"Forward throughput, {meta['threads']} thread(s), end to end")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
