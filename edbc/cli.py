@@ -242,7 +242,7 @@ def bench(models, batch_sizes, policies, memories, samples, max_minibatches, gra
     from pathlib import Path
 
     from .bench.suite import WORKLOADS, dynet_available, run_suite, write_results
-    from .memory.layout import PLANNERS
+    from .memory import PLANNERS
     from .schedule.policies import POLICIES
 
     _set_threads(threads)
