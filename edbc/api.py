@@ -5,12 +5,13 @@ The compiler is a list of passes over the IRs, in this order:
     build_graph    instances -> cell-level graph        (edbc.graph.build)
     lower_to_ops   cell-level -> op-level graph          (edbc.graph.lower, --granularity op)
     schedule       graph -> batches                      (edbc.schedule, edbc.policy; --policy)
-    plan_memory    graph + batches -> layout             (edbc.memory, --memory)
+    plan_memory    graph + batches -> batches, layout    (edbc.memory, --memory: pq or none)
 
 `compile_batch` runs them (with the verifiers between passes when asked);
 `run` compiles and executes mini-batches and reports; `run_plan` executes a
-saved plan. `resolve_policy` turns a `--policy` option into a `BatchingPolicy`:
-a heuristic, a learned FSM from a policy file, or the exact search.
+saved plan; `memory_comparison` gives a plan's gathers with and without
+memory planning. `resolve_policy` turns a `--policy` option into a
+`BatchingPolicy`: a heuristic, a learned FSM from a policy file, or the exact search.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from .artifact import file_digest
 from .data import encode, read_instances, synthesize
 from .errors import UsageError, VerificationError
 from .graph import CELL, DAG, OP, Graph, build_graph, lower_to_ops, verify_graph
-from .memory.layout import PLANNERS, verify_layout
+from .memory import PLANNERS, verify_layout
+from .memory.operands import MemoryStats, NO_STATS, cell_plans, memory_stats
 from .plan import CompiledBatch, Plan
 from .policy.file import DAG_MODEL, PolicyFile, check_policy, load_policy
 from .policy.fsm import fsm_schedule
@@ -36,7 +38,7 @@ from .runtime import Runtime
 from .runtime.limits import check_fits
 from .schedule import Schedule, lower_bound, schedule, verify_schedule
 from .schedule.policies import POLICIES
-from .settings import CHECK_TOLERANCE, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES, PLANS_DIR
+from .settings import CHECK_TOLERANCE, DEFAULT_MEMORY, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES, PLANS_DIR
 from .spec import ModelSpec, load_model
 
 GRANULARITIES = (CELL, OP)
@@ -185,7 +187,7 @@ def check_options(policy: "str | BatchingPolicy | None", granularity: str, memor
 
 
 def compile_batch(spec: ModelSpec, instances: list, policy: str | BatchingPolicy | None = None,
-                  granularity: str = CELL, memory: str = "none", verify: bool = False,
+                  granularity: str = CELL, memory: str = DEFAULT_MEMORY, verify: bool = False,
                   timings: dict[str, float] | None = None) -> CompiledBatch:
     """Run the passes on one mini-batch. `policy` as `resolve_policy` takes it (resolve it once
     for many mini-batches). `timings`, if given, receives seconds per pass."""
@@ -198,7 +200,7 @@ def compile_batch(spec: ModelSpec, instances: list, policy: str | BatchingPolicy
     t1 = clock()
     sched, fallbacks = policy.schedule(graph)
     t2 = clock()
-    layout = PLANNERS[memory](graph, sched)
+    sched, layout = PLANNERS[memory](graph, sched)
     t3 = clock()
     if verify:
         verify_graph(cell_graph)
@@ -212,8 +214,8 @@ def compile_batch(spec: ModelSpec, instances: list, policy: str | BatchingPolicy
 
 
 def compile_plan(spec: ModelSpec, spec_text: str, dataset: Dataset, batch_size: int,
-                 policy: str | BatchingPolicy | None = None, granularity: str = CELL, memory: str = "none",
-                 seed: int = 0, verify: bool = True) -> Plan:
+                 policy: str | BatchingPolicy | None = None, granularity: str = CELL,
+                 memory: str = DEFAULT_MEMORY, seed: int = 0, verify: bool = True) -> Plan:
     check_options(policy, granularity, memory)
     policy = resolve_policy(policy, spec, granularity)
     batches = tuple(compile_batch(spec, mb, policy, granularity, memory, verify)
@@ -304,7 +306,7 @@ def _error(runtime: Runtime, compiled: CompiledBatch, out: torch.Tensor) -> floa
 
 
 def run(spec: ModelSpec, dataset: Dataset, batch_size: int = 64, policy: str | BatchingPolicy | None = None,
-        granularity: str = CELL, memory: str = "none", device: str = "cpu", check: bool = False,
+        granularity: str = CELL, memory: str = DEFAULT_MEMORY, device: str = "cpu", check: bool = False,
         verify: bool = False) -> RunReport:
     """Compile and execute every mini-batch of `dataset`, end to end, timing each."""
     check_options(policy, granularity, memory)
@@ -330,3 +332,18 @@ def run_plan(plan: Plan, device: str = "cpu", check: bool = False) -> RunReport:
         out, stats = _execute(runtime, compiled, phases, index)
         report.add(compiled, stats, phases, _error(runtime, compiled, out) if check else None)
     return report
+
+
+def memory_comparison(plan: Plan) -> dict[str, MemoryStats]:
+    """Gathers and bytes of every mini-batch of `plan`, summed, under each memory mode.
+
+    The plan's own mode uses its layout; the others are planned now on the same
+    schedules (`none` lays the arenas out in run order, `pq` plans them).
+    """
+    shapes = {name: p.shape for name, p in plan.spec.params.items()}
+    totals = {mode: NO_STATS for mode in PLANNERS}
+    for b in plan.batches:
+        for mode, planner in PLANNERS.items():
+            sched, layout = (b.schedule, b.layout) if mode == plan.memory else planner(b.graph, b.schedule)
+            totals[mode] = totals[mode] + memory_stats(b.graph, sched, layout, cell_plans(b.graph, shapes, mode))
+    return totals

@@ -20,12 +20,14 @@ from .data.typed_dag import read_typed_dag
 from .errors import EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
 from .graph import CELL, DAG, format_graph
 from .memory.layout import format_layout
+from .memory.cells import format_cell_plan, plan_cell
+from .memory.operands import format_memory
 from .plan import format_plan, load_plan, save_plan
 from .plan.plan import MAGIC
 from .policy.encoding import DEFAULT_ENCODING, ENCODINGS
 from .policy.train import TrainSettings, default_checkpoint, train_dag_policy, train_model_policy
 from .schedule import format_schedule, lower_bound, verify_schedule
-from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_THREADS
+from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAULT_THREADS
 from .spec import format_program
 
 
@@ -119,7 +121,8 @@ _model_options = [
                       "shipped for the model and granularity, else agenda."),
     click.option("--granularity", type=click.Choice(api.GRANULARITIES), help="Graph nodes are cell calls "
                                                                            "(cell, default) or primitive ops (op)."),
-    click.option("--memory", metavar="MODE", help="Memory planning mode (default none)."),
+    click.option("--memory", metavar="MODE", help="Memory planning: pq (default: PQ-tree layout, operands "
+                                                  "as views) or none (arenas in run order)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthetic data."),
 ]
 
@@ -155,7 +158,7 @@ def run(target, data, limit, batch_size, policy, granularity, memory, seed, devi
     spec, _ = api.load_spec(target)
     dataset = api.load_data(spec, data, limit, seed)
     report = api.run(spec, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy,
-                     granularity or CELL, memory or "none", device, check, verify)
+                     granularity or CELL, memory or DEFAULT_MEMORY, device, check, verify)
     return _print_report(report, dataset.source, as_json)
 
 
@@ -168,7 +171,7 @@ def compile_cmd(model, data, limit, batch_size, policy, granularity, memory, see
     spec, text = api.load_spec(model)
     dataset = api.load_data(spec, data, limit, seed)
     plan = api.compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy,
-                            granularity or CELL, memory or "none", seed)
+                            granularity or CELL, memory or DEFAULT_MEMORY, seed)
     save_plan(plan, output)
     batches = sum(b.schedule.num_batches for b in plan.batches)
     click.echo(f"wrote {output}: {len(plan.batches)} mini-batches, {plan.num_instances} instances, "
@@ -181,10 +184,12 @@ def compile_cmd(model, data, limit, batch_size, policy, granularity, memory, see
               help="Print one IR of a mini-batch in full.")
 @click.option("--minibatch", type=int, default=0, show_default=True, help="Which mini-batch --dump prints.")
 def inspect(plan_path, dump, minibatch):
-    """Summarise a plan: nodes, types, batches against the lower bound, sizes."""
+    """Summarise a plan: nodes, types, batches against the lower bound, sizes, gathers with
+    and without memory planning."""
     plan = load_plan(plan_path)
     if dump is None:
         click.echo(format_plan(plan, plan_path))
+        click.echo(format_memory(api.memory_comparison(plan), plan.memory, len(plan.batches)))
         return
     if not 0 <= minibatch < len(plan.batches):
         raise UsageError(f"--minibatch {minibatch}: the plan has {len(plan.batches)} mini-batches")
@@ -196,7 +201,9 @@ def inspect(plan_path, dump, minibatch):
     elif dump == "layout":
         click.echo(format_layout(b.layout))
     else:
-        click.echo("\n\n".join(format_program(c) for c in plan.spec.cells.values()))
+        shapes = {name: p.shape for name, p in plan.spec.params.items()}
+        click.echo("\n\n".join(format_program(c) + "\n" + format_cell_plan(plan_cell(c, shapes, plan.memory))
+                                for c in plan.spec.cells.values()))
 
 
 @main.command(name="schedule")
@@ -322,7 +329,7 @@ def bench(models, batch_sizes, policies, memories, samples, max_minibatches, gra
     from pathlib import Path
 
     from .bench.suite import WORKLOADS, dynet_available, run_suite, write_results
-    from .memory.layout import PLANNERS
+    from .memory import PLANNERS
 
     _set_threads(threads)
     models = _csv(models) if models else [w.model for w in WORKLOADS]

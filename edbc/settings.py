@@ -17,6 +17,7 @@ SHARED_DATA = Path(os.environ.get("EDBC_SHARED_DATA", REPO_ROOT.parent / "shared
 CHECK_TOLERANCE = 1e-4  # max |batched - reference| accepted by --check, in fp32
 DEFAULT_SYNTHETIC_INSTANCES = 256  # instances generated when no --data is given
 DEFAULT_BATCH_SIZE = 64
+DEFAULT_MEMORY = "pq"  # memory planning mode of `run` and `compile`
 DEFAULT_THREADS = 1  # torch threads; timings are comparable to single-threaded DyNet
 # Memory the runtime may assume available, in bytes (default: what the device reports).
 MEMORY_LIMIT = int(os.environ["EDBC_MEMORY_LIMIT"]) if os.environ.get("EDBC_MEMORY_LIMIT") else None

@@ -63,6 +63,23 @@ def test_compile_inspect_and_run_plan(tmp_path):
     one_line_error(edbc("run", plan, "--policy", "agenda"), EXIT_USAGE, "fixed when the plan was compiled")
 
 
+def test_memory_modes_on_run_and_inspect(tmp_path):
+    reports = {}
+    for memory in ("pq", "none"):
+        r = edbc("run", "--limit", 32, "-b", 16, "--granularity", "op", "--memory", memory, "--check", "--json")
+        assert r.exit_code == 0, r.output
+        reports[memory] = json.loads(r.stdout)
+        assert reports[memory]["memory"] == memory and reports[memory]["check"] == "passed"
+    assert 0 < reports["pq"]["gather_bytes"] < reports["none"]["gather_bytes"]
+    assert reports["pq"]["gathers"] < reports["none"]["gathers"]
+    plan = tmp_path / "p.plan"
+    assert edbc("compile", TREELSTM, "--limit", 8, "-b", 4, "-o", plan).exit_code == 0  # pq by default
+    r = edbc("inspect", plan)
+    assert r.exit_code == 0 and "memory pq" in r.stdout and "pq (compiled) vs none" in r.stdout
+    assert "operand bytes served as views" in r.stdout and "inside cell kernels" in r.stdout
+    one_line_error(edbc("run", "--memory", "best"), EXIT_USAGE, "unknown memory mode 'best'", "pq, none")
+
+
 def test_schedule_command_on_typed_dags(tmp_path):
     a = tmp_path / "a.txt"
     a.write_text("3\n1 0\n1 0\n2 2 0 1\n")

@@ -10,6 +10,7 @@ from edbc.data.lattice import Lattice
 from edbc.data.pairs import Pair
 from edbc.data import encode
 from edbc.graph import CELL, OP, build_graph, verify_graph
+from edbc.memory import PLANNERS
 from edbc.runtime import Runtime
 from edbc.schedule import POLICIES
 from edbc.settings import MODELS_DIR
@@ -35,12 +36,13 @@ def test_batched_equals_reference_for_every_policy(model, granularity):
     spec, instances, runtime = model
     ref = None
     for policy in POLICIES:
-        c = compile_batch(spec, instances, policy, granularity, verify=True)
-        out = runtime.prepare(c.graph, c.schedule, c.layout).run()
-        if ref is None:
-            ref = runtime.reference(c.cell_graph)
-            assert torch_finite(ref)
-        assert (out - ref).abs().max().item() <= 1e-4, (spec.name, policy, granularity)
+        for memory in PLANNERS:
+            c = compile_batch(spec, instances, policy, granularity, memory, verify=True)
+            out = runtime.prepare(c.graph, c.schedule, c.layout).run()
+            if ref is None:
+                ref = runtime.reference(c.cell_graph)
+                assert torch_finite(ref)
+            assert (out - ref).abs().max().item() <= 1e-4, (spec.name, policy, granularity, memory)
 
 
 def torch_finite(t) -> bool:

@@ -48,7 +48,7 @@ def test_compiled_plans_record_the_policy(tmp_path):
     assert edbc("compile", TREELSTM, "--limit", 12, "-b", 6, "--policy", "fsm", "-o", plan).exit_code == 0
     r = edbc("inspect", plan)
     digest = api.resolve_policy("fsm", api.load_spec(TREELSTM)[0], "cell").digest
-    assert f"policy       fsm at cell level, memory none (policy file {digest[:12]}, 0 FSM fallbacks)" in r.stdout
+    assert f"policy       fsm at cell level, memory pq (policy file {digest[:12]}, 0 FSM fallbacks)" in r.stdout
     r = edbc("run", plan, "--check", "--json")
     report = json.loads(r.stdout)
     assert report["policy"] == "fsm" and report["policy_digest"] == digest and report["check"] == "passed"

@@ -128,6 +128,46 @@ def test_matches_brute_force(family):
         check_tree(tree, n)
 
 
+@settings(max_examples=400, deadline=None)
+@given(families(), st.data())
+def test_checkpoint_rollback_restores_and_commit_keeps(family, data):
+    """A group of reduces between `checkpoint` and `rollback` leaves no trace;
+    after `commit` the tree is the one the same reduces give without a checkpoint."""
+    n, sets = family
+    cut = data.draw(st.integers(0, len(sets)))
+    tree = PQTree(n)
+    reduce_all(tree, sets[:cut])
+    plain = tree.copy()
+    before = (tree.frontier(), tree.count_permutations(), shape(tree.root))
+    tree.checkpoint()
+    reduce_all(tree, sets[cut:])
+    tree.rollback()
+    assert (tree.frontier(), tree.count_permutations(), shape(tree.root)) == before
+    check_tree(tree, n)
+    tree.checkpoint()
+    assert reduce_all(tree, sets[cut:]) == reduce_all(plain, sets[cut:])
+    tree.commit()
+    assert shape(tree.root) == shape(plain.root)
+    assert tree.count_permutations() == plain.count_permutations()
+    check_tree(tree, n)
+    # and the tree goes on exactly like one that never had a checkpoint
+    assert reduce_all(tree, sets) == reduce_all(plain, sets)
+    assert shape(tree.root) == shape(plain.root)
+
+
+def test_nested_checkpoints():
+    tree = build(6, {0, 1})
+    tree.checkpoint()
+    assert tree.reduce({1, 2})
+    tree.checkpoint()
+    assert tree.reduce({2, 3}) and tree.reduce({4, 5})
+    tree.rollback()
+    assert shape(tree.root) == P(3, 4, 5, Q(0, 1, 2))
+    tree.commit()
+    assert shape(tree.root) == P(3, 4, 5, Q(0, 1, 2))
+    check_tree(tree, 6)
+
+
 # ------------------------------------------------------ templates by hand
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from edbc.api import compile_batch, load_data
 from edbc.graph import CELL, OP
-from edbc.memory.layout import PLANNERS
+from edbc.memory import PLANNERS
 from edbc.runtime import Runtime
 from edbc.schedule import POLICIES
 from edbc.spec import parse_model

@@ -70,7 +70,7 @@ def batch_order_layout(graph: Graph, schedule: Schedule) -> Layout:
 
 
 def verify_layout(graph: Graph, schedule: Schedule, layout: Layout) -> None:
-    """Rows in bounds and never shared; each batch's outputs consecutive, in batch order."""
+    """Rows in bounds, never shared and none left empty; each batch's outputs consecutive, in batch order."""
     def fail(message: str):
         raise VerificationError(f"layout verifier ({layout.mode}): {message}")
 
@@ -90,7 +90,9 @@ def verify_layout(graph: Graph, schedule: Schedule, layout: Layout) -> None:
         fail("a value is placed outside its arena")
     key = arena * (int(layout.arena_rows.max(initial=0)) + 1) + row
     if len(np.unique(key)) != len(key):
-        fail("two values share a row")
+        fail("two values share a row")  # rows are never reused, so no two tensors overlap
+    if np.any(np.bincount(arena, minlength=len(layout.arena_shapes)) != layout.arena_rows):
+        fail("an arena has rows that hold no value")
     owner, slot = value_owner(graph)
     batch_of = schedule.batch_of_node(graph.num_nodes)
     position = np.empty(graph.num_nodes, dtype=np.int64)
@@ -111,6 +113,3 @@ def format_layout(layout: Layout) -> str:
         lines.append(f"  arena {a}: f32[{','.join(map(str, shape))}] x {rows} rows")
     return "\n".join(lines)
 
-
-# Memory mode -> planner.
-PLANNERS = {"none": batch_order_layout}

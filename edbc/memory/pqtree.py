@@ -32,6 +32,12 @@ Implementation notes
   log backwards. A failing reduce thus costs at most twice the work done up
   to the failure, and the tree is restored exactly (path compression done in
   BUBBLE is kept; it changes no parent).
+* `PQTree.checkpoint` extends the log over several reduces, so that
+  `PQTree.rollback` can take back a group of them together (a planner adding
+  a set of constraints that must hold all or none). While a checkpoint is
+  open, path compression is logged too: after a union made since the
+  checkpoint, compression may skip the united cell, and undoing the union
+  alone would then leave a wrong parent.
 
 Reading the tree
 ----------------
@@ -146,7 +152,7 @@ class PQTree:
     which the given subset is consecutive.
     """
 
-    __slots__ = ("_n", "_leaves", "_root", "_stamp", "_log")
+    __slots__ = ("_n", "_leaves", "_root", "_stamp", "_log", "_marks")
 
     def __init__(self, n_leaves: int):
         n = operator.index(n_leaves)
@@ -156,6 +162,7 @@ class PQTree:
         self._leaves = [PQNode("leaf", i) for i in range(n)]
         self._stamp = 0
         self._log: list[tuple[object, str, object]] = []
+        self._marks: list[int] = []  # open checkpoints: log lengths
         if n == 1:
             self._root = self._leaves[0]
         else:
@@ -182,13 +189,34 @@ class PQTree:
         size = len(leaves)
         if size <= 1 or size >= self._n:
             return True
+        start = len(self._log)
         self._stamp += 1
         self._bubble(leaves)
         if self._reduce_pertinent(leaves, size):
-            self._log.clear()
+            if not self._marks:
+                self._log.clear()
             return True
-        self._rollback()
+        self._rollback(start)
         return False
+
+    def checkpoint(self) -> None:
+        """Open a checkpoint: a later `rollback` restores the tree as it is now.
+
+        Checkpoints nest; each is closed by one `commit` or one `rollback`.
+        """
+        self._marks.append(len(self._log))
+
+    def commit(self) -> None:
+        """Close the innermost checkpoint, keeping every reduce made since."""
+        self._marks.pop()
+        if not self._marks:
+            self._log.clear()
+
+    def rollback(self) -> None:
+        """Close the innermost checkpoint, undoing every reduce made since."""
+        self._rollback(self._marks.pop())
+        if not self._marks:
+            self._log.clear()
 
     def frontier(self) -> list[int]:
         """The leaves left to right: a permutation satisfying every kept set."""
@@ -225,6 +253,7 @@ class PQTree:
         twin._leaves = [PQNode("leaf", i) for i in range(self._n)]
         twin._stamp = 0
         twin._log = []
+        twin._marks = []
         twin._root = twin._copy_of(self._root)
         # Copy top-down: each internal node copies its children in order.
         stack = [(self._root, twin._root)]
@@ -288,10 +317,17 @@ class PQTree:
                 off_top = 1
                 continue
             top = _root_cell(cell)
-            # Path compression needs no undo entry: no union has happened yet
-            # in this reduce, so it changes no parent even if we roll back.
-            while cell is not top:
-                cell._up, cell = top, cell._up
+            # Path compression needs no undo entry unless a checkpoint is
+            # open: no union has happened yet in this reduce, so it changes
+            # no parent even if this reduce is rolled back.
+            if self._marks:
+                while cell is not top and cell._up is not top:
+                    nxt = cell._up
+                    self._set(cell, "_up", top)
+                    cell = nxt
+            else:
+                while cell is not top:
+                    cell._up, cell = top, cell._up
             parent = top._node
             node._bparent = parent
             if parent._stamp != stamp:
@@ -598,11 +634,12 @@ class PQTree:
         self._log.append((obj, attr, getattr(obj, attr)))
         setattr(obj, attr, value)
 
-    def _rollback(self) -> None:
+    def _rollback(self, start: int) -> None:
+        """Undo the logged writes after position `start` of the log."""
         log = self._log
-        for obj, attr, old in reversed(log):
+        for obj, attr, old in reversed(log[start:]):
             setattr(obj, attr, old)
-        log.clear()
+        del log[start:]
 
 
 def reduce_all(tree: PQTree, sets: Iterable[Iterable[int]]) -> list[bool]:

@@ -1,0 +1,139 @@
+"""PQ memory planning of a whole compiled mini-batch (`--memory pq`).
+
+Constraints per arena, as in the method (`../shared/docs/method.md` §4), but over every batch
+of the mini-batch rather than inside one cell: the outputs of a batch slot are
+consecutive rows (a hard invariant of `Layout`); each operand of a batch should
+be consecutive rows aligned with the batch. Operands become `Request`s, larger
+ones first; `edbc.memory.align` chooses the node order inside every batch and
+the blocks that must sit side by side. The planner then reorders the nodes
+within each batch of the schedule (same sets, so the schedule stays valid) and
+lays every arena out block by block.
+
+Operands that read zeros, one shared value (broadcast), a repeated value or
+values of several shapes are not requests: the runtime serves the first two
+without a copy and must gather the others anyway.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import numpy as np
+
+from ..graph.ir import Graph
+from ..schedule.ir import Schedule
+from .align import Request, solve_orders
+from .layout import Layout, batch_order_layout, value_owner, value_shapes
+
+
+def position_in_batch(schedule: Schedule, num_nodes: int) -> np.ndarray:
+    position = np.empty(num_nodes, dtype=np.int64)
+    position[schedule.nodes] = np.arange(len(schedule.nodes)) - np.repeat(schedule.ptr[:-1], schedule.sizes)
+    return position
+
+
+def operand_requests(graph: Graph, schedule: Schedule) -> list[Request]:
+    """One request per batch operand that a layout could serve as a view.
+
+    Operands with the same producers (e.g. `h_l` and `c_l` of a TreeLSTM node)
+    are one request of their summed bytes: they are served by the same order.
+    """
+    batch_of = schedule.batch_of_node(graph.num_nodes)
+    position = position_in_batch(schedule, graph.num_nodes)
+    width = int(graph.num_outputs_per_type.max(initial=1))
+    stamp = np.full(graph.num_values, -1, dtype=np.int64)  # duplicate values, without sorting
+    merged: dict[tuple, Request] = {}
+    for c in range(schedule.num_batches):
+        nodes = schedule.batch(c)
+        k = len(nodes)
+        if k < 2:
+            continue
+        program = graph.types[schedule.batch_type[c]].program
+        if program is None:
+            continue
+        for p, value in enumerate(program.float_inputs):
+            e = graph.arg_ptr[nodes] + p
+            producer, slot = graph.arg_node[e], graph.arg_slot[e]
+            if producer.min() < 0 or producer.max() == producer.min():
+                continue
+            values = graph.value_ptr[producer] + slot
+            stamp[values] = np.arange(k)
+            if np.any(stamp[values] != np.arange(k)):
+                continue
+            weight = k * prod(program.values[value].shape) * 4
+            batch, index = batch_of[producer], position[producer]
+            key = (c, batch.tobytes(), index.tobytes())
+            if key in merged:
+                old = merged[key]
+                # a second operand of the same producers in another slot: one order serves both
+                merged[key] = Request(c, old.batch, old.index, old.block, old.weight + weight)
+            else:
+                merged[key] = Request(c, batch, index, batch * width + slot, weight)
+    return list(merged.values())
+
+
+def pq_layout(graph: Graph, schedule: Schedule) -> tuple[Schedule, Layout]:
+    """Plan the node order of every batch and the block order of every arena."""
+    solved = solve_orders(schedule.sizes, operand_requests(graph, schedule))
+    nodes = np.concatenate([schedule.batch(b)[o] for b, o in enumerate(solved.orders)]) \
+        if schedule.num_batches else schedule.nodes
+    planned = Schedule(schedule.policy, schedule.ptr, nodes, schedule.batch_type)
+    return planned, blocks_layout(graph, planned, "pq", solved.chains)
+
+
+def blocks_layout(graph: Graph, schedule: Schedule, mode: str, chains: list[list[int]] = ()) -> Layout:
+    """Arenas filled block by block (a block: one batch's outputs of one slot, in batch order).
+
+    Blocks go in run order, slot by slot, except that each chain's blocks are
+    placed together, in chain order, where its first block would stand.
+    """
+    shapes, arena = value_shapes(graph)
+    owner, slot = value_owner(graph)
+    width = int(graph.num_outputs_per_type.max(initial=1))
+    batch_of = schedule.batch_of_node(graph.num_nodes)
+    position = position_in_batch(schedule, graph.num_nodes)
+    block = batch_of[owner] * width + slot
+    blocks, first = np.unique(block, return_index=True)
+    block_arena = arena[first]
+    block_size = schedule.sizes[blocks // width]
+
+    rank = np.arange(len(blocks))
+    if chains:
+        where = {int(b): i for i, b in enumerate(blocks)}
+        nxt = {where[a]: where[b] for chain in chains for a, b in zip(chain, chain[1:])}
+        has_prev = set(nxt.values())
+        sequence = []
+        for i in range(len(blocks)):
+            if i in has_prev:
+                continue
+            while True:
+                sequence.append(i)
+                if i not in nxt:
+                    break
+                i = nxt[i]
+        rank = np.empty(len(blocks), dtype=np.int64)
+        rank[sequence] = np.arange(len(blocks))
+    order = np.lexsort((rank, block_arena))  # blocks by arena, then by rank
+    start = np.zeros(len(blocks), dtype=np.int64)
+    sizes = block_size[order]
+    arena_sorted = block_arena[order]
+    cumulative = np.cumsum(sizes) - sizes
+    arena_first = np.searchsorted(arena_sorted, arena_sorted)  # first block of the same arena
+    start[order] = cumulative - cumulative[arena_first]
+    rows_per_arena = np.bincount(arena, minlength=len(shapes))
+    row = start[np.searchsorted(blocks, block)] + position[owner]
+    return Layout(mode, tuple(shapes), rows_per_arena, arena, row)
+
+
+def unplanned(graph: Graph, schedule: Schedule) -> tuple[Schedule, Layout]:
+    """Memory planning off: each batch's nodes in graph order (as policies give them), each
+    arena filled in run order."""
+    owner = np.repeat(np.arange(schedule.num_batches), schedule.sizes)
+    in_order = Schedule(schedule.policy, schedule.ptr, schedule.nodes[np.lexsort((schedule.nodes, owner))],
+                        schedule.batch_type)
+    return in_order, batch_order_layout(graph, in_order)
+
+
+# Memory mode -> planner: (graph, schedule) -> (the schedule, its nodes possibly reordered
+# within batches; the layout).
+PLANNERS = {"pq": pq_layout, "none": unplanned}
