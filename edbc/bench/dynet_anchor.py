@@ -136,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import dynet_config
-    dynet_config.set(mem=4096, random_seed=1, autobatch=args.autobatch)
+    dynet_config.set(mem=1024, random_seed=1, autobatch=args.autobatch)
     import dynet as dy
 
     from ..api import load_data, load_spec
