@@ -31,13 +31,14 @@ from math import prod
 
 import numpy as np
 
+from ..spec.passes import optimize
 from ..spec.program import TOKEN, Program, Shape
 from ..schedule.cell import CellSchedule, schedule_cell
 from .align import Request, solve_orders
 
 # Ops whose batch of m runs on `[k, m, ...]` operands as one call (the others run one by one).
-BATCHABLE = frozenset({"add", "sub", "mul", "sum", "sigmoid", "tanh", "relu", "identity", "log_softmax",
-                       "concat", "affine", "embed"})
+BATCHABLE = frozenset({"add", "sub", "mul", "sum", "addcmul", "lerp", "sigmoid", "tanh", "relu", "identity",
+                       "log_softmax", "concat", "affine", "embed"})
 
 
 def is_alias(program: Program, op) -> bool:
@@ -166,6 +167,14 @@ def plan_cell(program: Program, param_shapes: dict[str, Shape], memory: str = "p
         if not split:
             return CellPlan(program, memory, sched, tuple(steps), homes, base_of)
         batches = [part for i, b in enumerate(batches) for part in ([[j] for j in b] if i in split else [b])]
+
+
+def plan_kernel(program: Program, param_shapes: dict[str, Shape], memory: str = "pq"):
+    """What a kernel runs: the program rewritten by `edbc.spec.passes`, the parameters it
+    derives (name -> `Derived`), and the cell plan of the rewritten program."""
+    optimized, derived = optimize(program, param_shapes)
+    shapes = dict(param_shapes, **{name: d.shape for name, d in derived.items()})
+    return optimized, derived, plan_cell(optimized, shapes, memory)
 
 
 def _planned_orders(program: Program, batches: list[list[int]], made_by) -> list[list[int]]:

@@ -18,10 +18,10 @@ from math import prod
 import numpy as np
 
 from ..errors import VerificationError
-from ..graph.ir import Graph
+from ..graph.ir import Graph, csr_gather, csr_ptr
 from ..schedule.ir import Schedule
 from ..spec.program import Program, Shape
-from .cells import CellPlan, plan_cell
+from .cells import CellPlan, plan_kernel
 from .layout import Layout
 
 VIEW, BROADCAST, GATHER = "view", "broadcast", "gather"
@@ -70,36 +70,88 @@ def arena_of_shape(layout: Layout, shape: Shape) -> int:
         return -1
 
 
+@dataclass(frozen=True, eq=False)
+class OperandTable:
+    """How every float operand of every batch is served, for the whole schedule at once.
+
+    Entry `i` is operand `position[i]` of batch `batch[i]`, batch-major. Gather
+    rows are a CSR: entry i's rows are `rows[ptr[i]:ptr[i+1]]` (empty unless a gather).
+    """
+
+    batch: np.ndarray
+    position: np.ndarray
+    kind: np.ndarray  # VIEW, BROADCAST or GATHER codes (`KIND_CODES`)
+    arena: np.ndarray  # -1: zeros of a shape no arena holds
+    first_row: np.ndarray
+    nbytes: np.ndarray
+    ptr: np.ndarray
+    rows: np.ndarray
+
+    def operand(self, i: int) -> "BatchOperand":
+        kind = KINDS[self.kind[i]]
+        rows = self.rows[self.ptr[i]:self.ptr[i + 1]] if kind == GATHER else self.first_row[i:i + 1]
+        return BatchOperand(kind, int(self.arena[i]), rows, int(self.nbytes[i]))
+
+
+KINDS = (VIEW, BROADCAST, GATHER)
+VIEW_CODE, BROADCAST_CODE, GATHER_CODE = range(3)
+
+
+def operand_table(graph: Graph, schedule: Schedule, layout: Layout) -> OperandTable:
+    """Classify every batch operand with array operations, one pass per (type, input position)."""
+    sizes = schedule.sizes
+    parts = []
+    for t in np.unique(schedule.batch_type).tolist():
+        program = graph.types[t].program
+        batches = np.flatnonzero(schedule.batch_type == t)
+        k = sizes[batches]
+        pos, seg = csr_gather(schedule.ptr, batches)  # the batches' nodes, batch by batch
+        nodes = schedule.nodes[pos]
+        starts = np.cumsum(k) - k
+        for p, value in enumerate(program.float_inputs):
+            shape = program.values[value].shape
+            a = arena_of_shape(layout, shape)
+            e = graph.arg_ptr[nodes] + p
+            producer, slot = graph.arg_node[e], graph.arg_slot[e]
+            real = producer >= 0
+            values = graph.value_ptr[np.maximum(producer, 0)] + slot
+            if np.any(real & (layout.value_arena[values] != a)):
+                b = int(batches[seg[np.flatnonzero(real & (layout.value_arena[values] != a))[0]]])
+                raise VerificationError(f"batch {b}: operand {p} is not in the arena of its shape")
+            zero_row = layout.arena_rows[a] if a >= 0 else 0
+            rows = np.where(real, layout.value_row[values], zero_row)
+            any_real = np.add.reduceat(real, starts) > 0
+            all_real = np.add.reduceat(real, starts) == k
+            same_seg = seg[1:] == seg[:-1]
+            breaks = np.bincount(seg[1:][same_seg & (rows[1:] != rows[:-1] + 1)], minlength=len(batches))
+            differ = np.bincount(seg[np.flatnonzero(rows != rows[starts][seg])], minlength=len(batches))
+            first = rows[starts]
+            kind = np.full(len(batches), GATHER_CODE, dtype=np.int8)
+            kind[differ == 0] = BROADCAST_CODE
+            kind[(k == 1) | (all_real & (breaks == 0))] = VIEW_CODE
+            kind[~any_real] = BROADCAST_CODE
+            first = np.where(~any_real, zero_row, first)
+            gathered = kind == GATHER_CODE
+            counts = np.where(gathered, k, 0)
+            parts.append((batches, np.full(len(batches), p), kind, np.where(any_real | (a >= 0), a, -1),
+                          first, k * prod(shape) * 4, counts, rows[gathered[seg]]))
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return OperandTable(empty, empty, empty.astype(np.int8), empty, empty, empty, np.zeros(1, np.int64), empty)
+    cols = [np.concatenate(c) for c in zip(*parts)]
+    order = np.lexsort((cols[1], cols[0]))
+    counts = cols[6]
+    ptr_unsorted = csr_ptr(counts)
+    rows = cols[7]
+    pos, _ = csr_gather(ptr_unsorted, order)
+    return OperandTable(cols[0][order], cols[1][order], cols[2][order], cols[3][order], cols[4][order],
+                        cols[5][order], csr_ptr(counts[order]), rows[pos])
+
+
 def batch_operands(graph: Graph, schedule: Schedule, layout: Layout, b: int) -> list[BatchOperand]:
     """The float operands of batch `b`, in the order of its program's float inputs."""
-    nodes = schedule.batch(b)
-    k = len(nodes)
-    program = graph.types[schedule.batch_type[b]].program
-    out = []
-    for p, value in enumerate(program.float_inputs):
-        shape = program.values[value].shape
-        nbytes = k * prod(shape) * 4
-        e = graph.arg_ptr[nodes] + p
-        producer, slot = graph.arg_node[e], graph.arg_slot[e]
-        real = producer >= 0
-        if not real.any():
-            a = arena_of_shape(layout, shape)
-            out.append(BatchOperand(BROADCAST, a, np.array([layout.arena_rows[a] if a >= 0 else 0]), nbytes))
-            continue
-        values = graph.value_ptr[producer[real]] + slot[real]
-        arena_ids = np.unique(layout.value_arena[values])
-        if len(arena_ids) != 1:
-            raise VerificationError(f"batch {b}: operand {p} spans several arenas")
-        a = int(arena_ids[0])
-        rows = np.full(k, layout.arena_rows[a], dtype=np.int64)  # the zero row for zeros
-        rows[real] = layout.value_row[values]
-        if k == 1 or (real.all() and np.all(np.diff(rows) == 1)):
-            out.append(BatchOperand(VIEW, a, rows[:1], nbytes))
-        elif np.all(rows == rows[0]):
-            out.append(BatchOperand(BROADCAST, a, rows[:1], nbytes))
-        else:
-            out.append(BatchOperand(GATHER, a, rows, nbytes))
-    return out
+    table = operand_table(graph, schedule, layout)
+    return [table.operand(i) for i in np.flatnonzero(table.batch == b).tolist()]
 
 
 def never_views(graph: Graph, schedule: Schedule) -> int:
@@ -129,25 +181,21 @@ def never_views(graph: Graph, schedule: Schedule) -> int:
     return total
 
 
-def memory_stats(graph: Graph, schedule: Schedule, layout: Layout, plans: dict[Program, CellPlan]) -> MemoryStats:
+def memory_stats(graph: Graph, schedule: Schedule, layout: Layout, plans: dict[Program, CellPlan],
+                 table: OperandTable | None = None) -> MemoryStats:
     """Gathers and bytes of one compiled mini-batch; `plans`: the cell plans of (at least) the
     programs its batches run."""
-    gathers = gather_bytes = operand_bytes = cell_calls = 0
-    for b in range(schedule.num_batches):
-        for o in batch_operands(graph, schedule, layout, b):
-            operand_bytes += o.nbytes
-            if o.kind == GATHER:
-                gathers += 1
-                gather_bytes += o.nbytes
-        cell_calls += len(plans[graph.types[schedule.batch_type[b]].program].steps)
+    table = operand_table(graph, schedule, layout) if table is None else table
+    gathered = table.kind == GATHER_CODE
+    calls = np.array([len(plans[t.program].steps) if t.program in plans else 0 for t in graph.types])
     used = {graph.types[t].program for t in np.unique(schedule.batch_type)}
-    stacked = sum(plans[p].stacked_weights for p in used)
-    return MemoryStats(gathers, gather_bytes, operand_bytes, cell_calls, stacked)
+    return MemoryStats(int(gathered.sum()), int(table.nbytes[gathered].sum()), int(table.nbytes.sum()),
+                       int(calls[schedule.batch_type].sum()), sum(plans[p].stacked_weights for p in used))
 
 
 def cell_plans(graph: Graph, param_shapes: dict[str, Shape], memory: str) -> dict[Program, CellPlan]:
-    """The cell plan of every node type of `graph` for memory mode `memory`."""
-    return {t.program: plan_cell(t.program, param_shapes, memory) for t in graph.types}
+    """The cell plan of every node type's kernel (its program rewritten as kernels run it)."""
+    return {t.program: plan_kernel(t.program, param_shapes, memory)[2] for t in graph.types}
 
 
 def format_memory(stats: dict[str, MemoryStats], compiled: str, minibatches: int) -> str:

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from ..errors import UsageError, VerificationError
-from ..graph.ir import Graph
-from ..memory.cells import plan_cell
+from ..graph.ir import Graph, csr_gather, csr_ptr
+from ..memory.cells import plan_kernel
 from ..memory.layout import Layout
-from ..memory.operands import GATHER, VIEW, MemoryStats, batch_operands, memory_stats
+from ..memory.operands import BROADCAST_CODE, VIEW_CODE, MemoryStats, memory_stats, operand_table
 from ..schedule.ir import Schedule
 from ..spec.model import ModelSpec
 from ..spec.program import TOKEN, Program
@@ -47,11 +47,16 @@ class Runtime:
         self._kernels: dict[tuple[Program, str], Kernel] = {}
 
     def kernel(self, program: Program, memory: str = "pq") -> Kernel:
-        """The kernel of `program`, its internal batches laid out with memory mode `memory`."""
+        """The kernel of `program`, rewritten by `edbc.spec.passes` and its internal batches laid
+        out with memory mode `memory`."""
         k = self._kernels.get((program, memory))
         if k is None:
-            plan = plan_cell(program, self.param_shapes, memory)
-            k = self._kernels[(program, memory)] = Kernel(program, self.weights, plan)
+            optimized, derived, plan = plan_kernel(program, self.param_shapes, memory)
+            for name, d in derived.items():
+                if name not in self.weights:
+                    table = self.weights[d.table] @ self.weights[d.weight]
+                    self.weights[name] = table + self.weights[d.bias] if d.bias else table
+            k = self._kernels[(program, memory)] = Kernel(optimized, self.weights, plan)
         return k
 
     def prepare(self, graph: Graph, schedule: Schedule, layout: Layout) -> "Executable":
@@ -71,42 +76,60 @@ class Executable:
                        for shape, rows in zip(layout.arena_shapes, layout.arena_rows)]
         for a in self.arenas:
             a[-1].zero_()
-        value_ptr = graph.value_ptr
-        steps = []
-        kernels: dict[Program, Kernel] = {}
-        for b in range(schedule.num_batches):
-            nodes = schedule.batch(b)
-            k = len(nodes)
-            program = graph.types[schedule.batch_type[b]].program
-            kernel = kernels.get(program) or kernels.setdefault(program, runtime.kernel(program, layout.mode))
-            floats = iter(batch_operands(graph, schedule, layout, b))
-            inputs = []
-            n_token = 0
-            for value in program.inputs:
-                if value.dtype == TOKEN:
-                    ids = graph.imm[graph.imm_ptr[nodes] + n_token]
-                    n_token += 1
-                    inputs.append((_VIEW, torch.as_tensor(ids, dtype=torch.long, device=device)))
-                    continue
-                o = next(floats)
-                arena = self.arenas[o.arena] if o.arena >= 0 else torch.zeros((1,) + value.shape, device=device)
-                if o.kind == GATHER:
-                    inputs.append((_GATHER, (arena, torch.as_tensor(o.rows, dtype=torch.long, device=device))))
-                elif o.kind == VIEW:
-                    inputs.append((_VIEW, arena[int(o.rows[0]):int(o.rows[0]) + k]))
-                else:  # one row for every node
-                    r = int(o.rows[0]) if o.arena >= 0 else 0
-                    inputs.append((_VIEW, arena[r:r + 1].expand((k,) + value.shape)))
-            outputs = []
-            for s in range(len(program.outputs)):
-                v = value_ptr[nodes[0]] + s
-                a, r0 = int(layout.value_arena[v]), int(layout.value_row[v])
-                outputs.append(self.arenas[a][r0:r0 + k])
-            steps.append((kernel, tuple(inputs), outputs))
-        self._steps = tuple(steps)
-        self.stats = memory_stats(graph, schedule, layout, {p: kern.plan for p, kern in kernels.items()})
+        programs = [t.program for t in graph.types]
+        used = np.unique(schedule.batch_type).tolist()
+        kernels = [runtime.kernel(programs[t], layout.mode) if t in used else None for t in range(len(programs))]
+        table = operand_table(graph, schedule, layout)
+        self.stats = memory_stats(graph, schedule, layout, {programs[t]: kernels[t].plan for t in used}, table)
+        # per type: (is token, shape) of each input, and the number of outputs
+        signatures = [[(v.dtype == TOKEN, v.shape) for v in p.inputs] for p in programs]
+        n_outputs = [len(p.outputs) for p in programs]
 
-        out_values = value_ptr[graph.out_node] + graph.out_slot
+        # Everything below is computed with array operations; the loop over batches only slices.
+        sizes = schedule.sizes.tolist()
+        starts = schedule.ptr[:-1].tolist()
+        first_value = graph.value_ptr[schedule.nodes[schedule.ptr[:-1]]]
+        n_float = np.array([len(p.float_inputs) for p in programs])[schedule.batch_type]
+        entry = csr_ptr(n_float).tolist()
+        kinds, arenas, firsts = table.kind.tolist(), table.arena.tolist(), table.first_row.tolist()
+        gather_rows = torch.as_tensor(table.rows, dtype=torch.long, device=device)
+        gather_ptr = table.ptr.tolist()
+        tokens = _token_inputs(graph, schedule, device)
+        zeros = {}
+        steps = []
+        out_arena = layout.value_arena.tolist()
+        out_row = layout.value_row.tolist()
+        for b, t in enumerate(schedule.batch_type.tolist()):
+            k = sizes[b]
+            inputs = []
+            i = entry[b]
+            token = tokens.get(b, ())
+            n_token = 0
+            for is_token, shape in signatures[t]:
+                if is_token:
+                    inputs.append((_VIEW, token[n_token]))
+                    n_token += 1
+                    continue
+                a, first, kind = arenas[i], firsts[i], kinds[i]
+                if a >= 0:
+                    arena = self.arenas[a]
+                else:
+                    arena = zeros.get(shape)
+                    if arena is None:
+                        arena = zeros[shape] = torch.zeros((1,) + shape, device=device)
+                if kind == VIEW_CODE:
+                    inputs.append((_VIEW, arena[first:first + k]))
+                elif kind == BROADCAST_CODE:
+                    inputs.append((_VIEW, arena[first:first + 1].expand((k,) + shape)))
+                else:
+                    inputs.append((_GATHER, (arena, gather_rows[gather_ptr[i]:gather_ptr[i + 1]])))
+                i += 1
+            v = int(first_value[b])
+            outputs = [self.arenas[out_arena[v + s]][out_row[v + s]:out_row[v + s] + k] for s in range(n_outputs[t])]
+            steps.append((kernels[t], tuple(inputs), outputs))
+        self._steps = tuple(steps)
+
+        out_values = graph.value_ptr[graph.out_node] + graph.out_slot
         out_arena = np.unique(layout.value_arena[out_values])
         if len(out_arena) != 1:
             raise VerificationError("the results are spread over several arenas")
@@ -120,3 +143,23 @@ class Executable:
                 kernel([src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs],
                        outputs)
             return torch.index_select(self._result_arena, 0, self._result_rows)
+
+
+def _token_inputs(graph: Graph, schedule: Schedule, device) -> dict[int, list[torch.Tensor]]:
+    """Each batch's token id tensors, in its program's token input order: one tensor per
+    (type, token input) for all its batches, sliced."""
+    out: dict[int, list[torch.Tensor]] = {}
+    for t in np.unique(schedule.batch_type).tolist():
+        n = len(graph.types[t].program.token_inputs)
+        if not n:
+            continue
+        batches = np.flatnonzero(schedule.batch_type == t)
+        pos, _ = csr_gather(schedule.ptr, batches)
+        nodes = schedule.nodes[pos]
+        bounds = csr_ptr(schedule.sizes[batches]).tolist()
+        for q in range(n):
+            ids = torch.as_tensor(graph.imm[graph.imm_ptr[nodes] + q], dtype=torch.long, device=device)
+            for j, b in enumerate(batches.tolist()):
+                out.setdefault(b, []).append(ids[bounds[j]:bounds[j + 1]])
+    return out
+

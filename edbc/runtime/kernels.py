@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from math import prod
-from operator import itemgetter
 
-from ..memory.cells import BROADCAST, GATHER, SHARED, STACKED, VALUE, VIEW, CellPlan, plan_cell
+from ..memory.cells import BROADCAST, SHARED, STACKED, TOKENS, VALUE, VIEW, CellPlan, plan_cell
 from ..spec.program import Program
 
 
@@ -50,6 +49,8 @@ OP_IMPLS: dict[str, Callable] = {
     "affine": _affine,
     "add": lambda a, attrs: (a[0] + a[1],),
     "sub": lambda a, attrs: (a[0] - a[1],),
+    "addcmul": lambda a, attrs: (torch.addcmul(a[0], a[1], a[2]),),
+    "lerp": lambda a, attrs: (torch.lerp(a[0], a[1], a[2]),),
     "mul": lambda a, attrs: (a[0] * a[1],),
     "sum": _sum,
     "sigmoid": lambda a, attrs: (torch.sigmoid(a[0]),),
@@ -66,64 +67,32 @@ OP_IMPLS: dict[str, Callable] = {
 }
 
 
-def _fused_affine(weight: torch.Tensor, bias: torch.Tensor | None):
-    """x1·W1 + x2·W2 + b as one matmul of [x1 x2] by the stacked [W1; W2].
-
-    With per-op weights stacked to `[m, in, out]` (and biases to `[m, out]`),
-    `m` affines run as one batched matmul over `[k, m, in]`.
-    """
-    per_op = weight.dim() == 3
-
-    def run(args, attrs, out=None):
-        x = args[0] if len(args) == 1 else torch.cat(args, dim=-1)
-        if bias is not None and x.dim() == 2 and not per_op:
-            return (torch.addmm(bias, x, weight, out=out) if out is not None else torch.addmm(bias, x, weight),)
-        y = torch.bmm(x.transpose(0, 1), weight).transpose(0, 1) if per_op else x @ weight
-        if bias is not None:
-            y = y + bias
-        return (y if out is None else out.copy_(y),)
-    run.writes_out = True
-    return run
+def fast_tanh(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """tanh(x) = 2·sigmoid(2x) - 1: on large CPU tensors torch's tanh takes ~5x sigmoid's time
+    (measured on this build), so four cheap calls beat one; small tensors keep tanh."""
+    if x.numel() < _TANH_SPLIT or x.device.type != "cpu":
+        return torch.tanh(x, out=out) if out is not None else torch.tanh(x)
+    y = torch.mul(x, 2, out=out) if out is not None else x * 2
+    return y.sigmoid_().mul_(2).sub_(1)
 
 
-def _binary_out(fn):
-    def run(args, attrs, out=None):
-        return (fn(args[0], args[1], out=out),) if out is not None else (fn(args[0], args[1]),)
-    run.writes_out = True
-    return run
+_TANH_SPLIT = 4096  # elements; below, the call overhead of the split outweighs tanh's cost
 
+# Elementwise ops: a batch of m of them runs on `[k, m*d]` columns as one op on `[k, d]`.
+ELEMENTWISE = frozenset({"add", "sub", "mul", "sum", "addcmul", "lerp", "sigmoid", "tanh", "relu", "identity"})
 
-def _unary_out(fn):
-    def run(args, attrs, out=None):
-        return (fn(args[0], out=out),) if out is not None else (fn(args[0]),)
-    run.writes_out = True
-    return run
-
-
-def _sum_out(args, attrs, out=None):
-    if len(args) == 1:
-        return (args[0] if out is None else out.copy_(args[0]),)
-    acc = torch.add(args[0], args[1], out=out) if out is not None else args[0] + args[1]
-    for a in args[2:]:
-        acc.add_(a)
-    return (acc,)
-
-
-_sum_out.writes_out = True
-
-# Ops that can write their result into a given tensor (an arena row block), so the
-# executor copies nothing after them; others are computed and then copied there.
-OUT_IMPLS: dict[str, Callable] = {
-    "add": _binary_out(torch.add),
-    "sub": _binary_out(torch.sub),
-    "mul": _binary_out(torch.mul),
-    "sigmoid": _unary_out(torch.sigmoid),
-    "tanh": _unary_out(torch.tanh),
-    "sum": _sum_out,
+# Ops generated as direct torch calls, `{a}` the operands (`{out}`: `, out=dest` when the result
+# goes straight to a kernel output); all others call `OP_IMPLS`.
+_DIRECT = {
+    "add": "torch.add({0}, {1}{out})",
+    "sub": "torch.sub({0}, {1}{out})",
+    "mul": "torch.mul({0}, {1}{out})",
+    "addcmul": "torch.addcmul({0}, {1}, {2}{out})",
+    "lerp": "torch.lerp({0}, {1}, {2}{out})",
+    "sigmoid": "torch.sigmoid({0}{out})",
+    "tanh": "fast_tanh({0}{out})",
+    "relu": "torch.clamp_min({0}, 0{out})",
 }
-
-# Ops that act on each element alone: a batch of them runs on `[k, m*d]` as on `[k, d]`.
-ELEMENTWISE = frozenset({"add", "sub", "mul", "sum", "sigmoid", "tanh", "relu", "identity"})
 
 
 class Kernel:
@@ -132,115 +101,187 @@ class Kernel:
     It replays the cell's internal schedule (`edbc.memory.cells.CellPlan`):
     each internal batch of `m` ops is one torch call. Every tensor is a
     `[k, width]` row per call; a value is a column range of a base (a cell
-    input or a batch output), and an operand whose `m` values sit side by side
-    is a view, otherwise it is concatenated (a gather). Elementwise batches
-    run on `[k, m*d]` directly; others see `[k, m, *shape]`.
+    input or a batch output). Elementwise batches run on `[k, m*d]` columns;
+    others see `[k, m, *shape]`. The replay is generated as Python source once,
+    when the kernel is built, so a call runs straight-line torch calls with no
+    interpretation; results that are kernel outputs are written into them in place.
     """
 
-    __slots__ = ("program", "plan", "_steps", "_outputs", "_finals", "_shaped", "_env_size")
+    __slots__ = ("program", "plan", "source", "_run")
 
     def __init__(self, program: Program, weights: dict[str, torch.Tensor], plan: CellPlan | None = None):
         self.program = program
         self.plan = plan = plan or plan_cell(program, {n: tuple(w.shape) for n, w in weights.items()})
-        values = program.values
-        homes = plan.homes
-        self._env_size = program.n_inputs + len(plan.base_of)
-        # a cell output computed whole by a single-op step may be written straight into its destination
-        last_step = {}
-        for b, step in enumerate(plan.steps):
-            for j in step.ops:
-                for v in program.ops[j].outs:
-                    last_step[v] = b
-        finals: dict[int, int] = {}  # step -> the output it may write in place
-        for i, v in enumerate(program.outputs):
-            b = last_step.get(v)
-            if b is not None and len(plan.steps[b].ops) == 1 and program.outputs.index(v) == i \
-                    and len(program.ops[plan.steps[b].ops[0]].outs) == 1:
-                finals.setdefault(b, i)
-
-        def value(v: int):
-            h = homes[v]
-            shape = values[v].shape
-            if h.start == 0 and h.size == _width(plan, program, h.base):
-                get = itemgetter(h.base)
-            else:
-                get = lambda env, base=h.base, lo=h.start, hi=h.start + h.size: env[base][:, lo:hi]
-            if len(shape) <= 1:
-                return get
-            return lambda env: get(env).unflatten(1, shape)
-
-        steps = []
-        for b, step in enumerate(plan.steps):
-            op = program.ops[step.ops[0]]
-            m = len(step.ops)
-            flat = m == 1 or (op.kind in ELEMENTWISE and all(o.kind != BROADCAST for o in step.operands)
-                              and all(len(values[o.values[0]].shape) <= 1 for o in step.operands
-                                      if o.kind not in (SHARED, STACKED)))
-            getters = [self._operand(o, m, flat, value, weights, program,
-                                     _width(plan, program, o.base) if o.kind == VIEW else 0)
-                       for o in step.operands]
-            if op.kind == "affine":
-                has_bias = len(op.args) % 2
-                pairs = range(0, len(op.args) - has_bias, 2)
-                weight = torch.cat([_param(step.operands[i + 1], weights, m, False) for i in pairs], dim=-2)
-                bias = _param(step.operands[-1], weights, m, False) if has_bias else None
-                fn, getters = _fused_affine(weight, bias), [getters[i] for i in pairs]
-            else:
-                fn = OUT_IMPLS.get(op.kind) or _no_out(OP_IMPLS[op.kind])
-            targets = [plan.base_of[(b, k)] for k in range(len(op.outs))]
-            final = finals.get(b, -1) if getattr(fn, "writes_out", False) else -1
-            unflat = not flat or any(len(values[v].shape) > 1 for v in op.outs)
-            steps.append((fn, getters, dict(op.attrs), targets, unflat, final))
-        self._steps = tuple(steps)
-        self._outputs = tuple(value(v) for v in program.outputs)
-        self._finals = frozenset(s[-1] for s in steps if s[-1] >= 0)
-        self._shaped = tuple(i for i in range(program.n_inputs) if len(values[i].shape) > 1)
-
-    @staticmethod
-    def _operand(o, m: int, flat: bool, value, weights, program: Program, width: int):
-        """How to fetch one operand (`[k, m*d]` when flat, else `[k, m, *shape]`) from `env`."""
-        if o.kind in (SHARED, STACKED):
-            t = _param(o, weights, m, flat)
-            return lambda env: t
-        if o.kind == VALUE:
-            return value(o.values[0])
-        shape = program.values[o.values[0]].shape
-        if o.kind == VIEW:
-            base, lo, hi = o.base, o.start, o.start + m * prod(shape)
-            whole = lo == 0 and hi == width
-            if flat:
-                return itemgetter(base) if whole else (lambda env: env[base][:, lo:hi])
-            return lambda env: env[base][:, lo:hi].unflatten(1, (m,) + shape)
-        parts = [value(v) for v in o.values]
-        if o.kind == BROADCAST:
-            get = parts[0]
-            return lambda env: get(env).unsqueeze(1).expand(-1, m, *shape)
-        if o.kind == GATHER:
-            raise ValueError("cell plans run batches that would gather op by op; this plan gathers")
-        return lambda env: torch.stack([g(env) for g in parts], dim=1)  # token ids
+        self.source, constants = _generate(program, plan, weights)
+        namespace = {"torch": torch, "F": F, "fast_tanh": fast_tanh, "OP_IMPLS": OP_IMPLS, **constants}
+        exec(compile(self.source, f"<kernel {program.name}>", "exec"), namespace)
+        self._run = namespace["kernel"]
 
     def __call__(self, inputs: list[torch.Tensor], out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """`inputs` in the program's input order; returns the program's outputs.
+        """`inputs` in the program's input order; returns the program's outputs, written into
+        `out` (one tensor per output) when given."""
+        return self._run(inputs, out)
 
-        With `out` (one tensor per output), results are written there, in place
-        where the op producing them can, and `out` is returned.
-        """
-        env: list = list(inputs) + [None] * (self._env_size - len(inputs))
-        for i in self._shaped:
-            env[i] = env[i].flatten(1)
-        for fn, getters, attrs, targets, unflat, final in self._steps:
-            args = [g(env) for g in getters]
-            results = fn(args, attrs) if final < 0 or out is None else fn(args, attrs, out=out[final])
-            if unflat:
-                results = [t.flatten(1) for t in results]
-            for target, t in zip(targets, results):
-                env[target] = t
-        if out is None:
-            return [g(env) for g in self._outputs]
-        for i, (dest, g) in enumerate(zip(out, self._outputs)):
-            if i not in self._finals:
-                dest.copy_(g(env))
-        return out
+
+def _generate(program: Program, plan: CellPlan, weights: dict[str, torch.Tensor]) -> tuple[str, dict]:
+    """The source of `kernel(inputs, out)` replaying `plan`, and the constants it reads."""
+    values = program.values
+    homes = plan.homes
+    constants: dict[str, object] = {}
+    body: list[str] = []
+    names: dict[tuple, str] = {}  # (base, lo, hi, shaped) -> local holding that slice
+
+    def constant(obj) -> str:
+        name = f"c{len(constants)}"
+        constants[name] = obj
+        return name
+
+    def width(base: int) -> int:
+        return _width(plan, program, base)
+
+    def columns(base: int, lo: int, hi: int, shape: tuple | None) -> str:
+        """A local holding columns lo:hi of a base, unflattened to `shape` when given."""
+        whole = lo == 0 and hi == width(base)
+        if whole and shape is None:
+            return f"e{base}"
+        key = (base, lo, hi, shape)
+        if key not in names:
+            expr = f"e{base}" if whole else f"e{base}[:, {lo}:{hi}]"
+            if shape is not None:
+                expr += f".unflatten(1, {shape})"
+            names[key] = f"t{len(names)}"
+            body.append(f"{names[key]} = {expr}")
+        return names[key]
+
+    def value(v: int) -> str:
+        h = homes[v]
+        shape = values[v].shape
+        return columns(h.base, h.start, h.start + h.size, shape if len(shape) > 1 else None)
+
+    n_in = program.n_inputs
+    body.append(f"{', '.join(f'e{i}' for i in range(n_in))}{',' if n_in == 1 else ''} = inputs")
+    for i in range(n_in):
+        if len(values[i].shape) > 1:
+            body.append(f"e{i} = e{i}.flatten(1)")
+
+    # An output computed whole by a single-op step is written straight into its destination.
+    last_step = {v: b for b, step in enumerate(plan.steps) for j in step.ops for v in program.ops[j].outs}
+    finals: dict[int, int] = {}
+    for i, v in enumerate(program.outputs):
+        b = last_step.get(v)
+        if b is not None and len(plan.steps[b].ops) == 1 and program.outputs.index(v) == i \
+                and len(program.ops[plan.steps[b].ops[0]].outs) == 1 and values[v].dtype != "token" \
+                and len(values[v].shape) <= 1:
+            finals.setdefault(b, i)
+
+    for b, step in enumerate(plan.steps):
+        op = program.ops[step.ops[0]]
+        m = len(step.ops)
+        flat = m == 1 or (op.kind in ELEMENTWISE and all(o.kind != BROADCAST for o in step.operands)
+                          and all(len(values[o.values[0]].shape) <= 1 for o in step.operands
+                                  if o.kind not in (SHARED, STACKED)))
+        args = []
+        for o in step.operands:
+            if o.kind in (SHARED, STACKED):
+                args.append(constant(_param(o, weights, m, flat)))
+            elif o.kind == VALUE:
+                args.append(value(o.values[0]))
+            elif o.kind == VIEW:
+                shape = values[o.values[0]].shape
+                hi = o.start + m * prod(shape)
+                args.append(columns(o.base, o.start, hi, None if flat else (m,) + tuple(shape)))
+            elif o.kind == BROADCAST:
+                shape = values[o.values[0]].shape
+                args.append(f"{value(o.values[0])}.unsqueeze(1).expand(-1, {m}, *{tuple(shape)})")
+            elif o.kind == TOKENS:
+                args.append(f"torch.stack([{', '.join(value(v) for v in o.values)}], dim=1)")
+            else:
+                raise ValueError("cell plans run batches that would gather op by op; this plan gathers")
+        final = finals.get(b)
+        targets = [f"e{plan.base_of[(b, k)]}" for k in range(len(op.outs))]
+        dest = f"o{final}" if final is not None else None
+        unflat = not flat or any(len(values[v].shape) > 1 for v in op.outs)
+        call = _call(program, op, args, m, flat, weights, step, constant, dest)
+        if unflat:
+            if len(targets) == 1:
+                body.append(f"{targets[0]} = ({call}).flatten(1)")
+            else:
+                body.append(f"{', '.join(targets)} = [t.flatten(1) for t in {call}]")
+        elif len(targets) == 1:
+            body.append(f"{targets[0]} = {call}")
+        else:
+            body.append(f"{', '.join(targets)} = {call}")
+        if dest is not None and not _writes_out(program, op, flat, m):
+            body.append(f"if {dest} is not None:")
+            body.append(f"    {dest}.copy_({targets[0]})")
+
+    written = set(finals.values())
+    results = [value(v) for v in program.outputs]
+    copies = [f"out[{i}].copy_({r})" for i, r in enumerate(results) if i not in written]
+    # Outputs written in place come from `out` when given (None otherwise: torch allocates).
+    head = [f"o{i} = None if out is None else out[{i}]" for i in sorted(written)]
+    code = ["def kernel(inputs, out=None):"] + [f"    {line}" for line in head + body]
+    code.append(f"    if out is None:")
+    code.append(f"        return [{', '.join(results)}]")
+    code += [f"    {c}" for c in copies]
+    code.append("    return out")
+    return "\n".join(code) + "\n", constants
+
+
+def _writes_out(program: Program, op, flat: bool, m: int) -> bool:
+    """Whether the generated call for `op` writes its result into `out=` itself."""
+    if not flat or m != 1:
+        return False
+    if op.kind == "affine":
+        return _rows_affine(program, op)
+    if op.kind == "sum":
+        return len(op.args) > 1
+    return op.kind in _DIRECT or op.kind == "embed"
+
+
+def _rows_affine(program: Program, op) -> bool:
+    """An affine whose inputs are vectors: `addmm` on `[k, in]` rows."""
+    pairs = range(0, len(op.args) - len(op.args) % 2, 2)
+    return all(len(program.values[op.args[i]].shape) == 1 for i in pairs)
+
+
+def _call(program: Program, op, args: list[str], m: int, flat: bool, weights, step, constant,
+          dest: str | None) -> str:
+    """The expression computing one internal batch (one op, or m ops side by side)."""
+    out = f", out={dest}" if dest is not None and _writes_out(program, op, flat, m) else ""
+    if op.kind == "affine":
+        has_bias = len(op.args) % 2
+        pairs = list(range(0, len(op.args) - has_bias, 2))
+        bias = args[-1] if has_bias else None
+        if m == 1 and _rows_affine(program, op):
+            x, w = args[pairs[0]], args[pairs[0] + 1]
+            first = f"torch.mm({x}, {w}{out})" if bias is None else f"torch.addmm({bias}, {x}, {w}{out})"
+            return first + "".join(f".addmm_({args[i]}, {args[i + 1]})" for i in pairs[1:])
+        weight = torch.cat([_param(step.operands[i + 1], weights, m, False) for i in pairs], dim=-2)
+        fused = constant(_stacked_affine(weight))
+        return f"{fused}([{', '.join(args[i] for i in pairs)}], {bias if bias is not None else 'None'})"
+    if op.kind == "embed" and m == 1:
+        return f"torch.index_select({args[0]}, 0, {args[1]}{out})"
+    if op.kind == "sum" and flat and len(args) > 1:
+        return f"torch.add({args[0]}, {args[1]}{out})" + "".join(f".add_({a})" for a in args[2:])
+    if op.kind in _DIRECT:
+        return _DIRECT[op.kind].format(*args, out=out)
+    attrs = constant(dict(op.attrs))
+    impl = constant(OP_IMPLS[op.kind])
+    call = f"{impl}([{', '.join(args)}], {attrs})"
+    return f"{call}[0]" if len(op.outs) == 1 else call
+
+
+def _stacked_affine(weight: torch.Tensor):
+    """x1·W1 + x2·W2 + b over `[k, m, in]` operands with per-op weights `[m, in, out]` (or one
+    shared `[in, out]`): one batched matmul of the concatenated inputs."""
+    per_op = weight.dim() == 3
+
+    def run(xs: list[torch.Tensor], bias) -> torch.Tensor:
+        x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=-1)
+        y = torch.bmm(x.transpose(0, 1), weight).transpose(0, 1) if per_op else x @ weight
+        return y if bias is None else y + bias
+    return run
 
 
 def _width(plan: CellPlan, program: Program, base: int) -> int:
@@ -252,12 +293,6 @@ def _width(plan: CellPlan, program: Program, base: int) -> int:
             step = plan.steps[b]
             return len(step.ops) * prod(program.values[program.ops[step.ops[0]].outs[k]].shape)
     raise KeyError(base)
-
-
-def _no_out(fn):
-    def run(args, attrs, out=None):
-        return fn(args, attrs)
-    return run
 
 
 def _param(operand, weights: dict[str, torch.Tensor], m: int, flat: bool) -> torch.Tensor:

@@ -86,8 +86,8 @@ def _embed(ops, attrs):
     return [(table.shape[1],)]
 
 
-@_register("affine", "affine(x1 @ W1, x2 @ W2, ..., b): sum of x_i·W_i plus an optional bias b",
-           pairs=True)
+@_register("affine", "affine(x1 @ W1, x2 @ W2, ..., b): sum of x_i·W_i plus an optional bias b "
+                     "(a parameter, or a value of the result's shape)", pairs=True)
 def _affine(ops, attrs):
     has_bias = len(ops) % 2 == 1
     pairs = [(ops[i], ops[i + 1]) for i in range(0, len(ops) - has_bias, 2)]
@@ -108,7 +108,7 @@ def _affine(ops, attrs):
         out = term
     if has_bias:
         b = ops[-1]
-        if not b.is_param or b.shape != out[-1:]:
+        if b.dtype != F32 or b.shape != (out if not b.is_param else out[-1:]):
             raise ShapeError(f"affine bias must be a parameter of shape {_fmt(out[-1:])}, "
                              f"got {_fmt(b.shape)}")
     return [out]
@@ -141,6 +141,20 @@ def _unary(kind: str, what: str):
         _count(ops, kind, 1)
         _needs_value(ops, kind)
         return [_same_shapes(ops, kind)]
+
+
+@_register("addcmul", "addcmul(a, b, c): elementwise a + b * c")
+def _addcmul(ops, attrs):
+    _count(ops, "addcmul", 3)
+    _needs_value(ops, "addcmul")
+    return [_same_shapes(ops, "addcmul")]
+
+
+@_register("lerp", "lerp(x, y, w): elementwise x + w * (y - x)")
+def _lerp(ops, attrs):
+    _count(ops, "lerp", 3)
+    _needs_value(ops, "lerp")
+    return [_same_shapes(ops, "lerp")]
 
 
 _unary("sigmoid", "elementwise logistic sigmoid")
