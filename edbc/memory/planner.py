@@ -20,7 +20,7 @@ from math import prod
 
 import numpy as np
 
-from ..graph.ir import Graph
+from ..graph.ir import Graph, csr_gather
 from ..schedule.ir import Schedule
 from .align import Request, solve_orders
 from .layout import Layout, batch_order_layout, value_owner, value_shapes
@@ -37,39 +37,55 @@ def operand_requests(graph: Graph, schedule: Schedule) -> list[Request]:
 
     Operands with the same producers (e.g. `h_l` and `c_l` of a TreeLSTM node)
     are one request of their summed bytes: they are served by the same order.
+    The batches of a type are classified together, one input position at a time.
     """
     batch_of = schedule.batch_of_node(graph.num_nodes)
     position = position_in_batch(schedule, graph.num_nodes)
     width = int(graph.num_outputs_per_type.max(initial=1))
-    stamp = np.full(graph.num_values, -1, dtype=np.int64)  # duplicate values, without sorting
-    merged: dict[tuple, Request] = {}
-    for c in range(schedule.num_batches):
-        nodes = schedule.batch(c)
-        k = len(nodes)
-        if k < 2:
+    found: list[tuple[int, int, Request]] = []  # (consumer, input position, request)
+    for t in np.unique(schedule.batch_type).tolist():
+        program = graph.types[t].program
+        batches = np.flatnonzero((schedule.batch_type == t) & (schedule.sizes >= 2))
+        if program is None or not program.float_inputs or not batches.size:
             continue
-        program = graph.types[schedule.batch_type[c]].program
-        if program is None:
-            continue
+        pos, seg = csr_gather(schedule.ptr, batches)
+        nodes = schedule.nodes[pos]
+        k = schedule.sizes[batches]
+        starts = np.cumsum(k) - k
+        producers, slots, usable, weights = [], [], [], []
         for p, value in enumerate(program.float_inputs):
             e = graph.arg_ptr[nodes] + p
-            producer, slot = graph.arg_node[e], graph.arg_slot[e]
-            if producer.min() < 0 or producer.max() == producer.min():
-                continue
-            values = graph.value_ptr[producer] + slot
-            stamp[values] = np.arange(k)
-            if np.any(stamp[values] != np.arange(k)):
-                continue
-            weight = k * prod(program.values[value].shape) * 4
-            batch, index = batch_of[producer], position[producer]
-            key = (c, batch.tobytes(), index.tobytes())
-            if key in merged:
-                old = merged[key]
-                # a second operand of the same producers in another slot: one order serves both
-                merged[key] = Request(c, old.batch, old.index, old.block, old.weight + weight)
-            else:
-                merged[key] = Request(c, batch, index, batch * width + slot, weight)
-    return list(merged.values())
+            producer, slot = graph.arg_node[e].astype(np.int64), graph.arg_slot[e].astype(np.int64)
+            values = graph.value_ptr[np.maximum(producer, 0)] + slot
+            low, high = np.minimum.reduceat(producer, starts), np.maximum.reduceat(producer, starts)
+            ok = (low >= 0) & (high != low)  # real values, not all one value
+            order = np.lexsort((values, seg))  # ... and none read twice in a batch
+            twice = (seg[order][1:] == seg[order][:-1]) & (values[order][1:] == values[order][:-1])
+            ok[seg[order][1:][twice]] = False
+            producers.append(producer)
+            slots.append(slot)
+            usable.append(ok)
+            weights.append(k * prod(program.values[value].shape) * 4)
+        # A position whose producers equal an earlier position's adds its bytes to that request.
+        owner = [np.where(usable[p], p, -1) for p in range(len(producers))]
+        for p in range(len(producers)):
+            for q in range(p):
+                same = np.add.reduceat((producers[q] == producers[p]).astype(np.int64), starts) == k
+                owner[p][(owner[p] == p) & (owner[q] == q) & same] = q
+        total = [np.zeros(len(batches), dtype=np.int64) for _ in producers]
+        for p in range(len(producers)):
+            for q in range(p + 1):
+                total[q] += np.where(owner[p] == q, weights[p], 0)
+        bounds = np.append(starts, len(nodes)).tolist()
+        for p in range(len(producers)):
+            for i in np.flatnonzero(owner[p] == p).tolist():
+                lo, hi = bounds[i], bounds[i + 1]
+                producer = producers[p][lo:hi]
+                found.append((int(batches[i]), p, Request(
+                    int(batches[i]), batch_of[producer], position[producer],
+                    batch_of[producer] * width + slots[p][lo:hi], int(total[p][i]))))
+    found.sort(key=lambda x: (x[0], x[1]))
+    return [r for _, _, r in found]
 
 
 def pq_layout(graph: Graph, schedule: Schedule) -> tuple[Schedule, Layout]:
