@@ -160,3 +160,21 @@ def test_sigterm_leaves_the_previous_plan_and_no_partial_file(tmp_path):
     assert proc.returncode == 130 and err.strip() == "Error: interrupted"
     assert out.read_bytes() == b"previous plan"
     assert [p.name for p in tmp_path.iterdir()] == ["out.plan"]
+
+
+def test_sigint_during_train_policy_keeps_the_previous_policy(tmp_path):
+    import signal
+    import time
+    exe = shutil.which("edbc", path=sys.prefix + "/bin") or shutil.which("edbc")
+    if exe is None:
+        pytest.skip("console script not installed")
+    out = tmp_path / "p.policy.json"
+    out.write_text("previous policy")
+    proc = subprocess.Popen([exe, "train-policy", str(MODELS / "lattice_lstm.yaml"), "--limit", "256",
+                             "--timesteps", "10000000", "-o", str(out)], stderr=subprocess.PIPE, text=True)
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "Error: interrupted"
+    assert out.read_text() == "previous policy"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -102,3 +102,15 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
         artifact.write_atomic(path, b"new contents")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_committed_version_1_plan_keeps_loading():
+    """tests/fixtures/treelstm-v1.plan was written by edbc 0.1.0 (plan schema 1.1): every later
+    1.x reader must load, verify and run it."""
+    from pathlib import Path
+    path = Path(__file__).parent / "fixtures" / "treelstm-v1.plan"
+    plan = load_plan(path)
+    verify_plan(plan)
+    assert plan.spec.name == "treelstm" and plan.num_instances == 6 and len(plan.batches) == 2
+    report = run_plan(plan, check=True)
+    assert report.check_passed
