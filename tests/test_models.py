@@ -1,6 +1,8 @@
 """Every bundled model: its spec loads, its synthetic data builds, and batched results equal
 the unbatched reference under every policy, at cell and op granularity."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,7 @@ def _spec(name):
 
 
 def test_chain_links_forward_backward_and_input():
-    spec = _spec("bilstm_tagger")
+    spec = load_spec(Path(__file__).parent / "fixtures" / "chain_with_input.yaml")[0]
     (seq,), _ = encode([Sequence(("a", "b", "c"))], spec.vocabs)
     g = build_graph(spec, [seq])
     verify_graph(g)

@@ -133,34 +133,44 @@ class _Class:
     def _add_laminar(self, s: np.ndarray) -> bool | None:
         """Add `s` to the containment forest; None when it crosses a kept set.
 
-        Plain Python: the sets are small and many, so numpy's per-call cost would dominate.
+        From each member's innermost kept set, climb while sets are smaller than `s`:
+        those must lie inside `s`. The first set at least as large must contain `s`,
+        the same one for every member, or `s` crosses it; its ancestors contain `s`
+        too and are never visited, so an add costs the sets inside `s`, not the
+        depth of the forest. Plain Python: the sets are small and many.
         """
         members = self.inner[s].tolist()
         counts: dict[int, int] = {}
         for o in members:
             counts[o] = counts.get(o, 0) + 1
         parent, sets, size = self.parent, self.sets, len(s)
-        hits: dict[int, int] = {}  # kept set -> how many members of s it holds
+        inside: dict[int, int] = {}  # kept sets smaller than s -> members of s they hold
+        stop = None  # the smallest kept set at least as large as s that holds members of s
+        stopped = 0  # members of s under it
         for o, n in counts.items():
-            while o >= 0:
-                hits[o] = hits.get(o, 0) + n
+            while o >= 0 and len(sets[o]) < size:
+                inside[o] = inside.get(o, 0) + n
                 o = parent[o]
-        around = []  # kept sets containing s
-        for u, n in hits.items():
-            if n == size:
-                if len(sets[u]) == size:
-                    return True  # the same set again
-                around.append(u)
-            elif n != len(sets[u]):
-                return None
+            if o >= 0:
+                if stop is None:
+                    stop = o
+                elif stop != o:
+                    return None  # members under two different large sets: one of them crosses s
+                stopped += n
+        if stop is not None and stopped != size:
+            return None  # a larger set holds only part of s
+        for u, n in inside.items():
+            if n != len(sets[u]):
+                return None  # a smaller set sticks out of s
+        if stop is not None and len(sets[stop]) == size:
+            return True  # the same set again
         new = len(sets)
-        for u, n in hits.items():
-            if n == len(sets[u]) and (parent[u] < 0 or parent[u] in around):
+        for u in inside:
+            if parent[u] == (stop if stop is not None else -1):
                 parent[u] = new  # the largest kept sets inside s
-        parent.append(min(around, key=lambda u: len(sets[u])) if around else -1)
+        parent.append(stop if stop is not None else -1)
         sets.append(s)
-        enclosing = set(around)
-        self.inner[s] = [new if o < 0 or o in enclosing else o for o in members]
+        self.inner[s] = [new if o < 0 or o not in inside else o for o in members]
         return True
 
     def base_order(self) -> np.ndarray:

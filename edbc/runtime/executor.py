@@ -45,10 +45,15 @@ class Runtime:
         self.weights = init_weights(spec, self.device)
         self.param_shapes = {name: p.shape for name, p in spec.params.items()}
         self._kernels: dict[tuple[Program, str], Kernel] = {}
+        self._by_id: dict[tuple[int, str], tuple[Program, Kernel]] = {}
 
     def kernel(self, program: Program, memory: str = "pq") -> Kernel:
         """The kernel of `program`, rewritten by `edbc.spec.passes` and its internal batches laid
         out with memory mode `memory`."""
+        # By identity first: hashing a Program walks all of it, and a graph's types repeat.
+        known = self._by_id.get((id(program), memory))
+        if known is not None and known[0] is program:
+            return known[1]
         k = self._kernels.get((program, memory))
         if k is None:
             optimized, derived, plan = plan_kernel(program, self.param_shapes, memory)
@@ -57,6 +62,7 @@ class Runtime:
                     table = self.weights[d.table] @ self.weights[d.weight]
                     self.weights[name] = table + self.weights[d.bias] if d.bias else table
             k = self._kernels[(program, memory)] = Kernel(optimized, self.weights, plan)
+        self._by_id[(id(program), memory)] = (program, k)
         return k
 
     def prepare(self, graph: Graph, schedule: Schedule, layout: Layout) -> "Executable":
