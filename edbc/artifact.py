@@ -105,18 +105,7 @@ def decode_artifact(path: str, data: bytes, magic: bytes, fmt: str,
         fail("corrupt: the header is not valid JSON")
     if not isinstance(head, dict):
         fail("corrupt: the header is not a JSON object")
-    if head.get("format") != fmt:
-        fail(f"this is an {head.get('format')!r} file, not an {fmt!r} file")
-    version = str(head.get("version", ""))
-    try:
-        got_major, got_minor = (int(x) for x in version.split("."))
-    except ValueError:
-        fail(f"corrupt: bad schema version {version!r}")
-    if got_major != major:
-        fail(f"schema version {version} is not supported; this edbc reads {fmt} {major}.x")
-    claimed = head.pop("checksum", None)
-    if claimed != hashlib.sha256(_canonical(head)).hexdigest():
-        fail("checksum mismatch in the header: the file is corrupt")
+    check_document(head, fmt, major, fail, "in the header")
     blobs = data[start + length:]
     arrays = {}
     for name, p in head.get("parts", {}).items():
@@ -128,6 +117,23 @@ def decode_artifact(path: str, data: bytes, magic: bytes, fmt: str,
             fail(f"checksum mismatch in part '{name}': the file is corrupt")
         arrays[name] = np.frombuffer(raw, dtype=np.dtype(p["dtype"])).reshape(p["shape"])
     return head, arrays
+
+
+def check_document(doc: dict, fmt: str, major: int, fail, where: str = "") -> None:
+    """Format name, schema major version and checksum of an artifact's JSON document; the
+    checksum field is removed. `fail(message)` raises."""
+    if doc.get("format") != fmt:
+        fail(f"this is an {doc.get('format')!r} file, not an {fmt!r} file")
+    version = str(doc.get("version", ""))
+    try:
+        got_major, _ = (int(x) for x in version.split("."))
+    except ValueError:
+        fail(f"corrupt: bad schema version {version!r}")
+    if got_major != major:
+        fail(f"schema version {version} is not supported; this edbc reads {fmt} {major}.x")
+    claimed = doc.pop("checksum", None)
+    if claimed != hashlib.sha256(_canonical(doc)).hexdigest():
+        fail(f"checksum mismatch{' ' + where if where else ''}: the file is corrupt")
 
 
 def read_bytes(path: str | Path, what: str) -> bytes:

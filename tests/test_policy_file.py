@@ -61,7 +61,7 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
     with pytest.raises(ArtifactError, match="missing or malformed field"):
         load_policy(path)
     path.write_text('{"format": "edbc.plan"}')
-    with pytest.raises(ArtifactError, match="not an edbc.policy file"):
+    with pytest.raises(ArtifactError, match="this is an 'edbc.plan' file, not an 'edbc.policy' file"):
         load_policy(path)
     with pytest.raises(InputError, match="no such policy file"):
         load_policy(tmp_path / "none.json")

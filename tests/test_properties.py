@@ -74,7 +74,7 @@ def random_models(draw) -> str:
         cells[f"cell{i}"] = ([f"{x}: [h]" for x in inputs], draw(cell_body(inputs, params)))
         binds = ", ".join(f"x{j}: arg{j}.h" for j in range(arity))
         roles[f"role{i}"] = f"{{cell: cell{i}, bind: {{{binds}}}}}"
-    lines = [f"model: random", f"seed: {draw(st.integers(0, 1000))}",
+    lines = ["model: random", f"seed: {draw(st.integers(0, 1000))}",
              f"dims: {{vocab: 8, h: {draw(st.integers(2, 5))}, classes: 3}}",
              "vocab:", "  word: {size: vocab}", "params:"]
     lines += [f"  {name}: {{shape: {shape}}}" for name, shape in params.items()]

@@ -215,7 +215,7 @@ def write_results(rows: list[Row], out_dir: Path, meta: dict) -> None:
 
 
 def markdown(rows: list[Row], meta: dict) -> str:
-    lines = [f"# edbc benchmark", "",
+    lines = ["# edbc benchmark", "",
              f"{meta['machine']}; torch {meta['torch']}, {meta['threads']} thread(s); forward only, hidden 128. "
              "ms per mini-batch end to end (graph build + schedule + memory plan + execution for edbc; "
              "graph construction + forward for DyNet), median over at least "

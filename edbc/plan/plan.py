@@ -17,7 +17,7 @@ import torch
 from .. import __version__
 from ..artifact import decode_artifact, encode_artifact, read_bytes, write_atomic
 from ..errors import ArtifactError
-from ..graph.ir import CELL, OP, Graph, NodeType
+from ..graph.ir import CELL, Graph, NodeType
 from ..graph.verify import verify_graph
 from ..memory.layout import Layout, verify_layout
 from ..schedule.analysis import lower_bound

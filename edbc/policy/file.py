@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .. import __version__
-from ..artifact import _canonical as canonical_json, read_bytes, write_atomic
+from ..artifact import _canonical as canonical_json, check_document, read_bytes, write_atomic
 from ..errors import ArtifactError
 from ..graph.ir import DAG
 from .encoding import ENCODINGS, TypeVocab, state_types
@@ -93,18 +93,9 @@ def load_policy(path: str | Path) -> PolicyFile:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         fail("corrupt or truncated: not valid JSON; expected an edbc policy file")
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        fail(f"not an {FORMAT} file")
-    version = str(doc.get("version", ""))
-    try:
-        major, _ = (int(x) for x in version.split("."))
-    except ValueError:
-        fail(f"corrupt: bad schema version {version!r}")
-    if major != VERSION[0]:
-        fail(f"schema version {version} is not supported; this edbc reads {FORMAT} {VERSION[0]}.x")
-    claimed = doc.pop("checksum", None)
-    if claimed != hashlib.sha256(canonical_json(doc)).hexdigest():
-        fail("checksum mismatch: the file is corrupt")
+    if not isinstance(doc, dict):
+        fail(f"not an {FORMAT} file: the document is not a JSON object")
+    check_document(doc, FORMAT, VERSION[0], fail)
     try:
         vocab = TypeVocab(tuple(str(n) for n in doc["types"]))
         encoding = doc["encoding"]

@@ -17,7 +17,7 @@ from ..errors import UsageError, VerificationError
 from ..graph.ir import Graph, csr_gather, csr_ptr
 from ..memory.cells import plan_kernel
 from ..memory.layout import Layout
-from ..memory.operands import BROADCAST_CODE, VIEW_CODE, MemoryStats, memory_stats, operand_table
+from ..memory.operands import BROADCAST_CODE, VIEW_CODE, memory_stats, operand_table
 from ..schedule.ir import Schedule
 from ..spec.model import ModelSpec
 from ..spec.program import TOKEN, Program
@@ -27,7 +27,6 @@ from .weights import init_weights
 
 _VIEW, _GATHER = 0, 1
 
-GatherStats = MemoryStats  # what `Executable.stats` reports: gathers and bytes per run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,7 +92,6 @@ class Executable:
 
         # Everything below is computed with array operations; the loop over batches only slices.
         sizes = schedule.sizes.tolist()
-        starts = schedule.ptr[:-1].tolist()
         first_value = graph.value_ptr[schedule.nodes[schedule.ptr[:-1]]]
         n_float = np.array([len(p.float_inputs) for p in programs])[schedule.batch_type]
         entry = csr_ptr(n_float).tolist()

@@ -170,8 +170,7 @@ def _generate(program: Program, plan: CellPlan, weights: dict[str, torch.Tensor]
     for i, v in enumerate(program.outputs):
         b = last_step.get(v)
         if b is not None and len(plan.steps[b].ops) == 1 and program.outputs.index(v) == i \
-                and len(program.ops[plan.steps[b].ops[0]].outs) == 1 and values[v].dtype != "token" \
-                and len(values[v].shape) <= 1:
+                and len(program.ops[plan.steps[b].ops[0]].outs) == 1 and values[v].dtype != "token":
             finals.setdefault(b, i)
 
     for b, step in enumerate(plan.steps):
@@ -212,8 +211,9 @@ def _generate(program: Program, plan: CellPlan, weights: dict[str, torch.Tensor]
         else:
             body.append(f"{', '.join(targets)} = {call}")
         if dest is not None and not _writes_out(program, op, flat, m):
+            shaped = value(op.outs[0])  # the output's own shape, as its destination has
             body.append(f"if {dest} is not None:")
-            body.append(f"    {dest}.copy_({targets[0]})")
+            body.append(f"    {dest}.copy_({shaped})")
 
     written = set(finals.values())
     results = [value(v) for v in program.outputs]
@@ -221,7 +221,7 @@ def _generate(program: Program, plan: CellPlan, weights: dict[str, torch.Tensor]
     # Outputs written in place come from `out` when given (None otherwise: torch allocates).
     head = [f"o{i} = None if out is None else out[{i}]" for i in sorted(written)]
     code = ["def kernel(inputs, out=None):"] + [f"    {line}" for line in head + body]
-    code.append(f"    if out is None:")
+    code.append("    if out is None:")
     code.append(f"        return [{', '.join(results)}]")
     code += [f"    {c}" for c in copies]
     code.append("    return out")
@@ -229,8 +229,9 @@ def _generate(program: Program, plan: CellPlan, weights: dict[str, torch.Tensor]
 
 
 def _writes_out(program: Program, op, flat: bool, m: int) -> bool:
-    """Whether the generated call for `op` writes its result into `out=` itself."""
-    if not flat or m != 1:
+    """Whether the generated call for `op` writes its result into `out=` itself (an output
+    tensor of the op's own shape: one op, not a batch of them)."""
+    if m != 1:
         return False
     if op.kind == "affine":
         return _rows_affine(program, op)

@@ -114,17 +114,18 @@ def _affine(ops, attrs):
     return [out]
 
 
-def _binary(kind: str, what: str):
-    @_register(kind, f"{kind}(a, b): elementwise {what}; either may be a parameter of the same shape")
+def _elementwise(kind: str, arity: int, doc: str):
+    @_register(kind, doc)
     def rule(ops, attrs):
-        _count(ops, kind, 2)
+        _count(ops, kind, arity)
         _needs_value(ops, kind)
         return [_same_shapes(ops, kind)]
 
 
-_binary("add", "a + b")
-_binary("sub", "a - b")
-_binary("mul", "a * b")
+for _kind, _what in (("add", "a + b"), ("sub", "a - b"), ("mul", "a * b")):
+    _elementwise(_kind, 2, f"{_kind}(a, b): elementwise {_what}; either may be a parameter of the same shape")
+_elementwise("addcmul", 3, "addcmul(a, b, c): elementwise a + b * c")
+_elementwise("lerp", 3, "lerp(x, y, w): elementwise x + w * (y - x)")
 
 
 @_register("sum", "sum(a, b, ...): elementwise sum of one or more operands")
@@ -135,33 +136,10 @@ def _sum(ops, attrs):
     return [_same_shapes(ops, "sum")]
 
 
-def _unary(kind: str, what: str):
-    @_register(kind, f"{kind}(x): {what}")
-    def rule(ops, attrs):
-        _count(ops, kind, 1)
-        _needs_value(ops, kind)
-        return [_same_shapes(ops, kind)]
-
-
-@_register("addcmul", "addcmul(a, b, c): elementwise a + b * c")
-def _addcmul(ops, attrs):
-    _count(ops, "addcmul", 3)
-    _needs_value(ops, "addcmul")
-    return [_same_shapes(ops, "addcmul")]
-
-
-@_register("lerp", "lerp(x, y, w): elementwise x + w * (y - x)")
-def _lerp(ops, attrs):
-    _count(ops, "lerp", 3)
-    _needs_value(ops, "lerp")
-    return [_same_shapes(ops, "lerp")]
-
-
-_unary("sigmoid", "elementwise logistic sigmoid")
-_unary("tanh", "elementwise tanh")
-_unary("relu", "elementwise max(x, 0)")
-_unary("identity", "x itself (a copy)")
-_unary("log_softmax", "log-softmax over the last dimension")
+for _kind, _what in (("sigmoid", "elementwise logistic sigmoid"), ("tanh", "elementwise tanh"),
+                     ("relu", "elementwise max(x, 0)"), ("identity", "x itself (a copy)"),
+                     ("log_softmax", "log-softmax over the last dimension")):
+    _elementwise(_kind, 1, f"{_kind}(x): {_what}")
 
 
 @_register("concat", "concat(a, b, ...): join along the last dimension")
