@@ -45,7 +45,9 @@ def adjacency(ptr: np.ndarray, node: np.ndarray) -> Adjacency:
     n = len(ptr) - 1
     degree = np.diff(ptr)
     width = int(degree.max()) if n else 0
-    if n * width > 2 * len(node) + n:
+    # A narrow table pays even when mostly padding (lattice nodes: 1 to ~6 consumers):
+    # one fancy index beats the dozen calls of a CSR gather (a lattice step: 36 -> 26 us).
+    if width > 16 and n * width > 2 * len(node) + n:
         return Adjacency(ptr, node, None)
     table = np.full((n, max(width, 1)), -1, dtype=np.int64)
     owner = np.repeat(np.arange(n), degree)
