@@ -130,47 +130,80 @@ class _Class:
             return True
         return False
 
+    def absorb(self, other: "_Class", target: np.ndarray) -> bool:
+        """Keep `target` and every set of `other` mapped by `target` consecutive, all or none.
+
+        Along a chain every follow moves the consumer's whole family of sets into
+        the producer's class; adding them one by one would cost the family per
+        step. When both are containment forests, `other`'s forest is mapped over
+        in one piece and this class's own sets (usually fewer) are added to it:
+        the same family, so the same answer.
+        """
+        if self.fixed or self.tree is not None or other.tree is not None or len(other.sets) <= len(self.sets):
+            self.begin()
+            if self.add(target) and all(self.add(target[s]) for s in other.sets):
+                self.commit()
+                return True
+            self.rollback()
+            return False
+        merged = _Class(self.size, False)
+        merged.sets = [target[s] for s in other.sets]
+        merged.parent = list(other.parent)
+        merged.inner[target] = other.inner
+        if not (merged.add(target) and all(merged.add(s) for s in self.sets)):
+            return False
+        self.sets, self.inner, self.parent, self.tree = merged.sets, merged.inner, merged.parent, merged.tree
+        return True
+
     def _add_laminar(self, s: np.ndarray) -> bool | None:
         """Add `s` to the containment forest; None when it crosses a kept set.
 
         From each member's innermost kept set, climb while sets are smaller than `s`:
         those must lie inside `s`. The first set at least as large must contain `s`,
         the same one for every member, or `s` crosses it; its ancestors contain `s`
-        too and are never visited, so an add costs the sets inside `s`, not the
-        depth of the forest. Plain Python: the sets are small and many.
+        too and are never visited. Each set is climbed through once (later climbs
+        stop at a visited one), so an add costs its members and the sets inside it,
+        not the depth of the forest. The largest sets inside `s` must lie wholly in
+        `s`; the ones inside them then do too. Plain Python: the sets are small and many.
         """
         members = self.inner[s].tolist()
         counts: dict[int, int] = {}
         for o in members:
             counts[o] = counts.get(o, 0) + 1
         parent, sets, size = self.parent, self.sets, len(s)
-        inside: dict[int, int] = {}  # kept sets smaller than s -> members of s they hold
+        resolved: dict[int, tuple[int, int]] = {}  # set inside s -> (largest set inside s above it, set above that)
+        held: dict[int, int] = {}  # largest kept sets inside s -> members of s they hold
         stop = None  # the smallest kept set at least as large as s that holds members of s
         stopped = 0  # members of s under it
         for o, n in counts.items():
-            while o >= 0 and len(sets[o]) < size:
-                inside[o] = inside.get(o, 0) + n
+            path = []
+            while o >= 0 and len(sets[o]) < size and o not in resolved:
+                path.append(o)
                 o = parent[o]
-            if o >= 0:
+            top, above = resolved[o] if o in resolved else (path[-1] if path else -1, o)
+            for u in path:
+                resolved[u] = (top, above)
+            if top >= 0:
+                held[top] = held.get(top, 0) + n
+            if above >= 0:
                 if stop is None:
-                    stop = o
-                elif stop != o:
+                    stop = above
+                elif stop != above:
                     return None  # members under two different large sets: one of them crosses s
                 stopped += n
         if stop is not None and stopped != size:
             return None  # a larger set holds only part of s
-        for u, n in inside.items():
+        for u, n in held.items():
             if n != len(sets[u]):
                 return None  # a smaller set sticks out of s
         if stop is not None and len(sets[stop]) == size:
             return True  # the same set again
         new = len(sets)
-        for u in inside:
-            if parent[u] == (stop if stop is not None else -1):
-                parent[u] = new  # the largest kept sets inside s
+        for u in held:
+            parent[u] = new
         parent.append(stop if stop is not None else -1)
         sets.append(s)
-        self.inner[s] = [new if o < 0 or o not in inside else o for o in members]
+        self.inner[s] = [o if o in resolved else new for o in members]
         return True
 
     def base_order(self) -> np.ndarray:
@@ -202,6 +235,14 @@ class _Solver:
         self.decided = np.zeros(len(sizes), dtype=bool)
         self.next_block: dict[int, int] = {}
         self.prev_block: dict[int, int] = {}
+        self.identities: dict[int, np.ndarray] = {}
+
+    def _identity(self, size: int) -> np.ndarray:
+        identity = self.identities.get(size)
+        if identity is None:
+            identity = self.identities[size] = np.arange(size)
+            identity.flags.writeable = False  # shared by every root of this size
+        return identity
 
     def find(self, b: int) -> tuple[int, np.ndarray]:
         """The class root of batch b and the root position of each of b's nodes."""
@@ -210,7 +251,7 @@ class _Solver:
             path.append(b)
             b = self.parent[b]
         root = b
-        mapping = np.arange(self.sizes[root])
+        mapping = self._identity(int(self.sizes[root]))
         # compose from the root down, compressing the path on the way
         for x in reversed(path):
             mapping = mapping[self.to_parent[x]] if self.to_parent[x] is not None else mapping
@@ -226,11 +267,8 @@ class _Solver:
         mine, theirs = self.classes[c], self.classes[target_root]
         if theirs.fixed and mine.pins:
             return False
-        theirs.begin()
-        if not (theirs.add(target) and all(theirs.add(target[s]) for s in mine.sets)):
-            theirs.rollback()
+        if not theirs.absorb(mine, target):
             return False
-        theirs.commit()
         theirs.pins.extend((d, nodes, target[t]) for d, nodes, t in mine.pins)
         self.classes[c] = None
         self.parent[c] = target_root
