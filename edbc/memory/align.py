@@ -44,13 +44,15 @@ from .pqtree import PQTree
 @dataclass(frozen=True, eq=False)
 class Request:
     """Operand of `consumer`: its node `j` reads position `index[j]` of batch `batch[j]`,
-    in memory block `block[j]` (a batch's output slot). `weight`: bytes a view saves."""
+    in memory block `block[j]` (a batch's output slot). `weight`: bytes a view saves.
+    `partial`: known to read only part of some block of several, so never a composite."""
 
     consumer: int
     batch: np.ndarray
     index: np.ndarray
     block: np.ndarray
     weight: int
+    partial: bool = False
 
 
 @dataclass
@@ -370,7 +372,7 @@ class _Solver:
                     self.decided[c] = True
                     return "followed"
             return "pinned" if self.pin(c, root_c, at_c, root_p, target) else "dropped"
-        if self.decided[c]:
+        if self.decided[c] or request.partial:
             return "dropped"
         order = np.argsort(blocks, kind="stable")
         cuts = np.flatnonzero(np.diff(blocks[order])) + 1

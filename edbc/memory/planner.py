@@ -52,7 +52,7 @@ def operand_requests(graph: Graph, schedule: Schedule) -> list[Request]:
         nodes = schedule.nodes[pos]
         k = schedule.sizes[batches]
         starts = np.cumsum(k) - k
-        producers, slots, usable, weights = [], [], [], []
+        producers, slots, usable, weights, partial = [], [], [], [], []
         for p, value in enumerate(program.float_inputs):
             e = graph.arg_ptr[nodes] + p
             producer, slot = graph.arg_node[e].astype(np.int64), graph.arg_slot[e].astype(np.int64)
@@ -62,6 +62,8 @@ def operand_requests(graph: Graph, schedule: Schedule) -> list[Request]:
             order = np.lexsort((values, seg))  # ... and none read twice in a batch
             twice = (seg[order][1:] == seg[order][:-1]) & (values[order][1:] == values[order][:-1])
             ok[seg[order][1:][twice]] = False
+            partial.append(_reads_part_of_a_block(schedule, seg, batch_of[producer] * width + slot, width,
+                                                  starts, ok))
             producers.append(producer)
             slots.append(slot)
             usable.append(ok)
@@ -83,9 +85,25 @@ def operand_requests(graph: Graph, schedule: Schedule) -> list[Request]:
                 producer = producers[p][lo:hi]
                 found.append((int(batches[i]), p, Request(
                     int(batches[i]), batch_of[producer], position[producer],
-                    batch_of[producer] * width + slots[p][lo:hi], int(total[p][i]))))
+                    batch_of[producer] * width + slots[p][lo:hi], int(total[p][i]), bool(partial[p][i]))))
     found.sort(key=lambda x: (x[0], x[1]))
     return [r for _, _, r in found]
+
+
+def _reads_part_of_a_block(schedule: Schedule, seg: np.ndarray, block: np.ndarray, width: int,
+                           starts: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Per consumer batch: whether it reads several blocks and fewer rows of one than it holds
+    (so it can never follow a composite). Only usable batches are examined."""
+    several = ok & (np.minimum.reduceat(block, starts) != np.maximum.reduceat(block, starts))
+    if not several.any():
+        return several
+    rows = np.repeat(several, np.diff(np.append(starts, len(seg))))
+    span = schedule.num_batches * width
+    keys = np.sort(seg[rows] * span + block[rows])
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    run = keys[first]
+    short = np.diff(np.append(first, len(keys))) < schedule.sizes[run % span // width]
+    return np.bincount(run // span, weights=short, minlength=len(starts)) > 0
 
 
 def pq_layout(graph: Graph, schedule: Schedule) -> tuple[Schedule, Layout]:
