@@ -56,14 +56,12 @@ def operand_requests(graph: Graph, schedule: Schedule) -> list[Request]:
         for p, value in enumerate(program.float_inputs):
             e = graph.arg_ptr[nodes] + p
             producer, slot = graph.arg_node[e].astype(np.int64), graph.arg_slot[e].astype(np.int64)
-            values = graph.value_ptr[np.maximum(producer, 0)] + slot
             low, high = np.minimum.reduceat(producer, starts), np.maximum.reduceat(producer, starts)
             ok = (low >= 0) & (high != low)  # real values, not all one value
-            order = np.lexsort((values, seg))  # ... and none read twice in a batch
-            twice = (seg[order][1:] == seg[order][:-1]) & (values[order][1:] == values[order][:-1])
-            ok[seg[order][1:][twice]] = False
-            partial.append(_reads_part_of_a_block(schedule, seg, batch_of[producer] * width + slot, width,
-                                                  starts, ok))
+            twice, short = _block_reads(schedule, seg, batch_of[producer] * width + slot, position[producer],
+                                        width, len(batches))
+            ok[twice] = False  # ... and none read twice in a batch
+            partial.append(short)
             producers.append(producer)
             slots.append(slot)
             usable.append(ok)
@@ -80,30 +78,37 @@ def operand_requests(graph: Graph, schedule: Schedule) -> list[Request]:
                 total[q] += np.where(owner[p] == q, weights[p], 0)
         bounds = np.append(starts, len(nodes)).tolist()
         for p in range(len(producers)):
-            for i in np.flatnonzero(owner[p] == p).tolist():
+            kept = np.flatnonzero(owner[p] == p).tolist()
+            if not kept:
+                continue
+            batch, index = batch_of[producers[p]], position[producers[p]]
+            block = batch * width + slots[p]
+            consumer, weight, part = batches.tolist(), total[p].tolist(), partial[p].tolist()
+            for i in kept:  # slices of the arrays above: views, no copy per request
                 lo, hi = bounds[i], bounds[i + 1]
-                producer = producers[p][lo:hi]
-                found.append((int(batches[i]), p, Request(
-                    int(batches[i]), batch_of[producer], position[producer],
-                    batch_of[producer] * width + slots[p][lo:hi], int(total[p][i]), bool(partial[p][i]))))
+                found.append((consumer[i], p, Request(consumer[i], batch[lo:hi], index[lo:hi], block[lo:hi],
+                                                      weight[i], part[i])))
     found.sort(key=lambda x: (x[0], x[1]))
     return [r for _, _, r in found]
 
 
-def _reads_part_of_a_block(schedule: Schedule, seg: np.ndarray, block: np.ndarray, width: int,
-                           starts: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Per consumer batch: whether it reads several blocks and fewer rows of one than it holds
-    (so it can never follow a composite). Only usable batches are examined."""
-    several = ok & (np.minimum.reduceat(block, starts) != np.maximum.reduceat(block, starts))
-    if not several.any():
-        return several
-    rows = np.repeat(several, np.diff(np.append(starts, len(seg))))
+def _block_reads(schedule: Schedule, seg: np.ndarray, block: np.ndarray, index: np.ndarray,
+                 width: int, consumers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row `j` of consumer batch `seg[j]` (of `consumers`) reads row `index[j]` of memory block `block[j]`.
+
+    Returns the consumer batches that read some value twice, and per consumer batch
+    whether it reads fewer rows of some block than the block holds (such an
+    operand is never a composite). One sort of (consumer, block, row) keys.
+    """
     span = schedule.num_batches * width
-    keys = np.sort(seg[rows] * span + block[rows])
-    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    run = keys[first]
+    rows = int(schedule.sizes.max(initial=1))
+    keys = np.sort((seg * span + block) * rows + index)
+    twice = keys[1:][keys[1:] == keys[:-1]] // (span * rows)
+    pairs = keys // rows
+    first = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
+    run = pairs[first]
     short = np.diff(np.append(first, len(keys))) < schedule.sizes[run % span // width]
-    return np.bincount(run // span, weights=short, minlength=len(starts)) > 0
+    return twice, np.bincount(run // span, weights=short, minlength=consumers) > 0
 
 
 def pq_layout(graph: Graph, schedule: Schedule) -> tuple[Schedule, Layout]:
