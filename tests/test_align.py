@@ -53,6 +53,21 @@ def test_chain_steps_nest_like_sentences_sorted_by_length():
     assert all(is_view(solved.orders, [], r) for r in requests)
 
 
+def test_long_chains_of_sentences_of_many_lengths_are_all_served():
+    # 32 sentences of 1..40 words; step t runs the sentences still going, in a random order,
+    # and each reads its own state at step t-1: a forest of ~40 nested sets, moved step by step
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 41, size=32)
+    steps = [rng.permutation(np.flatnonzero(lengths > t)) for t in range(int(lengths.max()))]
+    requests = []
+    for t in range(1, len(steps)):
+        where = {int(s): i for i, s in enumerate(steps[t - 1])}
+        requests.append(single(t, t - 1, [where[int(s)] for s in steps[t]]))
+    solved = solve_orders([len(s) for s in steps], requests)
+    assert solved.dropped == 0
+    assert all(is_view(solved.orders, [], r) for r in requests)
+
+
 def test_composite_of_whole_blocks_chains_them():
     # batch 2 reads every node of batch 0 and of batch 1 (e.g. an output layer over two chain steps)
     batch = np.array([1, 0, 1, 0, 0])
