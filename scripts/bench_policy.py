@@ -149,8 +149,9 @@ def optimal_table(workloads, per_model):
         if not ratios:
             continue
         ratios_all += ratios
-        print(f"| {spec.name} | {len(ratios)} | {gave_up} | {statistics.mean(nodes):.0f} | {statistics.mean(ratios):.4f} | "
-              f"{max(ratios):.3f} | {statistics.mean(tw):.4f} | {sum(r == 1 for r in ratios)} |", flush=True)
+        print(f"| {spec.name} | {len(ratios)} | {gave_up} | {statistics.mean(nodes):.0f} | "
+              f"{statistics.mean(ratios):.4f} | {max(ratios):.3f} | {statistics.mean(tw):.4f} | "
+              f"{sum(r == 1 for r in ratios)} |", flush=True)
     if ratios_all:
         print(f"| all | {len(ratios_all)} | | | {statistics.mean(ratios_all):.4f} | {max(ratios_all):.3f} | | "
               f"{sum(r == 1 for r in ratios_all)} |")

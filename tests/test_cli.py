@@ -123,7 +123,8 @@ def test_corrupt_plan(tmp_path):
     one_line_error(edbc("run", f), EXIT_ARTIFACT, "truncated")
 
 
-@pytest.mark.skipif(shutil.which("edbc") is None and not (sys.prefix and shutil.which("edbc", path=sys.prefix + "/bin")),
+@pytest.mark.skipif(shutil.which("edbc") is None
+                    and not (sys.prefix and shutil.which("edbc", path=sys.prefix + "/bin")),
                     reason="console script not installed")
 def test_console_script_prints_one_json_object_and_no_traceback(tmp_path):
     exe = shutil.which("edbc", path=sys.prefix + "/bin") or shutil.which("edbc")

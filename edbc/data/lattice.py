@@ -37,12 +37,12 @@ class Lattice:
     tokens: np.ndarray | None = None  # int32 [arcs] after encoding (char or word vocabulary)
 
     def token_fields(self) -> dict[str, list[str]]:
-        return {"char": [l for l, c in zip(self.labels, self.arc_char) if c],
-                "word": [l for l, c in zip(self.labels, self.arc_char) if not c]}
+        return {"char": [label for label, c in zip(self.labels, self.arc_char) if c],
+                "word": [label for label, c in zip(self.labels, self.arc_char) if not c]}
 
     def encode(self, ids: dict) -> "Lattice":
         char_id, word_id = ids["char"], ids["word"]
-        tokens = [char_id(l) if c else word_id(l) for l, c in zip(self.labels, self.arc_char.tolist())]
+        tokens = [char_id(label) if c else word_id(label) for label, c in zip(self.labels, self.arc_char.tolist())]
         return replace(self, tokens=np.array(tokens, dtype=np.int32))
 
 
@@ -152,8 +152,8 @@ def format_lattices(lattices: list[Lattice]) -> str:
         lines.append(str(lat.num_nodes))
         lines.append(" ".join(map(str, lat.tags.tolist())))
         for i in range(lat.num_nodes):
-            arcs = [(s, l) for s, d, l in zip(lat.arc_src.tolist(), lat.arc_dst.tolist(), lat.labels) if d == i]
-            lines.append(" ".join([str(len(arcs))] + [f"{s} {l}" for s, l in arcs]))
+            arcs = [(s, label) for s, d, label in zip(lat.arc_src.tolist(), lat.arc_dst.tolist(), lat.labels) if d == i]
+            lines.append(" ".join([str(len(arcs))] + [f"{s} {label}" for s, label in arcs]))
     return "\n".join(lines) + "\n"
 
 

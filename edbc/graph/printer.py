@@ -27,7 +27,8 @@ def format_nodes(graph: Graph, start: int = 0, stop: int | None = None) -> str:
     stop = graph.num_nodes if stop is None else min(stop, graph.num_nodes)
     lines = []
     for v in range(start, stop):
-        args = ", ".join("0" if u < 0 else f"%{u}" + (f".{s}" if graph.types[graph.node_type[u]].num_outputs > 1 else "")
+        args = ", ".join("0" if u < 0 else
+                         f"%{u}" + (f".{s}" if graph.types[graph.node_type[u]].num_outputs > 1 else "")
                          for u, s in graph.args(v))
         imms = graph.imms(v)
         imm = f"[{', '.join(map(str, imms))}]" if imms else ""

@@ -44,9 +44,10 @@ Reading the tree
 `PQTree.root` and each node's ``kind``, ``leaf`` and ``children`` describe the
 tree; ``children`` is built on each access (O(number of children)). The
 leaves below any internal node, or below any run of adjacent children of a
-Q-node, form a block that is consecutive in every permitted permutation. `PQTree.frontier` lists the leaves reading every
-node's children left to right; the other permitted permutations permute the
-children of P-nodes freely and reverse the children of any Q-nodes.
+Q-node, form a block that is consecutive in every permitted permutation.
+`PQTree.frontier` lists the leaves reading every node's children left to right;
+the other permitted permutations permute the children of P-nodes freely and
+reverse the children of any Q-nodes.
 """
 
 from __future__ import annotations

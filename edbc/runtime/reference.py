@@ -14,7 +14,8 @@ from ..spec.program import TOKEN
 from .kernels import interpret
 
 
-def reference_outputs(graph: Graph, weights: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> torch.Tensor:
+def reference_outputs(graph: Graph, weights: dict[str, torch.Tensor],
+                      device: str | torch.device = "cpu") -> torch.Tensor:
     """Results of a cell-level graph, `[num_results, *shape]`, computed one call at a time."""
     if graph.granularity != CELL:
         raise ValueError("the reference runs on the cell-level graph")
