@@ -171,8 +171,11 @@ def test_sigint_during_train_policy_keeps_the_previous_policy(tmp_path):
         pytest.skip("console script not installed")
     out = tmp_path / "p.policy.json"
     out.write_text("previous policy")
+    # A shell that starts jobs in the background (`make test &`) hands them SIGINT ignored;
+    # the child gets it back, as a terminal's Ctrl-C would find it.
     proc = subprocess.Popen([exe, "train-policy", str(MODELS / "lattice_lstm.yaml"), "--limit", "256",
-                             "--timesteps", "10000000", "-o", str(out)], stderr=subprocess.PIPE, text=True)
+                             "--timesteps", "10000000", "-o", str(out)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(6)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
