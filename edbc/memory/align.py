@@ -45,7 +45,8 @@ from .pqtree import PQTree
 class Request:
     """Operand of `consumer`: its node `j` reads position `index[j]` of batch `batch[j]`,
     in memory block `block[j]` (a batch's output slot). `weight`: bytes a view saves.
-    `partial`: known to read only part of some block of several, so never a composite."""
+    `partial`: reads fewer rows of some block than the block holds, so when it spans
+    several blocks it can never follow a composite of them."""
 
     consumer: int
     batch: np.ndarray

@@ -76,14 +76,14 @@ def operand_requests(graph: Graph, schedule: Schedule) -> list[Request]:
         for p in range(len(producers)):
             for q in range(p + 1):
                 total[q] += np.where(owner[p] == q, weights[p], 0)
-        bounds = np.append(starts, len(nodes)).tolist()
+        bounds, consumer = np.append(starts, len(nodes)).tolist(), batches.tolist()
         for p in range(len(producers)):
             kept = np.flatnonzero(owner[p] == p).tolist()
             if not kept:
                 continue
             batch, index = batch_of[producers[p]], position[producers[p]]
             block = batch * width + slots[p]
-            consumer, weight, part = batches.tolist(), total[p].tolist(), partial[p].tolist()
+            weight, part = total[p].tolist(), partial[p].tolist()
             for i in kept:  # slices of the arrays above: views, no copy per request
                 lo, hi = bounds[i], bounds[i + 1]
                 found.append((consumer[i], p, Request(consumer[i], batch[lo:hi], index[lo:hi], block[lo:hi],
