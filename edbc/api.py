@@ -1,48 +1,48 @@
-"""The Python API: everything the CLI does, as functions.
+"""The Python API: everything the CLI does, as functions; each command calls one of them.
 
-The compiler is a list of passes over the IRs, in this order:
-
-    build_graph    instances -> cell-level graph        (edbc.graph.build)
-    lower_to_ops   cell-level -> op-level graph          (edbc.graph.lower, --granularity op)
-    schedule       graph -> batches                      (edbc.schedule, edbc.policy; --policy)
-    plan_memory    graph + batches -> batches, layout    (edbc.memory, --memory: pq or none)
-
-`compile_batch` runs them (with the verifiers between passes when asked);
-`run` compiles and executes mini-batches and reports; `run_plan` executes a
-saved plan; `memory_comparison` gives a plan's gathers with and without
-memory planning. `resolve_policy` turns a `--policy` option into a
-`BatchingPolicy`: a heuristic, a learned FSM from a policy file, or the exact search.
+The compiler's passes, both levels, are listed in `edbc.passes`. A `Compiler`
+runs them for one model and `CompileOptions`: mini-batches in,
+`CompiledBatch`es out (graph, schedule, layout and the compiled cells their
+kernels run). `run` compiles and executes mini-batches and reports;
+`run_plan` executes a saved plan; `compile_plan` / `compile_to_file` make
+plans; `inspect` describes one; `schedule_files` schedules bare typed DAGs;
+`train_policy` trains a batching policy.
 """
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 from .artifact import file_digest
+from .cell import CompiledCell, compile_cell, format_compiled_cell
 from .data import encode, read_instances, synthesize
+from .data.typed_dag import read_typed_dag
 from .errors import UsageError, VerificationError
-from .graph import CELL, DAG, OP, Graph, build_graph, lower_to_ops, verify_graph
-from .memory import PLANNERS, verify_layout
-from .memory.operands import MemoryStats, NO_STATS, cell_plans, memory_stats
-from .plan import CompiledBatch, Plan
-from .policy.file import DAG_MODEL, PolicyFile, check_policy, load_policy
-from .policy.fsm import fsm_schedule
-from .policy.optimal import optimal_schedule
+from .graph import CELL, DAG, format_graph
+from .memory import PLANNERS, format_layout
+from .memory.operands import MemoryStats, NO_STATS, format_memory, memory_stats
+from .passes import BATCH_PASSES, GRANULARITIES, PASS_NAMES, BatchState, CompileOptions, run_passes
+from .plan import CompiledBatch, Plan, format_plan, load_plan, save_plan
+from .plan.plan import MAGIC
+from .policy.resolve import POLICY_NAMES, BatchingPolicy, resolve_policy, shipped_policy_path
 from .runtime import Runtime
 from .runtime.limits import check_fits
-from .schedule import Schedule, lower_bound, schedule, verify_schedule
-from .schedule.policies import POLICIES
-from .settings import CHECK_TOLERANCE, DEFAULT_MEMORY, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES, PLANS_DIR
+from .schedule import format_schedule, lower_bound, verify_schedule
+from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES
 from .spec import ModelSpec, load_model
+from .spec.program import Program
 
-GRANULARITIES = (CELL, OP)
-POLICY_NAMES = (*POLICIES, "fsm", "optimal")
+__all__ = ["CompileOptions", "Compiler", "BatchingPolicy", "resolve_policy", "shipped_policy_path", "POLICY_NAMES",
+           "GRANULARITIES", "PASS_NAMES", "load_spec", "load_data", "training_data", "minibatches", "compile_batch",
+           "compile_plan", "compile_to_file", "run", "run_plan", "run_target", "inspect", "memory_comparison",
+           "schedule_files", "train_policy", "Dataset", "RunReport"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,131 +97,92 @@ def minibatches(instances: list, batch_size: int) -> list[list]:
     return [instances[i:i + batch_size] for i in range(0, len(instances), batch_size)]
 
 
-@dataclass(frozen=True, eq=False)
-class BatchingPolicy:
-    """A resolved `--policy`: a heuristic of `POLICIES`, the exact search, or a learned FSM."""
-
-    name: str  # what reports and plans call it: "agenda", "optimal", "fsm", ...
-    policy_file: PolicyFile | None = None  # the FSM's table, for "fsm"
-    path: str | None = None  # where the policy file was read
-
-    @property
-    def digest(self) -> str | None:
-        """The policy file's checksum, which plans and reports record."""
-        return self.policy_file.digest if self.policy_file is not None else None
-
-    def schedule(self, graph: Graph) -> tuple[Schedule, int]:
-        """The schedule of `graph`, and how many FSM steps fell back to typewise."""
-        if self.policy_file is not None:
-            result = fsm_schedule(graph, self.policy_file.fsm)
-            return result.schedule, result.fallbacks
-        if self.name == "optimal":
-            return optimal_schedule(graph), 0
-        return schedule(graph, self.name), 0
+Dump = Callable[[str], None]
 
 
-def shipped_policy_path(model: str, granularity: str) -> Path:
-    """Where the policy shipped for `model` at `granularity` lives (it may not exist)."""
-    level = "" if granularity == CELL else f".{granularity}"
-    return PLANS_DIR / f"{model}{level}.policy.json"
+class Compiler:
+    """The passes of both levels for one model and one set of options.
+
+    Mini-batches go through `BATCH_PASSES`; the cell programs their kernels run go
+    through the cell passes once each (a program that recurs across mini-batches is
+    compiled once). `verify` runs each pass's verifier after it; `dump_after` names a
+    pass whose IR is handed to `dump` (the first mini-batch's, and each cell's once).
+    """
+
+    def __init__(self, spec: ModelSpec, options: CompileOptions = CompileOptions(), verify: bool = False,
+                 dump_after: str | None = None, dump: Dump | None = None):
+        if dump_after is not None and dump_after not in PASS_NAMES:
+            raise UsageError(f"--dump-after: unknown pass '{dump_after}'; expected one of: {', '.join(PASS_NAMES)}")
+        self.spec = spec
+        self.options = options
+        self.policy = resolve_policy(options.policy, spec, options.granularity)
+        self.verify = verify
+        self.dump_after = dump_after
+        self.dump = dump
+        self.param_shapes = {name: p.shape for name, p in spec.params.items()}
+        self._cells: dict[Program, CompiledCell] = {}
+        self._cells_by_id: dict[int, tuple[Program, CompiledCell]] = {}
+        self._batches = 0
+
+    def cell(self, program: Program) -> CompiledCell:
+        """The compiled cell of `program` under this compiler's memory mode."""
+        # By identity first: hashing a Program walks all of it, and a graph's types repeat.
+        known = self._cells_by_id.get(id(program))
+        if known is not None and known[0] is program:
+            return known[1]
+        cell = self._cells.get(program)
+        if cell is None:
+            cell = self._cells[program] = compile_cell(program, self.param_shapes, self.options.memory, True,
+                                                       self.verify, self.dump_after, self.dump)
+        self._cells_by_id[id(program)] = (program, cell)
+        return cell
+
+    def compile_batch(self, instances: list, timings: dict[str, float] | None = None) -> CompiledBatch:
+        """Run the passes on one mini-batch. `timings`, if given, receives seconds per phase
+        (graph, schedule, memory, cells)."""
+        first = self._batches == 0
+        self._batches += 1
+        state = run_passes(BATCH_PASSES, BatchState(self.spec, instances, self.options, self.policy), self.verify,
+                           self.dump_after if first else None, self.dump, timings)
+        t0 = time.perf_counter()
+        used = set(np.unique(state.schedule.batch_type).tolist())
+        cells = tuple(self.cell(t.program) if i in used else None for i, t in enumerate(state.graph.types))
+        if timings is not None:
+            timings["cells"] = time.perf_counter() - t0
+        return CompiledBatch(state.cell_graph, state.graph, state.schedule, state.layout, cells, state.fsm_fallbacks)
 
 
-def resolve_policy(policy: "str | BatchingPolicy | None", spec: ModelSpec | None,
-                   granularity: str) -> BatchingPolicy:
-    """`policy` is a name of `POLICY_NAMES`, a policy file's path, or None: `fsm` where a policy
-    is shipped for the model and granularity, else `agenda`. `spec` None means bare typed DAGs."""
-    if isinstance(policy, BatchingPolicy):
-        return policy
-    if policy is None:
-        shipped = spec is not None and shipped_policy_path(spec.name, granularity).exists()
-        policy = "fsm" if shipped else "agenda"
-    if policy in POLICIES or policy == "optimal":
-        return BatchingPolicy(policy)
-    if policy == "fsm":
-        if spec is None:
-            raise UsageError("--policy fsm: bare typed DAGs have no shipped policy; train one with "
-                             "`edbc train-policy --graphs FILE... -o P` and give --policy P")
-        path = shipped_policy_path(spec.name, granularity)
-        if not path.exists():
-            raise UsageError(f"--policy fsm: no policy is shipped for model '{spec.name}' at {granularity} "
-                             f"level ({path}); train one with `edbc train-policy` and give its path")
-    elif _is_policy_path(policy):
-        path = Path(policy)
-    else:
-        raise UsageError(f"unknown policy '{policy}'; expected one of: {', '.join(POLICY_NAMES)}, "
-                         "or a policy file")
-    loaded = _load_policy(path)
-    check_policy(loaded, str(path), spec.name if spec is not None else DAG_MODEL,
-                 spec.digest if spec is not None else None, DAG if spec is None else granularity)
-    return BatchingPolicy("fsm", loaded, str(path))
+def _options(options: "CompileOptions | str | None") -> CompileOptions:
+    """Options as given: a `CompileOptions`, or just a policy (the rest default)."""
+    return options if isinstance(options, CompileOptions) else CompileOptions(options)
 
 
-def _load_policy(path: Path) -> PolicyFile:
-    """`load_policy`, memoised while the file is unchanged: `compile_batch(..., "fsm")` per mini-batch
-    must not parse the file each time."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return load_policy(path)  # raises the error that names the problem
-    return _load_policy_of(str(path), str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=16)
-def _load_policy_of(path: str, resolved: str, mtime_ns: int, size: int) -> PolicyFile:
-    return load_policy(path)
-
-
-def _is_policy_path(policy: str) -> bool:
-    return "/" in policy or policy.endswith(".json") or Path(policy).is_file()
-
-
-def check_options(policy: "str | BatchingPolicy | None", granularity: str, memory: str) -> None:
-    """Names the options' mistakes before any work (a policy file is read by `resolve_policy`)."""
-    if isinstance(policy, str) and policy not in POLICY_NAMES and not _is_policy_path(policy):
-        raise UsageError(f"unknown policy '{policy}'; expected one of: {', '.join(POLICY_NAMES)}, "
-                         "or a policy file")
-    if granularity not in GRANULARITIES:
-        raise UsageError(f"unknown granularity '{granularity}'; expected one of: {', '.join(GRANULARITIES)}")
-    if memory not in PLANNERS:
-        raise UsageError(f"unknown memory mode '{memory}'; expected one of: {', '.join(PLANNERS)}")
-
-
-def compile_batch(spec: ModelSpec, instances: list, policy: str | BatchingPolicy | None = None,
-                  granularity: str = CELL, memory: str = DEFAULT_MEMORY, verify: bool = False,
-                  timings: dict[str, float] | None = None) -> CompiledBatch:
-    """Run the passes on one mini-batch. `policy` as `resolve_policy` takes it (resolve it once
-    for many mini-batches). `timings`, if given, receives seconds per pass."""
-    check_options(policy, granularity, memory)
-    policy = resolve_policy(policy, spec, granularity)
-    clock = time.perf_counter
-    t0 = clock()
-    cell_graph = build_graph(spec, instances)
-    graph = lower_to_ops(cell_graph) if granularity == OP else cell_graph
-    t1 = clock()
-    sched, fallbacks = policy.schedule(graph)
-    t2 = clock()
-    sched, layout = PLANNERS[memory](graph, sched)
-    t3 = clock()
-    if verify:
-        verify_graph(cell_graph)
-        if graph is not cell_graph:
-            verify_graph(graph)
-        verify_schedule(graph, sched)
-        verify_layout(graph, sched, layout)
-    if timings is not None:
-        timings.update(graph=t1 - t0, schedule=t2 - t1, memory=t3 - t2)
-    return CompiledBatch(cell_graph, graph, sched, layout, fallbacks)
+def compile_batch(spec: ModelSpec, instances: list, options: "CompileOptions | str | None" = None,
+                  verify: bool = False, timings: dict[str, float] | None = None) -> CompiledBatch:
+    """One mini-batch compiled on its own (a `Compiler` reuses policy and cells across many)."""
+    return Compiler(spec, _options(options), verify).compile_batch(instances, timings)
 
 
 def compile_plan(spec: ModelSpec, spec_text: str, dataset: Dataset, batch_size: int,
-                 policy: str | BatchingPolicy | None = None, granularity: str = CELL,
-                 memory: str = DEFAULT_MEMORY, seed: int = 0, verify: bool = True) -> Plan:
-    check_options(policy, granularity, memory)
-    policy = resolve_policy(policy, spec, granularity)
-    batches = tuple(compile_batch(spec, mb, policy, granularity, memory, verify)
-                    for mb in minibatches(dataset.instances, batch_size))
-    return Plan(spec, spec_text, batches, policy.name, granularity, memory, batch_size, seed,
-                dataset.source, dataset.digest, policy.digest)
+                 options: "CompileOptions | str | None" = None, seed: int = 0, verify: bool = True,
+                 dump_after: str | None = None, dump: Dump | None = None) -> Plan:
+    compiler = Compiler(spec, _options(options), verify, dump_after, dump)
+    batches = tuple(compiler.compile_batch(mb) for mb in minibatches(dataset.instances, batch_size))
+    resolved = CompileOptions(compiler.policy.name, compiler.options.granularity, compiler.options.memory)
+    return Plan(spec=spec, spec_text=spec_text, batches=batches, options=resolved, batch_size=batch_size, seed=seed,
+                data=dataset.source, data_digest=dataset.digest, policy_digest=compiler.policy.digest)
+
+
+def compile_to_file(model: str, output: str, data: str | None = None, limit: int | None = None,
+                    batch_size: int | None = None, options: CompileOptions = CompileOptions(), seed: int = 0,
+                    dump_after: str | None = None, dump: Dump | None = None) -> Plan:
+    """`edbc compile`: compile mini-batches of the model at `model` and write the plan to `output`."""
+    spec, text = load_spec(model)
+    dataset = load_data(spec, data, limit, seed)
+    plan = compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, options,
+                        seed, True, dump_after, dump)
+    save_plan(plan, output)
+    return plan
 
 
 @dataclass
@@ -272,7 +233,8 @@ class RunReport:
             out["check"] = "passed" if self.check_passed else "failed"
         return out
 
-    def add(self, compiled: CompiledBatch, stats, phases: dict[str, float], error: float | None) -> None:
+    def add(self, compiled: CompiledBatch, phases: dict[str, float], error: float | None) -> None:
+        stats = compiled.memory_stats()
         self.num_instances += compiled.cell_graph.num_instances
         self.num_minibatches += 1
         self.num_batches += compiled.schedule.num_batches
@@ -290,12 +252,11 @@ class RunReport:
 def _execute(runtime: Runtime, compiled: CompiledBatch, phases: dict[str, float], index: int):
     check_fits(compiled.layout, runtime.device, f"mini-batch {index}")
     t0 = time.perf_counter()
-    executable = runtime.prepare(compiled.graph, compiled.schedule, compiled.layout)
-    out = executable.run()
+    out = runtime.prepare(compiled).run()
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
     phases["execute"] = time.perf_counter() - t0
-    return out, executable.stats
+    return out
 
 
 def _error(runtime: Runtime, compiled: CompiledBatch, out: torch.Tensor) -> float:
@@ -305,45 +266,142 @@ def _error(runtime: Runtime, compiled: CompiledBatch, out: torch.Tensor) -> floa
     return float((out - ref).abs().max().item()) if out.numel() else 0.0
 
 
-def run(spec: ModelSpec, dataset: Dataset, batch_size: int = 64, policy: str | BatchingPolicy | None = None,
-        granularity: str = CELL, memory: str = DEFAULT_MEMORY, device: str = "cpu", check: bool = False,
+def run(spec: ModelSpec, dataset: Dataset, batch_size: int = DEFAULT_BATCH_SIZE,
+        options: "CompileOptions | str | None" = None, device: str = "cpu", check: bool = False,
         verify: bool = False) -> RunReport:
     """Compile and execute every mini-batch of `dataset`, end to end, timing each."""
-    check_options(policy, granularity, memory)
-    policy = resolve_policy(policy, spec, granularity)
+    compiler = Compiler(spec, _options(options), verify)
     runtime = Runtime(spec, device)
-    report = RunReport(spec.name, policy.name, granularity, memory, device, torch.get_num_threads(), batch_size,
-                       policy_digest=policy.digest)
+    report = RunReport(spec.name, compiler.policy.name, compiler.options.granularity, compiler.options.memory,
+                       device, torch.get_num_threads(), batch_size, policy_digest=compiler.policy.digest)
     for index, mb in enumerate(minibatches(dataset.instances, batch_size)):
         phases: dict[str, float] = {}
-        compiled = compile_batch(spec, mb, policy, granularity, memory, verify, phases)
-        out, stats = _execute(runtime, compiled, phases, index)
-        report.add(compiled, stats, phases, _error(runtime, compiled, out) if check else None)
+        compiled = compiler.compile_batch(mb, phases)
+        out = _execute(runtime, compiled, phases, index)
+        report.add(compiled, phases, _error(runtime, compiled, out) if check else None)
     return report
 
 
 def run_plan(plan: Plan, device: str = "cpu", check: bool = False) -> RunReport:
     """Execute a compiled plan; timings cover execution only (compilation happened before)."""
     runtime = Runtime(plan.spec, device)
-    report = RunReport(plan.spec.name, plan.policy, plan.granularity, plan.memory, device,
+    report = RunReport(plan.spec.name, plan.options.policy, plan.options.granularity, plan.options.memory, device,
                        torch.get_num_threads(), plan.batch_size, policy_digest=plan.policy_digest)
     for index, compiled in enumerate(plan.batches):
         phases: dict[str, float] = {}
-        out, stats = _execute(runtime, compiled, phases, index)
-        report.add(compiled, stats, phases, _error(runtime, compiled, out) if check else None)
+        out = _execute(runtime, compiled, phases, index)
+        report.add(compiled, phases, _error(runtime, compiled, out) if check else None)
     return report
+
+
+def is_plan(path: str) -> bool:
+    """A plan by its first bytes, or by its name when it is too broken to tell."""
+    if path.endswith(".plan"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def run_target(target: str | None = None, data: str | None = None, limit: int | None = None,
+               batch_size: int | None = None, policy: str | None = None, granularity: str | None = None,
+               memory: str | None = None, seed: int = 0, device: str = "cpu", check: bool = False,
+               verify: bool = False) -> tuple[RunReport, str]:
+    """`edbc run`: a compiled plan, or mini-batches of a model (default: the bundled TreeLSTM on
+    synthetic data). Returns the report and where the instances came from. Options left None
+    take their defaults; a plan fixed them when it was compiled."""
+    if target is not None and is_plan(target):
+        given = {"--data": data, "--limit": limit, "--batch-size": batch_size, "--policy": policy,
+                 "--granularity": granularity, "--memory": memory}
+        fixed = [k for k, v in given.items() if v is not None]
+        if fixed:
+            raise UsageError(f"{', '.join(fixed)}: fixed when the plan was compiled; "
+                             "give them to `edbc compile` instead")
+        return run_plan(load_plan(target), device, check), f"plan {target}"
+    options = CompileOptions(policy, granularity or CompileOptions.granularity, memory or CompileOptions.memory)
+    spec, _ = load_spec(target)
+    dataset = load_data(spec, data, limit, seed)
+    return run(spec, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, options, device, check,
+               verify), dataset.source
 
 
 def memory_comparison(plan: Plan) -> dict[str, MemoryStats]:
     """Gathers and bytes of every mini-batch of `plan`, summed, under each memory mode.
 
-    The plan's own mode uses its layout; the others are planned now on the same
-    schedules (`none` lays the arenas out in run order, `pq` plans them).
+    The plan's own mode uses its layout and cells; the others are planned and compiled
+    now on the same schedules (`none` lays the arenas out in run order, `pq` plans them).
     """
-    shapes = {name: p.shape for name, p in plan.spec.params.items()}
     totals = {mode: NO_STATS for mode in PLANNERS}
+    others = {mode: Compiler(plan.spec, CompileOptions("eager", plan.options.granularity, mode))
+              for mode in PLANNERS if mode != plan.options.memory}
     for b in plan.batches:
-        for mode, planner in PLANNERS.items():
-            sched, layout = (b.schedule, b.layout) if mode == plan.memory else planner(b.graph, b.schedule)
-            totals[mode] = totals[mode] + memory_stats(b.graph, sched, layout, cell_plans(b.graph, shapes, mode))
+        totals[plan.options.memory] = totals[plan.options.memory] + b.memory_stats()
+        for mode, compiler in others.items():
+            sched, layout = PLANNERS[mode](b.graph, b.schedule)
+            cells = {t.program: compiler.cell(t.program).plan for t in b.graph.types}
+            totals[mode] = totals[mode] + memory_stats(b.graph, sched, layout, cells)
     return totals
+
+
+DUMPS = ("graph", "schedule", "layout", "cells")
+
+
+def inspect(plan_path: str, dump: str | None = None, minibatch: int = 0) -> str:
+    """`edbc inspect`: a plan's summary (sizes, batches against the lower bound, gathers under each
+    memory mode), or one of its IRs in full: a mini-batch's graph, schedule or layout, or the
+    compiled cells its kernels run."""
+    plan = load_plan(plan_path)
+    if dump is None:
+        return format_plan(plan, plan_path) + "\n" + format_memory(memory_comparison(plan), plan.options.memory,
+                                                                     len(plan.batches))
+    if dump not in DUMPS:
+        raise UsageError(f"--dump: unknown IR '{dump}'; expected one of: {', '.join(DUMPS)}")
+    if dump == "cells":
+        cells = {id(c): c for b in plan.batches for c in b.cells if c is not None}
+        return "\n\n".join(format_compiled_cell(c) for c in cells.values())
+    if not 0 <= minibatch < len(plan.batches):
+        raise UsageError(f"--minibatch {minibatch}: the plan has {len(plan.batches)} mini-batches")
+    b = plan.batches[minibatch]
+    if dump == "graph":
+        return format_graph(b.graph, max_nodes=None)
+    if dump == "schedule":
+        return format_schedule(b.graph, b.schedule, max_batches=None)
+    return format_layout(b.layout)
+
+
+def schedule_files(paths: list[str], policy: str = "agenda") -> dict:
+    """`edbc schedule`: schedule bare typed DAG files; per file its nodes, batches, lower bound
+    and FSM fallbacks."""
+    resolved = resolve_policy(policy, None, DAG)
+    results = []
+    for path in paths:
+        graph = read_typed_dag(path)
+        sched, fallbacks = resolved.schedule(graph)
+        verify_schedule(graph, sched)
+        results.append({"file": path, "num_nodes": graph.num_nodes, "num_batches": sched.num_batches,
+                        "lower_bound": lower_bound(graph), "fsm_fallbacks": fallbacks})
+    return {"policy": resolved.name, "policy_digest": resolved.digest, "graphs": results}
+
+
+def train_policy(inputs: list[str], output: str, dag_files: bool = False, data: str | None = None,
+                 heldout: list[str] = (), limit: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 granularity: str = CELL, settings=None, checkpoint: str | None = None, resume: bool = False,
+                 progress=None):
+    """`edbc train-policy`: train the FSM batching policy of a model (default: the bundled TreeLSTM)
+    or of bare typed DAG files, and write the policy file. Returns the `PolicyFile`."""
+    from .policy.train import TrainSettings, default_checkpoint, train_dag_policy, train_model_policy
+
+    settings = settings or TrainSettings()
+    checkpoint = checkpoint or default_checkpoint(output)
+    if dag_files:
+        return train_dag_policy(list(inputs), list(heldout), settings, output, checkpoint, resume, progress)
+    if len(inputs) > 1:
+        raise UsageError(f"give one model, got {len(inputs)} arguments; bare typed DAG files need --graphs")
+    if len(heldout) > 1:
+        raise UsageError("--heldout: give one held-out data file for a model")
+    spec, _ = load_spec(inputs[0] if inputs else None)
+    train, held = training_data(spec, data, heldout[0] if heldout else None, limit, settings.seed)
+    return train_model_policy(spec, train, held, batch_size, granularity, settings, output, checkpoint, resume,
+                              progress)

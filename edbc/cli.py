@@ -7,7 +7,6 @@ line `Error: ...` on stderr and the exit code of its class (see the README).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
@@ -16,19 +15,11 @@ import click
 import torch
 
 from . import api
-from .data.typed_dag import read_typed_dag
 from .errors import EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
-from .graph import CELL, DAG, format_graph
-from .memory.layout import format_layout
-from .memory.cells import format_cell_plan, plan_cell
-from .memory.operands import format_memory
-from .plan import format_plan, load_plan, save_plan
-from .plan.plan import MAGIC
+from .graph import CELL
 from .policy.encoding import DEFAULT_ENCODING, ENCODINGS
-from .policy.train import TrainSettings, default_checkpoint, train_dag_policy, train_model_policy
-from .schedule import format_schedule, lower_bound, verify_schedule
-from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAULT_THREADS
-from .spec import format_program
+from .policy.train import TrainSettings
+from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_THREADS
 
 
 def _terminate(signum, frame):
@@ -60,17 +51,6 @@ class _Main(click.Group):
 @click.version_option(package_name="edbc")
 def main():
     """Compile dynamic neural networks into batched execution plans, and run them."""
-
-
-def _is_plan(path: str) -> bool:
-    """A plan by its first bytes, or by its name when it is too broken to tell."""
-    if path.endswith(".plan"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
 
 
 def _set_threads(threads: int) -> None:
@@ -145,34 +125,22 @@ def run(target, data, limit, batch_size, policy, granularity, memory, seed, devi
     """Compile and execute mini-batches of MODEL (default: the bundled TreeLSTM on synthetic
     trees), or execute a compiled PLAN."""
     _set_threads(threads)
-    if target is not None and _is_plan(target):
-        given = {"--data": data, "--limit": limit, "--batch-size": batch_size, "--policy": policy,
-                 "--granularity": granularity, "--memory": memory}
-        fixed = [k for k, v in given.items() if v is not None]
-        if fixed:
-            raise UsageError(f"{', '.join(fixed)}: fixed when the plan was compiled; "
-                             "give them to `edbc compile` instead")
-        plan = load_plan(target)
-        report = api.run_plan(plan, device, check)
-        return _print_report(report, f"plan {target}", as_json)
-    spec, _ = api.load_spec(target)
-    dataset = api.load_data(spec, data, limit, seed)
-    report = api.run(spec, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy,
-                     granularity or CELL, memory or DEFAULT_MEMORY, device, check, verify)
-    return _print_report(report, dataset.source, as_json)
+    report, source = api.run_target(target, data, limit, batch_size, policy, granularity, memory, seed, device,
+                                    check, verify)
+    return _print_report(report, source, as_json)
 
 
 @main.command(name="compile")
 @click.argument("model")
 @model_options
 @click.option("--output", "-o", required=True, metavar="PLAN", help="Plan file to write (atomically).")
-def compile_cmd(model, data, limit, batch_size, policy, granularity, memory, seed, output):
-    """Compile mini-batches of MODEL into a plan file."""
-    spec, text = api.load_spec(model)
-    dataset = api.load_data(spec, data, limit, seed)
-    plan = api.compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy,
-                            granularity or CELL, memory or DEFAULT_MEMORY, seed)
-    save_plan(plan, output)
+@click.option("--dump-after", metavar="PASS",
+              help="Print the IR after this pass (the first mini-batch's, and each cell's): "
+                   + ", ".join(api.PASS_NAMES) + ".")
+def compile_cmd(model, data, limit, batch_size, policy, granularity, memory, seed, output, dump_after):
+    """Compile mini-batches of MODEL into a plan file (the IR verifiers run after every pass)."""
+    options = api.CompileOptions(policy, granularity or CELL, memory or api.CompileOptions.memory)
+    plan = api.compile_to_file(model, output, data, limit, batch_size, options, seed, dump_after, click.echo)
     batches = sum(b.schedule.num_batches for b in plan.batches)
     click.echo(f"wrote {output}: {len(plan.batches)} mini-batches, {plan.num_instances} instances, "
                f"{batches} batches", err=True)
@@ -180,30 +148,13 @@ def compile_cmd(model, data, limit, batch_size, policy, granularity, memory, see
 
 @main.command()
 @click.argument("plan_path", metavar="PLAN")
-@click.option("--dump", type=click.Choice(["graph", "schedule", "layout", "cells"]),
-              help="Print one IR of a mini-batch in full.")
+@click.option("--dump", type=click.Choice(api.DUMPS),
+              help="Print one IR in full: a mini-batch's graph, schedule or layout, or the compiled cells.")
 @click.option("--minibatch", type=int, default=0, show_default=True, help="Which mini-batch --dump prints.")
 def inspect(plan_path, dump, minibatch):
     """Summarise a plan: nodes, types, batches against the lower bound, sizes, gathers with
     and without memory planning."""
-    plan = load_plan(plan_path)
-    if dump is None:
-        click.echo(format_plan(plan, plan_path))
-        click.echo(format_memory(api.memory_comparison(plan), plan.memory, len(plan.batches)))
-        return
-    if not 0 <= minibatch < len(plan.batches):
-        raise UsageError(f"--minibatch {minibatch}: the plan has {len(plan.batches)} mini-batches")
-    b = plan.batches[minibatch]
-    if dump == "graph":
-        click.echo(format_graph(b.graph, max_nodes=None))
-    elif dump == "schedule":
-        click.echo(format_schedule(b.graph, b.schedule, max_batches=None))
-    elif dump == "layout":
-        click.echo(format_layout(b.layout))
-    else:
-        shapes = {name: p.shape for name, p in plan.spec.params.items()}
-        click.echo("\n\n".join(format_program(c) + "\n" + format_cell_plan(plan_cell(c, shapes, plan.memory))
-                                for c in plan.spec.cells.values()))
+    click.echo(api.inspect(plan_path, dump, minibatch))
 
 
 @main.command(name="schedule")
@@ -214,22 +165,14 @@ def inspect(plan_path, dump, minibatch):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a `graphs` list.")
 def schedule_cmd(graph_files, policy, as_json):
     """Schedule bare typed DAGs (text: N, then `type n_args args...` a line; type 0 unbatchable)."""
-    resolved = api.resolve_policy(policy, None, DAG)
-    results = []
-    for path in graph_files:
-        graph = read_typed_dag(path)
-        sched, fallbacks = resolved.schedule(graph)
-        verify_schedule(graph, sched)
-        results.append({"file": path, "num_nodes": graph.num_nodes, "num_batches": sched.num_batches,
-                        "lower_bound": lower_bound(graph), "fsm_fallbacks": fallbacks})
+    result = api.schedule_files(list(graph_files), policy)
     if as_json:
-        click.echo(json.dumps({"policy": resolved.name, "policy_digest": resolved.digest, "graphs": results},
-                              sort_keys=True))
-    else:
-        for r in results:
-            fallbacks = f", {r['fsm_fallbacks']} FSM fallbacks" if resolved.digest else ""
-            click.echo(f"{r['file']}: {r['num_nodes']} nodes, {r['num_batches']} batches "
-                       f"(lower bound {r['lower_bound']}) with {resolved.name}{fallbacks}")
+        click.echo(json.dumps(result, sort_keys=True))
+        return
+    for r in result["graphs"]:
+        fallbacks = f", {r['fsm_fallbacks']} FSM fallbacks" if result["policy_digest"] else ""
+        click.echo(f"{r['file']}: {r['num_nodes']} nodes, {r['num_batches']} batches "
+                   f"(lower bound {r['lower_bound']}) with {result['policy']}{fallbacks}")
 
 
 class _ProgressBar:
@@ -282,20 +225,10 @@ def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularit
     """Train the FSM batching policy of MODEL (default: the bundled TreeLSTM) with reinforcement
     learning, distil it into a table and write the policy file."""
     settings = TrainSettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every)
-    checkpoint = checkpoint or default_checkpoint(output)
     bar = _ProgressBar("training")
     try:
-        if dag_files:
-            policy = train_dag_policy(list(inputs), list(heldout), settings, output, checkpoint, resume, bar)
-        else:
-            if len(inputs) > 1:
-                raise UsageError(f"give one model, got {len(inputs)} arguments; bare typed DAG files need --graphs")
-            if len(heldout) > 1:
-                raise UsageError("--heldout: give one held-out data file for a model")
-            spec, _ = api.load_spec(inputs[0] if inputs else None)
-            train, held = api.training_data(spec, data, heldout[0] if heldout else None, limit, seed)
-            policy = train_model_policy(spec, train, held, batch_size, granularity, settings, output,
-                                            checkpoint, resume, bar)
+        policy = api.train_policy(list(inputs), output, dag_files, data, list(heldout), limit, batch_size,
+                                  granularity, settings, checkpoint, resume, bar)
     finally:
         bar.close()
     f = policy.figures["heldout"]
@@ -325,40 +258,14 @@ def _csv(text: str) -> list[str]:
               help="Where results.json, results.md and throughput.png go.")
 def bench(models, batch_sizes, policies, memories, samples, max_minibatches, granularity, threads, dynet, out_dir):
     """Benchmark edbc against DyNet and PyTorch baselines; write a table, JSON and a plot."""
-    import platform
-    from pathlib import Path
-
-    from .bench.suite import WORKLOADS, dynet_available, run_suite, write_results
-    from .memory import PLANNERS
+    from .bench.suite import run_bench
 
     _set_threads(threads)
-    models = _csv(models) if models else [w.model for w in WORKLOADS]
-    known = {w.model for w in WORKLOADS}
-    for m in models:
-        if m not in known:
-            raise UsageError(f"--models: unknown model '{m}'; expected some of: {', '.join(sorted(known))}")
-    policies = _csv(policies) if policies else [p for p in api.POLICY_NAMES if p != "optimal"]
-    memories = _csv(memories) if memories else list(PLANNERS)
-    api.check_options(policies[0], granularity, memories[0])
-    for p in policies:
-        api.check_options(p, granularity, memories[0])
-    for m in memories:
-        api.check_options(policies[0], granularity, m)
-    try:
-        sizes = [int(b) for b in _csv(batch_sizes)]
-    except ValueError:
-        raise UsageError(f"--batch-sizes: expected comma-separated integers, got {batch_sizes!r}") from None
-    use_dynet = dynet and dynet_available()
 
     def progress(row):
         click.echo(f"{row.model:>14} B={row.batch_size:<4} {row.system:<18} {row.policy:<9} {row.memory:<5} "
                    f"{row.ms:9.2f} ms", err=True)
 
-    rows = run_suite(models, sizes, policies, memories, samples, max_minibatches, threads, use_dynet,
-                     granularity, progress)
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-            "threads": threads, "samples": samples, "granularity": granularity,
-            "dynet": "installed" if use_dynet else "not installed (pip install .[bench])"}
-    write_results(rows, Path(out_dir), meta)
-    click.echo((Path(out_dir) / "results.md").read_text())
-
+    click.echo(run_bench(_csv(models) if models else None, batch_sizes, _csv(policies) if policies else None,
+                         _csv(memories) if memories else None, samples, max_minibatches, granularity, threads,
+                         dynet, out_dir, progress))

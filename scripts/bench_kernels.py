@@ -23,9 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edbc.api import load_spec  # noqa: E402
-from edbc.memory.cells import plan_cell  # noqa: E402
-from edbc.runtime import Kernel  # noqa: E402
-from edbc.runtime.weights import init_weights  # noqa: E402
+from edbc.cell import compile_cell  # noqa: E402
+from edbc.runtime import Runtime  # noqa: E402
 from edbc.settings import MODELS_DIR  # noqa: E402
 
 
@@ -51,7 +50,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec, _ = load_spec(MODELS_DIR / f"{args.model}.yaml")
-    weights = init_weights(spec)
     shapes = {n: p.shape for n, p in spec.params.items()}
 
     print(f"{args.model}: one kernel call writing its outputs, microseconds (fastest burst), "
@@ -59,9 +57,10 @@ def main() -> None:
     print("| cell | k | internal batches | op by op | replay, none | replay, pq | pq vs op by op |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for name, program in spec.cells.items():
-        kernels = {"op by op": Kernel(program, weights, plan_cell(program, shapes, "none", batch_ops=False)),
-                   "none": Kernel(program, weights, plan_cell(program, shapes, "none")),
-                   "pq": Kernel(program, weights, plan_cell(program, shapes, "pq"))}
+        runtime = Runtime(spec)  # binds each compiled cell's weights, derived tables included
+        kernels = {"op by op": runtime.kernel(compile_cell(program, shapes, "none", batch_ops=False)),
+                   "none": runtime.kernel(compile_cell(program, shapes, "none")),
+                   "pq": runtime.kernel(compile_cell(program, shapes, "pq"))}
         steps = f"{len(kernels['pq'].plan.steps)} of {len(kernels['op by op'].plan.steps)} ops"
         for k in (int(x) for x in args.k.split(",")):
             g = torch.Generator().manual_seed(0)

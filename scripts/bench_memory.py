@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edbc.api import load_data, load_spec, minibatches  # noqa: E402
-from edbc.graph import CELL, OP, build_graph, lower_to_ops  # noqa: E402
+from edbc.api import CompileOptions, Compiler, load_data, load_spec, minibatches  # noqa: E402
+from edbc.graph import CELL, OP, graph_at  # noqa: E402
 from edbc.memory import PLANNERS  # noqa: E402
-from edbc.memory.operands import NO_STATS, cell_plans, memory_stats, never_views  # noqa: E402
+from edbc.memory.operands import NO_STATS, memory_stats, never_views  # noqa: E402
 from edbc.schedule import schedule  # noqa: E402
 from edbc.settings import MODELS_DIR, SHARED_DATA  # noqa: E402
 
@@ -53,17 +53,15 @@ def main() -> None:
         path = SHARED_DATA / rel if rel else None
         data = load_data(spec, str(path) if path is not None and path.exists() else None,
                          limit=args.batch_size * args.minibatches)
-        shapes = {n: p.shape for n, p in spec.params.items()}
         source = rel if data.source != "synthetic" else "synthetic"
         for granularity in (CELL, OP):
             totals = {mode: NO_STATS for mode in PLANNERS}
             plan_ms = []
             floor = 0
             batches = minibatches(data.instances, args.batch_size)
+            compilers = {mode: Compiler(spec, CompileOptions(args.policy, granularity, mode)) for mode in PLANNERS}
             for mb in batches:
-                graph = build_graph(spec, mb)
-                if granularity == OP:
-                    graph = lower_to_ops(graph)
+                graph = graph_at(spec, mb, granularity)
                 sched = schedule(graph, args.policy)
                 floor += never_views(graph, sched)
                 for mode, planner in PLANNERS.items():
@@ -71,8 +69,8 @@ def main() -> None:
                     planned, layout = planner(graph, sched)
                     if mode == "pq":
                         plan_ms.append((time.perf_counter() - t0) * 1e3)
-                    totals[mode] = totals[mode] + memory_stats(graph, planned, layout,
-                                                               cell_plans(graph, shapes, mode))
+                    cells = {t.program: compilers[mode].cell(t.program).plan for t in graph.types}
+                    totals[mode] = totals[mode] + memory_stats(graph, planned, layout, cells)
             n = len(batches)
             pq, none = totals["pq"], totals["none"]
             mib = 2 ** 20

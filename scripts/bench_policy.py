@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edbc.api import load_data, load_spec, minibatches, resolve_policy, shipped_policy_path  # noqa: E402
 from edbc.bench.suite import WORKLOADS  # noqa: E402
 from edbc.errors import LimitError  # noqa: E402
-from edbc.graph import build_graph, lower_to_ops  # noqa: E402
+from edbc.graph import build_graph, graph_at  # noqa: E402
 from edbc.policy.optimal import optimal_schedule  # noqa: E402
 from edbc.schedule import lower_bound, verify_schedule  # noqa: E402
 from edbc.settings import MODELS_DIR, SHARED_DATA  # noqa: E402
@@ -47,8 +47,7 @@ def heldout(w):
 
 
 def graphs_of(spec, instances, batch_size, level):
-    cell = [build_graph(spec, mb) for mb in minibatches(instances, batch_size)]
-    return cell if level == "cell" else [lower_to_ops(g) for g in cell]
+    return [graph_at(spec, mb, level) for mb in minibatches(instances, batch_size)]
 
 
 def batches_table(workloads, levels):

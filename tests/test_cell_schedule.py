@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edbc.schedule.cell import schedule_cell
+from edbc.cell.schedule import schedule_cell
 
 
 @st.composite

@@ -1,4 +1,4 @@
-"""Tests for `edbc.memory.cells` and the kernels that replay cell plans."""
+"""Tests for the cell compiler (`edbc.cell`) and the kernels that replay compiled cells."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from edbc.api import compile_batch, load_data
-from edbc.memory.cells import BROADCAST, GATHER, STACKED, VIEW, format_cell_plan, plan_cell
+from edbc.api import CompileOptions, compile_batch, load_data
+from edbc.cell import BROADCAST, GATHER, STACKED, VIEW, compile_cell, format_cell_plan
 from edbc.runtime import Kernel, Runtime
 from edbc.runtime.kernels import interpret
 from edbc.spec.load import parse_model
@@ -40,6 +40,10 @@ def odd_spec():
     return parse_model(text, "odd.yaml")
 
 
+def plan_cell(program, shapes, memory="pq"):
+    return compile_cell(program, shapes, memory, verify=True).plan
+
+
 def shapes(spec):
     return {n: p.shape for n, p in spec.params.items()}
 
@@ -56,11 +60,11 @@ def random_inputs(program, k: int, seed: int = 0):
 
 def test_treelstm_node_plan(treelstm):
     plan = plan_cell(treelstm.cells["node"], shapes(treelstm), "pq")
-    assert len(plan.schedule.batches) == plan.schedule.lower_bound == 7
+    # as kernels run it: the two forget-gate products folded into addcmuls, so 8 internal batches
+    assert len(plan.schedule.batches) == plan.schedule.lower_bound == 8
     sigmoids = next(s for s in plan.steps if len(s.ops) == 4)
     assert sigmoids.operands[0].kind == VIEW  # four chunks of the gate vector, side by side
-    # mul(i, tanh u), mul(f_l, c_l), mul(f_r, c_r) would gather tanh(u) with cell inputs: run one by one
-    assert [len(s.ops) for s in plan.steps] == [1, 4, 1, 1, 1, 1, 1, 1, 1]
+    assert [len(s.ops) for s in plan.steps] == [1, 4, 1, 1, 1, 1, 1, 1]
     assert all(o.kind != GATHER for s in plan.steps for o in s.operands)
 
 
@@ -78,9 +82,10 @@ def test_pq_orders_an_internal_batch_that_program_order_misaligns(odd_spec):
 @pytest.mark.parametrize("memory", ["pq", "none"])
 def test_kernels_equal_op_by_op_interpretation(treelstm, odd_spec, memory):
     for spec in (treelstm, odd_spec):
-        weights = Runtime(spec).weights
+        runtime = Runtime(spec)
+        weights = runtime.weights
         for program in spec.cells.values():
-            kernel = Kernel(program, weights, plan_cell(program, shapes(spec), memory))
+            kernel = runtime.kernel(compile_cell(program, shapes(spec), memory, verify=True))
             for k in (1, 7):
                 inputs = random_inputs(program, k)
                 plain = interpret(program, inputs, weights)
@@ -97,11 +102,11 @@ def test_broadcast_operand_is_an_expanded_view():
     text = text.replace("  W_leaf:", "  E2:     {shape: [hidden]}\n  E3:     {shape: [hidden]}\n  W_leaf:")
     spec = parse_model(text, "broadcast.yaml")
     leaf = spec.cells["leaf"]
-    plan = plan_cell(leaf, shapes(spec), "pq")
-    assert [BROADCAST, STACKED] in kinds(plan)
-    weights = Runtime(spec).weights
+    cell = compile_cell(leaf, shapes(spec), "pq", verify=True)
+    assert [BROADCAST, STACKED] in kinds(cell.plan)
+    runtime = Runtime(spec)
     inputs = random_inputs(leaf, 5)
-    for a, b in zip(interpret(leaf, inputs, weights), Kernel(leaf, weights, plan)(inputs)):
+    for a, b in zip(interpret(leaf, inputs, runtime.weights), runtime.kernel(cell)(inputs)):
         assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -109,8 +114,8 @@ def test_odd_model_runs_equal_to_reference_in_both_modes(odd_spec):
     data = load_data(odd_spec, None, limit=12, seed=4)
     runtime = Runtime(odd_spec)
     for memory in ("pq", "none"):
-        compiled = compile_batch(odd_spec, data.instances, "agenda", memory=memory, verify=True)
-        out = runtime.prepare(compiled.graph, compiled.schedule, compiled.layout).run()
+        compiled = compile_batch(odd_spec, data.instances, CompileOptions("agenda", "cell", memory), verify=True)
+        out = runtime.prepare(compiled).run()
         assert (out - runtime.reference(compiled.cell_graph)).abs().max().item() <= 1e-4
 
 
@@ -132,7 +137,8 @@ def test_every_single_op_kernel_writes_its_destination():
     shapes = {n: tuple(t.shape) for n, t in weights.items()}
     for program in cases:
         inputs = [torch.randn(5, 4, generator=g)]
-        kernel = Kernel(program, weights, plan_cell(program, shapes))
+        cell = compile_cell(program, shapes, verify=True)
+        kernel = Kernel(cell, dict(weights, **{n: weights[d.table] @ weights[d.weight] for n, d in cell.derived.items()}))
         out = kernel(inputs, [torch.full((5,) + program.values[v].shape, float("nan")) for v in program.outputs])
         for a, b in zip(interpret(program, inputs, weights), out):
             assert torch.allclose(a, b, atol=1e-6), program.name

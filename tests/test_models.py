@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edbc.api import compile_batch, load_data, load_spec
+from edbc.api import CompileOptions, compile_batch, load_data, load_spec
 from edbc.data.chain import Sequence
 from edbc.data.lattice import Lattice
 from edbc.data.pairs import Pair
@@ -39,8 +39,8 @@ def test_batched_equals_reference_for_every_policy(model, granularity):
     ref = None
     for policy in POLICIES:
         for memory in PLANNERS:
-            c = compile_batch(spec, instances, policy, granularity, memory, verify=True)
-            out = runtime.prepare(c.graph, c.schedule, c.layout).run()
+            c = compile_batch(spec, instances, CompileOptions(policy, granularity, memory), verify=True)
+            out = runtime.prepare(c).run()
             if ref is None:
                 ref = runtime.reference(c.cell_graph)
                 assert torch_finite(ref)
@@ -101,7 +101,7 @@ def test_benchmark_baselines_compute_the_same_model(name):
     data = load_data(spec, None, limit=5, seed=3).instances
     runtime = Runtime(spec)
     c = compile_batch(spec, data, "agenda")
-    out = runtime.prepare(c.graph, c.schedule, c.layout).run()
+    out = runtime.prepare(c).run()
     assert (out - BASELINES[name][1](runtime.weights)(data)).abs().max().item() <= 1e-4
 
 
@@ -119,5 +119,5 @@ def test_dynet_anchors_compute_the_same_model(name, tmp_path):
                            "--dump", str(tmp_path / "out.npy"), "--limit", "6"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     c = compile_batch(spec, data, "agenda")
-    out = runtime.prepare(c.graph, c.schedule, c.layout).run().numpy()
+    out = runtime.prepare(c).run().numpy()
     assert np.abs(out - np.load(tmp_path / "out.npy").reshape(out.shape)).max() <= 1e-4

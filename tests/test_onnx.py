@@ -12,10 +12,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from edbc.api import compile_batch, compile_plan, load_data, load_spec, run, run_plan
+from edbc.api import CompileOptions, compile_batch, compile_plan, load_data, load_spec, run, run_plan
 from edbc.errors import EXIT_INPUT, SpecError
 from edbc.plan import load_plan, save_plan
 from edbc.runtime import Runtime
+from edbc.cell import compile_cell
 from edbc.runtime.kernels import Kernel, interpret
 from edbc.runtime.weights import init_param
 from edbc.schedule import POLICIES
@@ -69,7 +70,8 @@ def check(m: onnx.ModelProto, batch: int = 3, rows: int = 10):
     inputs = [torch.tensor(feeds[v.name].reshape(batch) if v.dtype == "token"
                            else feeds[v.name].reshape(batch, -1)) for v in cell.program.inputs]
     weights = {k: init_param(p) for k, p in cell.params.items()}
-    for got in (interpret(cell.program, inputs, weights), Kernel(cell.program, weights)(inputs)):
+    compiled = compile_cell(cell.program, {k: p.shape for k, p in cell.params.items()}, verify=True)
+    for got in (interpret(cell.program, inputs, weights), Kernel(compiled, weights)(inputs)):
         assert len(got) == len(expected)
         for g, e in zip(got, expected):
             np.testing.assert_allclose(g.numpy(), e.reshape(batch, -1), rtol=1e-5, atol=1e-5)
@@ -338,8 +340,8 @@ def test_onnx_model_equals_the_yaml_model_batched(granularity):
     yaml_rt.weights.update(_yaml_weights_from_onnx())
     outs = []
     for spec, rt in ((yaml_spec, yaml_rt), (onnx_spec, onnx_rt)):
-        b = compile_batch(spec, trees, "agenda", granularity, verify=True)
-        outs.append(rt.prepare(b.graph, b.schedule, b.layout).run())
+        b = compile_batch(spec, trees, CompileOptions("agenda", granularity), verify=True)
+        outs.append(rt.prepare(b).run())
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-5)
 
 
@@ -347,8 +349,8 @@ def test_onnx_model_equals_the_yaml_model_batched(granularity):
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_onnx_model_runs_equal_to_the_reference(policy, granularity):
     spec, _ = load_spec(TREELSTM_ONNX)
-    report = run(spec, load_data(spec, None, limit=16, seed=1), batch_size=8, policy=policy,
-                 granularity=granularity, check=True, verify=True)
+    report = run(spec, load_data(spec, None, limit=16, seed=1), batch_size=8,
+                 options=CompileOptions(policy, granularity), check=True, verify=True)
     assert report.check_passed and report.num_batches >= report.lower_bound
 
 
@@ -365,7 +367,7 @@ def test_plan_embeds_the_onnx_file_and_runs_without_it(tmp_path):
     spec, text = load_spec(spec_path)
     plans = []
     for name in ("a.plan", "b.plan"):
-        plan = compile_plan(spec, text, load_data(spec, None, limit=10, seed=4), batch_size=5, granularity="op")
+        plan = compile_plan(spec, text, load_data(spec, None, limit=10, seed=4), batch_size=5, options=CompileOptions(None, "op"))
         save_plan(plan, tmp_path / name)
         plans.append((tmp_path / name).read_bytes())
     assert plans[0] == plans[1]  # deterministic

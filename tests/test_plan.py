@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edbc import artifact
-from edbc.api import compile_plan, load_data, load_spec, run_plan
+from edbc.api import CompileOptions, compile_plan, load_data, load_spec, run_plan
 from edbc.errors import ArtifactError
 from edbc.plan import format_plan, load_plan, save_plan, verify_plan
 from edbc.plan.plan import MAGIC
@@ -18,7 +18,7 @@ from .conftest import TREELSTM
 def plan():
     spec, text = load_spec(TREELSTM)
     data = load_data(spec, None, limit=20, seed=2)
-    return compile_plan(spec, text, data, batch_size=8, policy="typewise", granularity="op")
+    return compile_plan(spec, text, data, batch_size=8, options=CompileOptions("typewise", "op"))
 
 
 def test_plan_roundtrip_runs_equal_to_the_reference(plan, tmp_path):
@@ -31,8 +31,8 @@ def test_plan_roundtrip_runs_equal_to_the_reference(plan, tmp_path):
     report = run_plan(loaded, check=True)
     assert report.num_instances == 20 and report.check_passed
     rt = Runtime(plan.spec)
-    a = rt.prepare(plan.batches[0].graph, plan.batches[0].schedule, plan.batches[0].layout).run()
-    b = rt.prepare(loaded.batches[0].graph, loaded.batches[0].schedule, loaded.batches[0].layout).run()
+    a = rt.prepare(plan.batches[0]).run()
+    b = rt.prepare(loaded.batches[0]).run()
     assert torch.equal(a, b)
     assert "batches" in format_plan(loaded) and "lower bound" in format_plan(loaded)
 
@@ -40,7 +40,7 @@ def test_plan_roundtrip_runs_equal_to_the_reference(plan, tmp_path):
 def test_plans_are_byte_identical_for_equal_inputs(plan, tmp_path):
     spec, text = load_spec(TREELSTM)
     again = compile_plan(spec, text, load_data(spec, None, limit=20, seed=2), batch_size=8,
-                         policy="typewise", granularity="op")
+                         options=CompileOptions("typewise", "op"))
     save_plan(plan, tmp_path / "a.plan")
     save_plan(again, tmp_path / "b.plan")
     assert (tmp_path / "a.plan").read_bytes() == (tmp_path / "b.plan").read_bytes()

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edbc.api import compile_batch, compile_plan, load_data, load_spec, memory_comparison
+from edbc.api import CompileOptions, compile_batch, compile_plan, load_data, load_spec, memory_comparison
 from edbc.errors import VerificationError
 from edbc.graph import CELL, OP
 from edbc.graph.ir import Graph, NodeType, csr_ptr
@@ -27,8 +27,8 @@ def sorted_batches(s):
 
 @pytest.mark.parametrize("granularity", [CELL, OP])
 def test_pq_reorders_within_batches_only(treelstm, synthetic_trees, granularity):
-    none = compile_batch(treelstm, synthetic_trees, "agenda", granularity, "none")
-    pq = compile_batch(treelstm, synthetic_trees, "agenda", granularity, "pq", verify=True)
+    none = compile_batch(treelstm, synthetic_trees, CompileOptions("agenda", granularity, "none"))
+    pq = compile_batch(treelstm, synthetic_trees, CompileOptions("agenda", granularity, "pq"), verify=True)
     assert sorted_batches(pq.schedule) == sorted_batches(none.schedule)
     assert np.array_equal(pq.schedule.batch_type, none.schedule.batch_type)
 
@@ -36,7 +36,7 @@ def test_pq_reorders_within_batches_only(treelstm, synthetic_trees, granularity)
 def test_tree_left_and_right_children_become_views(treelstm, synthetic_trees):
     """The first internal batch reads only leaves: all four operands are views with pq."""
     for memory, views in (("pq", 4), ("none", 0)):
-        c = compile_batch(treelstm, synthetic_trees, "agenda", CELL, memory)
+        c = compile_batch(treelstm, synthetic_trees, CompileOptions("agenda", CELL, memory))
         node = next(b for b in range(c.schedule.num_batches)
                     if c.graph.types[c.schedule.batch_type[b]].name == "node")
         kinds = [o.kind for o in batch_operands(c.graph, c.schedule, c.layout, node)]
@@ -49,8 +49,8 @@ def test_pq_moves_fewer_bytes(treelstm, granularity):
     runtime = Runtime(treelstm)
     stats = {}
     for memory in ("pq", "none"):
-        c = compile_batch(treelstm, data.instances, "agenda", granularity, memory)
-        stats[memory] = runtime.prepare(c.graph, c.schedule, c.layout).stats
+        c = compile_batch(treelstm, data.instances, CompileOptions("agenda", granularity, memory))
+        stats[memory] = c.memory_stats()
     assert stats["pq"].gather_bytes < stats["none"].gather_bytes
     if granularity == OP:
         assert stats["pq"].gather_bytes * 2 <= stats["none"].gather_bytes
@@ -62,13 +62,13 @@ def test_memory_comparison_agrees_with_the_executor(treelstm):
     by_mode = memory_comparison(plan)
     assert set(by_mode) == set(PLANNERS)
     runtime = Runtime(spec)
-    executed = [runtime.prepare(b.graph, b.schedule, b.layout).stats for b in plan.batches]
+    executed = [b.memory_stats() for b in plan.batches]
     assert by_mode["pq"] == executed[0] + executed[1]
     assert by_mode["pq"].view_fraction > by_mode["none"].view_fraction
 
 
 def test_layout_verifier_rejects_broken_layouts(treelstm, synthetic_trees):
-    c = compile_batch(treelstm, synthetic_trees, "agenda", CELL, "pq")
+    c = compile_batch(treelstm, synthetic_trees, CompileOptions("agenda", CELL, "pq"))
     g, s, lay = c.graph, c.schedule, c.layout
     first = s.batch(0)
     v0, v1 = g.value_ptr[first[0]], g.value_ptr[first[1]]
@@ -93,7 +93,7 @@ def test_planning_sst_64_trees_is_fast_enough_to_report(treelstm):
     """Not a timing assertion: planning records its time for `run --json`."""
     data = load_data(treelstm, str(shared("sst/test.txt")), limit=64)
     timings = {}
-    compile_batch(treelstm, data.instances, "agenda", CELL, "pq", timings=timings)
+    compile_batch(treelstm, data.instances, CompileOptions("agenda", CELL, "pq"), timings=timings)
     assert timings["memory"] > 0
 
 

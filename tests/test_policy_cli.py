@@ -7,6 +7,7 @@ import numpy as np
 from edbc import api
 from edbc.data.typed_dag import format_typed_dag
 from edbc.errors import EXIT_ARTIFACT, EXIT_INPUT, EXIT_LIMIT, EXIT_USAGE
+from edbc.policy import resolve
 from edbc.settings import MODELS_DIR
 
 from .conftest import TREELSTM, shared
@@ -28,7 +29,7 @@ def test_run_defaults_to_the_shipped_fsm_and_reports_fallbacks():
 
 
 def test_without_a_shipped_policy_run_uses_agenda(monkeypatch, tmp_path):
-    monkeypatch.setattr(api, "PLANS_DIR", tmp_path)
+    monkeypatch.setattr(resolve, "PLANS_DIR", tmp_path)
     r = edbc("run", "--limit", 8, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["policy"] == "agenda"
     one_line_error(edbc("run", "--limit", 8, "--policy", "fsm"), EXIT_USAGE,

@@ -9,7 +9,7 @@ pass and the batched results equal the unbatched reference.
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edbc.api import compile_batch, load_data
+from edbc.api import CompileOptions, compile_batch, load_data
 from edbc.graph import CELL, OP
 from edbc.memory import PLANNERS
 from edbc.runtime import Runtime
@@ -101,8 +101,8 @@ def test_random_models_batched_equal_reference(text, instances, seed):
     for granularity in (CELL, OP):
         for policy in POLICIES:
             for memory in PLANNERS:
-                c = compile_batch(spec, data, policy, granularity, memory, verify=True)
-                out = runtime.prepare(c.graph, c.schedule, c.layout).run()
+                c = compile_batch(spec, data, CompileOptions(policy, granularity, memory), verify=True)
+                out = runtime.prepare(c).run()
                 if ref is None:
                     ref = runtime.reference(c.cell_graph)
                 assert out.shape == ref.shape

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..api import compile_batch, load_data, load_spec, minibatches
+from ..api import POLICY_NAMES, CompileOptions, Compiler, load_data, load_spec, minibatches
+from ..errors import UsageError
+from ..memory import PLANNERS
 from ..runtime import Runtime
 from ..schedule import lower_bound
 from ..settings import MODELS_DIR, SHARED_DATA
@@ -95,16 +97,17 @@ def _samples(batches: list, count: int) -> list:
 
 def time_edbc(spec, source: str, batches: list, policy: str, memory: str, runtime: Runtime,
               granularity: str = "cell", samples: int = 20) -> Row:
+    compiler = Compiler(spec, CompileOptions(policy, granularity, memory))
+
     def once(mb) -> tuple[dict[str, float], object]:
         phases: dict[str, float] = {}
-        c = compile_batch(spec, mb, policy, granularity, memory, timings=phases)
+        c = compiler.compile_batch(mb, phases)
         t0 = time.perf_counter()
-        executable = runtime.prepare(c.graph, c.schedule, c.layout)
-        executable.run()
+        runtime.prepare(c).run()
         if runtime.device.type == "cuda":
             torch.cuda.synchronize()
         phases["execute"] = time.perf_counter() - t0
-        return phases, (c, executable.stats)
+        return phases, (c, c.memory_stats())
 
     for mb in batches:
         once(mb)
@@ -198,6 +201,39 @@ def run_suite(models: list[str], batch_sizes: list[int], policies: list[str], me
                 for autobatch in (1, 0):
                     add(time_dynet(spec, w, size, runtime, autobatch, len(batches), samples, threads))
     return rows
+
+
+def run_bench(models: list[str] | None = None, batch_sizes: str = "1,32,64,128", policies: list[str] | None = None,
+              memories: list[str] | None = None, samples: int = 20, max_minibatches: int = 8,
+              granularity: str = "cell", threads: int = 1, dynet: bool = True, out_dir: str = "benchmarks",
+              progress=None) -> str:
+    """`edbc bench`: time the workloads (default: all) under each policy (default: all but
+    optimal) and memory mode (default: all), with the anchors; write results.md, results.json and
+    throughput.png to `out_dir` and return the markdown table."""
+    import platform
+
+    known = {w.model for w in WORKLOADS}
+    models = models or [w.model for w in WORKLOADS]
+    for m in models:
+        if m not in known:
+            raise UsageError(f"--models: unknown model '{m}'; expected some of: {', '.join(sorted(known))}")
+    policies = policies or [p for p in POLICY_NAMES if p != "optimal"]
+    memories = memories or list(PLANNERS)
+    for p in policies:
+        for m in memories:
+            CompileOptions(p, granularity, m)
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b]
+    except ValueError:
+        raise UsageError(f"--batch-sizes: expected comma-separated integers, got {batch_sizes!r}") from None
+    use_dynet = dynet and dynet_available()
+    rows = run_suite(models, sizes, policies, memories, samples, max_minibatches, threads, use_dynet,
+                     granularity, progress or (lambda row: None))
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+            "threads": threads, "samples": samples, "granularity": granularity,
+            "dynet": "installed" if use_dynet else "not installed (pip install .[bench])"}
+    write_results(rows, Path(out_dir), meta)
+    return (Path(out_dir) / "results.md").read_text()
 
 
 def _label(source: str) -> str:

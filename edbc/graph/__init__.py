@@ -2,9 +2,9 @@
 
 from .build import build_graph
 from .ir import CELL, DAG, OP, Graph, NodeType
-from .lower import lower_to_ops
+from .lower import graph_at, lower_to_ops
 from .printer import format_graph
 from .verify import verify_graph
 
-__all__ = ["build_graph", "lower_to_ops", "verify_graph", "format_graph", "Graph", "NodeType",
+__all__ = ["build_graph", "lower_to_ops", "graph_at", "verify_graph", "format_graph", "Graph", "NodeType",
            "CELL", "OP", "DAG"]

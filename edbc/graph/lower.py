@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..spec.program import TOKEN, Op, Program, Value
+from .build import build_graph
 from .ir import CELL, OP, Graph, NodeType, csr_ptr
 
 
@@ -125,3 +126,9 @@ def lower_to_ops(graph: Graph) -> Graph:
     instance = np.repeat(graph.instance, n_ops[graph.node_type])
     return Graph(OP, tuple(types), node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance,
                  graph.num_instances, out_node, out_slot)
+
+
+def graph_at(spec, instances: list, granularity: str) -> Graph:
+    """The merged graph of `instances` at `granularity`: built at cell level, lowered for op level."""
+    graph = build_graph(spec, instances)
+    return lower_to_ops(graph) if granularity == OP else graph

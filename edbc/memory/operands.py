@@ -4,7 +4,7 @@ Every float operand of a batch is served one of three ways:
   view       consecutive arena rows, aligned with the batch (no copy)
   broadcast  one value for every node, or zeros: one row expanded (no copy)
   gather     rows picked at run time (a copy of `k` rows)
-Inside cell kernels nothing is gathered (`edbc.memory.cells`): internal
+Inside cell kernels nothing is gathered (`edbc.cell`): internal
 batches read views, broadcasts and parameters, shared or stacked once when
 the kernel is built. The executor builds its tensors from `batch_operands`,
 and `memory_stats` adds the figures up for reports, so the two always agree.
@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
+from typing import ClassVar
 
 import numpy as np
 
 from ..errors import VerificationError
 from ..graph.ir import Graph, csr_gather, csr_ptr
 from ..schedule.ir import Schedule
+from ..cell.ir import CellPlan
 from ..spec.program import Program, Shape
-from .cells import CellPlan, plan_kernel
 from .layout import Layout
 
 VIEW, BROADCAST, GATHER = "view", "broadcast", "gather"
@@ -86,6 +87,9 @@ class OperandTable:
     nbytes: np.ndarray
     ptr: np.ndarray
     rows: np.ndarray
+    VIEW_CODE: ClassVar[int] = 0  # the codes of `kind`, as `KINDS` orders them
+    BROADCAST_CODE: ClassVar[int] = 1
+    GATHER_CODE: ClassVar[int] = 2
 
     def operand(self, i: int) -> "BatchOperand":
         kind = KINDS[self.kind[i]]
@@ -94,7 +98,7 @@ class OperandTable:
 
 
 KINDS = (VIEW, BROADCAST, GATHER)
-VIEW_CODE, BROADCAST_CODE, GATHER_CODE = range(3)
+VIEW_CODE, BROADCAST_CODE, GATHER_CODE = OperandTable.VIEW_CODE, OperandTable.BROADCAST_CODE, OperandTable.GATHER_CODE
 
 
 def operand_table(graph: Graph, schedule: Schedule, layout: Layout) -> OperandTable:
@@ -191,11 +195,6 @@ def memory_stats(graph: Graph, schedule: Schedule, layout: Layout, plans: dict[P
     used = {graph.types[t].program for t in np.unique(schedule.batch_type)}
     return MemoryStats(int(gathered.sum()), int(table.nbytes[gathered].sum()), int(table.nbytes.sum()),
                        int(calls[schedule.batch_type].sum()), sum(plans[p].stacked_weights for p in used))
-
-
-def cell_plans(graph: Graph, param_shapes: dict[str, Shape], memory: str) -> dict[Program, CellPlan]:
-    """The cell plan of every node type's kernel (its program rewritten as kernels run it)."""
-    return {t.program: plan_kernel(t.program, param_shapes, memory)[2] for t in graph.types}
 
 
 def format_memory(stats: dict[str, MemoryStats], compiled: str, minibatches: int) -> str:

@@ -1,25 +1,31 @@
 """Plans: what the runtime needs to execute compiled mini-batches, as one file.
 
 A plan holds the model spec's text and the files it refers to (ONNX cells),
-so it is self-contained, and for each mini-batch its cell-level graph (for the
+so it is self-contained; for each mini-batch its cell-level graph (for the
 reference), the graph the schedule runs on (the same, or its op-level
-lowering), the schedule and the memory layout. `save_plan` and `load_plan` go
+lowering), the schedule and the memory layout; and the compiled cells its
+kernels run (`edbc.cell`), each stored once. `save_plan` and `load_plan` go
 through `edbc.artifact`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from .. import __version__
-from ..artifact import decode_artifact, encode_artifact, read_bytes, write_atomic
-from ..errors import ArtifactError
+from ..artifact import _canonical as canonical_json, decode_artifact, encode_artifact, read_bytes, write_atomic
+from ..cell import CompiledCell, compile_cell, compiled_cell_from_json, verify_cell_plan, verify_program
+from ..errors import ArtifactError, UsageError, VerificationError
 from ..graph.ir import CELL, Graph, NodeType
 from ..graph.verify import verify_graph
 from ..memory.layout import Layout, verify_layout
+from ..memory.operands import MemoryStats, OperandTable, memory_stats, operand_table
+from ..passes import CompileOptions
 from ..schedule.analysis import lower_bound
 from ..schedule.ir import Schedule, verify_schedule
 from ..spec.load import parse_model
@@ -28,8 +34,12 @@ from ..spec.program import Program
 
 MAGIC = b"EDBC-PLAN\n"
 FORMAT = "edbc.plan"
-VERSION = (1, 1)  # 1.1: the spec's files embedded as parts "files/<path as written in the spec>"
+# 1.1: the spec's files embedded as parts "files/<path as written in the spec>"
+# 1.2: the compiled cells ("cells"), each mini-batch naming the one of each node type ("cells" per batch);
+#      a plan without them (1.0, 1.1) has its cells compiled when it is loaded
+VERSION = (1, 2)
 _FILES = "files/"
+_VERSIONS = ("edbc", "torch")  # header fields that say which tools wrote the plan, not what it holds
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,17 +48,28 @@ class CompiledBatch:
     graph: Graph  # what the schedule runs on: cell_graph itself, or its op-level lowering
     schedule: Schedule
     layout: Layout
+    cells: tuple[CompiledCell | None, ...]  # per node type of `graph`: what its kernel runs (None: unused)
     fsm_fallbacks: int = 0  # FSM steps that fell back to typewise while scheduling
 
+    @cached_property
+    def _operands(self) -> OperandTable:
+        return operand_table(self.graph, self.schedule, self.layout)
 
-@dataclass(frozen=True, eq=False)
+    def operand_table(self) -> OperandTable:
+        """How every batch operand is served: a view, a broadcast row or a gather."""
+        return self._operands
+
+    def memory_stats(self) -> MemoryStats:
+        plans = {t.program: c.plan for t, c in zip(self.graph.types, self.cells) if c is not None}
+        return memory_stats(self.graph, self.schedule, self.layout, plans, self._operands)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
 class Plan:
     spec: ModelSpec
     spec_text: str
     batches: tuple[CompiledBatch, ...]
-    policy: str
-    granularity: str
-    memory: str
+    options: CompileOptions  # its policy is the resolved name ("fsm", "agenda", ...)
     batch_size: int
     seed: int
     data: str  # where the instances came from: a path, or "synthetic"
@@ -60,13 +81,27 @@ class Plan:
         return sum(b.cell_graph.num_instances for b in self.batches)
 
 
+def _param_shapes(spec: ModelSpec, cell: CompiledCell) -> dict:
+    return dict({n: p.shape for n, p in spec.params.items()}, **{n: d.shape for n, d in cell.derived.items()})
+
+
 def verify_plan(plan: Plan) -> None:
+    """Every IR of every mini-batch, and every compiled cell against the node type it serves."""
     for b in plan.batches:
         verify_graph(b.cell_graph)
         if b.graph is not b.cell_graph:
             verify_graph(b.graph)
         verify_schedule(b.graph, b.schedule)
         verify_layout(b.graph, b.schedule, b.layout)
+        if len(b.cells) != len(b.graph.types):
+            raise VerificationError(f"{len(b.cells)} compiled cells for {len(b.graph.types)} node types")
+        for t in np.unique(b.schedule.batch_type).tolist():
+            cell = b.cells[t]
+            if cell is None or cell.source != b.graph.types[t].program:
+                raise VerificationError(f"node type {b.graph.types[t].name} has no compiled cell of its program")
+    for cell in {id(c): c for b in plan.batches for c in b.cells if c is not None}.values():
+        verify_program(cell.program, _param_shapes(plan.spec, cell))
+        verify_cell_plan(cell.plan)
 
 
 def _graph_header(graph: Graph) -> dict:
@@ -91,9 +126,11 @@ def _graph_from(head: dict, arrays: dict, prefix: str, spec: ModelSpec, path: st
     return Graph(head["granularity"], tuple(types), num_instances=head["num_instances"], **cols)
 
 
-def save_plan(plan: Plan, path: str) -> None:
+def _encode_plan(plan: Plan) -> tuple[dict, dict[str, np.ndarray]]:
     arrays: dict[str, np.ndarray] = {_FILES + rel: np.frombuffer(data, dtype=np.uint8)
                                      for rel, data in plan.spec.files.items()}
+    cells: dict[int, int] = {}  # id of a compiled cell -> its index in the file
+    cell_records = []
     batches = []
     for i, b in enumerate(plan.batches):
         entry = {"cell_graph": _graph_header(b.cell_graph),
@@ -111,6 +148,11 @@ def save_plan(plan: Plan, path: str) -> None:
             arrays[f"{i}/schedule/{k}"] = v
         for k, v in b.layout.arrays().items():
             arrays[f"{i}/layout/{k}"] = v
+        for c in b.cells:
+            if c is not None and id(c) not in cells:
+                cells[id(c)] = len(cell_records)
+                cell_records.append(c.to_json())
+        entry["cells"] = [-1 if c is None else cells[id(c)] for c in b.cells]
         batches.append(entry)
     inputs = {"spec": plan.spec.digest, "data": plan.data_digest}
     if plan.policy_digest is not None:
@@ -118,11 +160,30 @@ def save_plan(plan: Plan, path: str) -> None:
     header = {
         "edbc": __version__, "torch": torch.__version__.split("+")[0], "seed": plan.seed,
         "inputs": inputs,
-        "spec_text": plan.spec_text, "data": plan.data, "policy": plan.policy,
-        "granularity": plan.granularity, "memory": plan.memory, "batch_size": plan.batch_size,
-        "minibatches": batches,
+        "spec_text": plan.spec_text, "data": plan.data, "policy": plan.options.policy,
+        "granularity": plan.options.granularity, "memory": plan.options.memory, "batch_size": plan.batch_size,
+        "minibatches": batches, "cells": cell_records,
     }
+    return header, arrays
+
+
+def save_plan(plan: Plan, path: str) -> None:
+    header, arrays = _encode_plan(plan)
     write_atomic(path, encode_artifact(MAGIC, FORMAT, VERSION, header, arrays))
+
+
+def plan_digest(plan: Plan) -> str:
+    """sha256 of what a plan holds, whichever edbc and torch versions wrote it: golden tests
+    compare it, so that any change that alters plans says so."""
+    header, arrays = _encode_plan(plan)
+    for key in _VERSIONS:
+        del header[key]
+    h = hashlib.sha256(canonical_json(header))
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{list(a.shape)}".encode())
+        h.update(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+    return h.hexdigest()
 
 
 def load_plan(path: str) -> Plan:
@@ -134,6 +195,9 @@ def load_plan(path: str) -> Plan:
         if spec.digest != head["inputs"]["spec"]:
             raise ArtifactError("the embedded spec does not match the spec the plan was compiled for",
                                 path=path)
+        shapes = {name: p.shape for name, p in spec.params.items()}
+        stored = [_stored_cell(c, spec, path) for c in head["cells"]] if "cells" in head else None
+        compiled: dict[Program, CompiledCell] = {}  # older plans: cells compiled now, once per program
         batches = []
         for i, entry in enumerate(head["minibatches"]):
             cell_graph = _graph_from(entry["cell_graph"], arrays, f"{i}/cell/", spec, path)
@@ -144,12 +208,33 @@ def load_plan(path: str) -> Plan:
             layout = Layout(entry["layout_mode"], tuple(tuple(s) for s in entry["arenas"]),
                             **{k[len(f"{i}/layout/"):]: v for k, v in arrays.items()
                                if k.startswith(f"{i}/layout/")})
-            batches.append(CompiledBatch(cell_graph, graph, schedule, layout, int(entry.get("fsm_fallbacks", 0))))
-        return Plan(spec, head["spec_text"], tuple(batches), head["policy"], head["granularity"],
-                    head["memory"], int(head["batch_size"]), int(head["seed"]), head["data"],
-                    head["inputs"]["data"], head["inputs"].get("policy"))
-    except (KeyError, TypeError, ValueError) as e:
+            if stored is None:
+                cells = tuple(compiled[t.program] if t.program in compiled else
+                              compiled.setdefault(t.program, compile_cell(t.program, shapes, layout.mode))
+                              for t in graph.types)
+            else:
+                cells = tuple(None if c == -1 else stored[c] for c in entry["cells"])
+            batches.append(CompiledBatch(cell_graph, graph, schedule, layout, cells,
+                                         int(entry.get("fsm_fallbacks", 0))))
+        options = CompileOptions(head["policy"], head["granularity"], head["memory"])
+        return Plan(spec=spec, spec_text=head["spec_text"], batches=tuple(batches), options=options,
+                    batch_size=int(head["batch_size"]), seed=int(head["seed"]), data=head["data"],
+                    data_digest=head["inputs"]["data"], policy_digest=head["inputs"].get("policy"))
+    except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ArtifactError(f"corrupt plan: missing or malformed field ({e})", path=path) from None
+    except UsageError as e:  # compile options the plan names that this edbc does not know
+        raise ArtifactError(f"corrupt plan: {e.message}", path=path) from None
+
+
+def _stored_cell(record, spec: ModelSpec, path: str) -> CompiledCell:
+    """A compiled cell from the plan file, verified: kernels are generated from it."""
+    cell = compiled_cell_from_json(record, path)
+    try:
+        verify_program(cell.program, _param_shapes(spec, cell))
+        verify_cell_plan(cell.plan)
+    except VerificationError as e:
+        raise ArtifactError(f"corrupt compiled cell: {e.message.splitlines()[0]}", path=path) from None
+    return cell
 
 
 def format_plan(plan: Plan, path: str | None = None) -> str:
@@ -161,7 +246,7 @@ def format_plan(plan: Plan, path: str | None = None) -> str:
         f"plan {path or ''}".rstrip(),
         f"  model        {plan.spec.name} (spec {plan.spec.digest[:12]})",
         f"  data         {plan.data} ({plan.num_instances} instances, batch size {plan.batch_size})",
-        f"  policy       {plan.policy} at {plan.granularity} level, memory {plan.memory}"
+        f"  policy       {plan.options.policy} at {plan.options.granularity} level, memory {plan.options.memory}"
         + (f" (policy file {plan.policy_digest[:12]}, "
            f"{sum(b.fsm_fallbacks for b in plan.batches)} FSM fallbacks)" if plan.policy_digest else ""),
         f"  mini-batches {len(plan.batches)}",

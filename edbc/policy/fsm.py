@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 
 from ..graph.ir import Graph
 from ..schedule.frontier import Frontier
 from ..schedule.ir import Schedule
-from ..schedule.policies import typewise_choice
+from ..schedule.policies import drive, typewise_choice
 from .encoding import ENCODINGS, State, TypeVocab, state_of, state_types
 
 
@@ -64,23 +63,20 @@ class Stepper:
 def fsm_schedule(graph: Graph, fsm: Fsm, name: str = "fsm") -> FsmResult:
     """Schedule `graph` with the table, falling back to typewise in states it lacks."""
     s = Stepper(graph, fsm.vocab, fsm.encoding)
-    f = s.frontier
     table = fsm.table
-    batches: list[np.ndarray] = []
     fallbacks = 0
-    while True:
-        batches += f.run_unbatchable()
-        if f.done:
-            break
+
+    def choose(f: Frontier) -> int:
+        nonlocal fallbacks
         state = s.state()
         action = table.get(state) if state is not None else None
-        if action is None:
-            fallbacks += 1
-            f.track_ideal_now()
-            t = typewise_choice(f)
-        else:
-            t = s.to_graph[action]
-        batches.append(f.run(t))
+        if action is not None:
+            return s.to_graph[action]
+        fallbacks += 1
+        f.track_ideal_now()
+        return typewise_choice(f)
+
+    batches = drive(s.frontier, choose)
     return FsmResult(Schedule.from_batches(name, batches, graph), fallbacks)
 
 
@@ -91,11 +87,8 @@ def distil(choose: Callable[[State], int], graphs: list[Graph], vocab: TypeVocab
     table = {} if table is None else table
     for graph in graphs:
         s = Stepper(graph, vocab, encoding)
-        f = s.frontier
-        while True:
-            f.run_unbatchable()
-            if f.done:
-                break
+
+        def record(f: Frontier) -> int:
             state = s.state()
             if state is None:
                 raise ValueError("a graph has a type outside the policy's vocabulary")
@@ -105,5 +98,7 @@ def distil(choose: Callable[[State], int], graphs: list[Graph], vocab: TypeVocab
                 if action not in state_types(encoding, state):
                     raise ValueError(f"the chooser picked type {action}, which is not ready in state {state}")
                 table[state] = action
-            f.run(s.to_graph[action])
+            return s.to_graph[action]
+
+        drive(s.frontier, record)
     return table

@@ -229,15 +229,11 @@ GRAPH_COUNTS = {CELL: (64, 16, 8), OP: (16, 8, 2)}
 
 def _sampled_graphs(spec: ModelSpec, instances: list, batch_size: int, count: int, granularity: str,
                     rng: np.random.Generator) -> list[Graph]:
-    from ..graph import build_graph, lower_to_ops
+    from ..graph import graph_at
 
     size = min(batch_size, len(instances))
-    out = []
-    for _ in range(count):
-        pick = rng.choice(len(instances), size=size, replace=False)
-        g = build_graph(spec, [instances[i] for i in np.sort(pick)])
-        out.append(lower_to_ops(g) if granularity == OP else g)
-    return out
+    picks = [rng.choice(len(instances), size=size, replace=False) for _ in range(count)]
+    return [graph_at(spec, [instances[i] for i in np.sort(pick)], granularity) for pick in picks]
 
 
 def model_graph_sets(spec: ModelSpec, train: list, heldout: list, batch_size: int, granularity: str,

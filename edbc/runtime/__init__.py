@@ -1,6 +1,6 @@
-"""The runtime: batched execution of plans with torch, and the unbatched reference."""
+"""The runtime: batched execution of compiled mini-batches with torch, and the unbatched reference."""
 
 from .executor import Executable, Runtime, resolve_device
-from .kernels import OP_IMPLS, Kernel
+from .kernels import Kernel
 
-__all__ = ["Runtime", "Executable", "resolve_device", "OP_IMPLS", "Kernel"]
+__all__ = ["Runtime", "Executable", "resolve_device", "Kernel"]

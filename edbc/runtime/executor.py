@@ -1,11 +1,12 @@
-"""The batched executor: run a scheduled, laid-out graph on a torch device.
+"""The batched executor: run a compiled mini-batch on a torch device.
 
-`Runtime` holds a model's weights on a device and its compiled kernels.
-`Runtime.prepare` binds one graph + schedule + layout: it allocates the
-arenas and precomputes, for every batch, each operand as a view, a broadcast
-row or a gather index (`edbc.memory.operands`), and each output as the arena
-rows the kernel writes in place. `Executable.run` then only dispatches
-kernels: no per-node Python work.
+`Runtime` holds a model's weights on a device and the kernels it made from
+compiled cells (binding weights, and the derived tables cells ask for).
+`Runtime.prepare` binds one compiled mini-batch (`edbc.plan.CompiledBatch`):
+it allocates the arenas and turns the batch's operand table (each operand a
+view, a broadcast row or a gather index) into tensors, and each output into
+the arena rows the kernel writes in place. `Executable.run` then only
+dispatches kernels: no per-node Python work.
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..cell.ir import CompiledCell
 from ..errors import UsageError, VerificationError
 from ..graph.ir import Graph, csr_gather, csr_ptr
-from ..memory.cells import plan_kernel
-from ..memory.layout import Layout
-from ..memory.operands import BROADCAST_CODE, VIEW_CODE, memory_stats, operand_table
+from ..plan.plan import CompiledBatch
 from ..schedule.ir import Schedule
 from ..spec.model import ModelSpec
-from ..spec.program import TOKEN, Program
+from ..spec.program import TOKEN
 from .kernels import Kernel
 from .reference import reference_outputs
 from .weights import init_weights
 
 _VIEW, _GATHER = 0, 1
-
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,30 +41,23 @@ class Runtime:
         self.spec = spec
         self.device = resolve_device(device)
         self.weights = init_weights(spec, self.device)
-        self.param_shapes = {name: p.shape for name, p in spec.params.items()}
-        self._kernels: dict[tuple[Program, str], Kernel] = {}
-        self._by_id: dict[tuple[int, str], tuple[Program, Kernel]] = {}
+        self._kernels: dict[int, tuple[CompiledCell, Kernel]] = {}  # by the compiled cell's identity
 
-    def kernel(self, program: Program, memory: str = "pq") -> Kernel:
-        """The kernel of `program`, rewritten by `edbc.spec.passes` and its internal batches laid
-        out with memory mode `memory`."""
-        # By identity first: hashing a Program walks all of it, and a graph's types repeat.
-        known = self._by_id.get((id(program), memory))
-        if known is not None and known[0] is program:
+    def kernel(self, cell: CompiledCell) -> Kernel:
+        """The kernel of a compiled cell, with this runtime's weights bound."""
+        known = self._kernels.get(id(cell))
+        if known is not None and known[0] is cell:
             return known[1]
-        k = self._kernels.get((program, memory))
-        if k is None:
-            optimized, derived, plan = plan_kernel(program, self.param_shapes, memory)
-            for name, d in derived.items():
-                if name not in self.weights:
-                    table = self.weights[d.table] @ self.weights[d.weight]
-                    self.weights[name] = table + self.weights[d.bias] if d.bias else table
-            k = self._kernels[(program, memory)] = Kernel(optimized, self.weights, plan)
-        self._by_id[(id(program), memory)] = (program, k)
+        for name, d in cell.derived.items():
+            if name not in self.weights:
+                table = self.weights[d.table] @ self.weights[d.weight]
+                self.weights[name] = table + self.weights[d.bias] if d.bias else table
+        k = Kernel(cell, self.weights)
+        self._kernels[id(cell)] = (cell, k)  # the entry keeps `cell` alive, so its id stays its own
         return k
 
-    def prepare(self, graph: Graph, schedule: Schedule, layout: Layout) -> "Executable":
-        return Executable(self, graph, schedule, layout)
+    def prepare(self, compiled: CompiledBatch) -> "Executable":
+        return Executable(self, compiled)
 
     def reference(self, cell_graph: Graph) -> torch.Tensor:
         with torch.no_grad():
@@ -73,8 +65,9 @@ class Runtime:
 
 
 class Executable:
-    def __init__(self, runtime: Runtime, graph: Graph, schedule: Schedule, layout: Layout):
+    def __init__(self, runtime: Runtime, compiled: CompiledBatch):
         device = runtime.device
+        graph, schedule, layout = compiled.graph, compiled.schedule, compiled.layout
         self.graph = graph
         self.device = device
         self.arenas = [torch.empty((int(rows) + 1,) + shape, device=device)
@@ -82,10 +75,8 @@ class Executable:
         for a in self.arenas:
             a[-1].zero_()
         programs = [t.program for t in graph.types]
-        used = np.unique(schedule.batch_type).tolist()
-        kernels = [runtime.kernel(programs[t], layout.mode) if t in used else None for t in range(len(programs))]
-        table = operand_table(graph, schedule, layout)
-        self.stats = memory_stats(graph, schedule, layout, {programs[t]: kernels[t].plan for t in used}, table)
+        kernels = [runtime.kernel(cell) if cell is not None else None for cell in compiled.cells]
+        table = compiled.operand_table()
         # per type: (is token, shape) of each input, and the number of outputs
         signatures = [[(v.dtype == TOKEN, v.shape) for v in p.inputs] for p in programs]
         n_outputs = [len(p.outputs) for p in programs]
@@ -121,9 +112,9 @@ class Executable:
                     arena = zeros.get(shape)
                     if arena is None:
                         arena = zeros[shape] = torch.zeros((1,) + shape, device=device)
-                if kind == VIEW_CODE:
+                if kind == table.VIEW_CODE:
                     inputs.append((_VIEW, arena[first:first + k]))
-                elif kind == BROADCAST_CODE:
+                elif kind == table.BROADCAST_CODE:
                     inputs.append((_VIEW, arena[first:first + 1].expand((k,) + shape)))
                 else:
                     inputs.append((_GATHER, (arena, gather_rows[gather_ptr[i]:gather_ptr[i + 1]])))

@@ -1,70 +1,22 @@
-"""Torch implementations of the primitive ops, and cell programs compiled into kernels.
+"""Compiled cells turned into kernels: generated Python that replays a cell plan with bound weights.
 
-`OP_IMPLS` has one entry per op kind of `edbc.spec.ops.OPS`. Values carry a
-leading batch dimension; parameters do not and broadcast. A `Kernel` runs a
-program for a whole batch; it folds each multi-term affine into a single
-matmul over concatenated inputs, with the weights stacked once.
+The op table (`edbc.spec.ops.OPS`) gives each op's torch implementation, its
+direct call and whether it is elementwise. A `Kernel` runs a compiled cell for
+a whole batch; it folds each multi-term affine into a single matmul over
+concatenated inputs, with the weights stacked once. `interpret` runs a program
+op by op as written: the unbatched reference.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from math import prod
 
 import torch
 import torch.nn.functional as F
 
-from math import prod
-
-from ..memory.cells import BROADCAST, SHARED, STACKED, TOKENS, VALUE, VIEW, CellPlan, plan_cell
-from ..spec.program import Program
-
-
-def _affine(args, attrs):
-    has_bias = len(args) % 2
-    out = None
-    for i in range(0, len(args) - has_bias, 2):
-        term = args[i] @ args[i + 1]
-        out = term if out is None else out + term
-    return (out + args[-1] if has_bias else out,)
-
-
-def _sum(args, attrs):
-    out = args[0]
-    for a in args[1:]:
-        out = out + a
-    return (out,)
-
-
-def _matvec(args, attrs):
-    a, v = args  # a: [p, q] parameter or [k, p, q] values; v: [q] parameter or [k, q] values
-    if a.dim() == 2:
-        return (v @ a.T,)
-    if v.dim() == 1:
-        return (a @ v,)
-    return (torch.bmm(a, v.unsqueeze(-1)).squeeze(-1),)
-
-
-OP_IMPLS: dict[str, Callable] = {
-    "embed": lambda a, attrs: (F.embedding(a[1], a[0]),),
-    "affine": _affine,
-    "add": lambda a, attrs: (a[0] + a[1],),
-    "sub": lambda a, attrs: (a[0] - a[1],),
-    "addcmul": lambda a, attrs: (torch.addcmul(a[0], a[1], a[2]),),
-    "lerp": lambda a, attrs: (torch.lerp(a[0], a[1], a[2]),),
-    "mul": lambda a, attrs: (a[0] * a[1],),
-    "sum": _sum,
-    "sigmoid": lambda a, attrs: (torch.sigmoid(a[0]),),
-    "tanh": lambda a, attrs: (torch.tanh(a[0]),),
-    "relu": lambda a, attrs: (torch.relu(a[0]),),
-    "identity": lambda a, attrs: (a[0],),
-    "log_softmax": lambda a, attrs: (torch.log_softmax(a[0], dim=-1),),
-    "concat": lambda a, attrs: (torch.cat(a, dim=-1),),
-    "chunk": lambda a, attrs: tuple(torch.chunk(a[0], attrs["n"], dim=-1)),
-    "split": lambda a, attrs: tuple(torch.split(a[0], list(attrs["sizes"]), dim=-1)),
-    "matmul": lambda a, attrs: (torch.matmul(a[0], a[1]),),
-    "matvec": _matvec,
-    "reshape": lambda a, attrs: (a[0].reshape((a[0].shape[0],) + tuple(attrs["shape"])),),
-}
+from ..cell.ir import BROADCAST, SHARED, STACKED, TOKENS, VALUE, VIEW, CellPlan, CompiledCell
+from ..spec.ops import OPS
+from ..spec.program import Program, affine_terms
 
 
 def fast_tanh(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -78,27 +30,11 @@ def fast_tanh(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
 
 _TANH_SPLIT = 4096  # elements; below, the call overhead of the split outweighs tanh's cost
 
-# Elementwise ops: a batch of m of them runs on `[k, m*d]` columns as one op on `[k, d]`.
-ELEMENTWISE = frozenset({"add", "sub", "mul", "sum", "addcmul", "lerp", "sigmoid", "tanh", "relu", "identity"})
-
-# Ops generated as direct torch calls, `{a}` the operands (`{out}`: `, out=dest` when the result
-# goes straight to a kernel output); all others call `OP_IMPLS`.
-_DIRECT = {
-    "add": "torch.add({0}, {1}{out})",
-    "sub": "torch.sub({0}, {1}{out})",
-    "mul": "torch.mul({0}, {1}{out})",
-    "addcmul": "torch.addcmul({0}, {1}, {2}{out})",
-    "lerp": "torch.lerp({0}, {1}, {2}{out})",
-    "sigmoid": "torch.sigmoid({0}{out})",
-    "tanh": "fast_tanh({0}{out})",
-    "relu": "torch.clamp_min({0}, 0{out})",
-}
-
 
 class Kernel:
-    """A cell program compiled for batched execution with bound weights.
+    """A compiled cell with bound weights, for batched execution.
 
-    It replays the cell's internal schedule (`edbc.memory.cells.CellPlan`):
+    It replays the cell's plan (`edbc.cell.CellPlan`):
     each internal batch of `m` ops is one torch call. Every tensor is a
     `[k, width]` row per call; a value is a column range of a base (a cell
     input or a batch output). Elementwise batches run on `[k, m*d]` columns;
@@ -109,11 +45,12 @@ class Kernel:
 
     __slots__ = ("program", "plan", "source", "_run")
 
-    def __init__(self, program: Program, weights: dict[str, torch.Tensor], plan: CellPlan | None = None):
-        self.program = program
-        self.plan = plan = plan or plan_cell(program, {n: tuple(w.shape) for n, w in weights.items()})
+    def __init__(self, cell: CompiledCell, weights: dict[str, torch.Tensor]):
+        """`weights` holds the model's parameters and the cell's derived ones (`bind_derived`)."""
+        self.program = program = cell.program
+        self.plan = plan = cell.plan
         self.source, constants = _generate(program, plan, weights)
-        namespace = {"torch": torch, "F": F, "fast_tanh": fast_tanh, "OP_IMPLS": OP_IMPLS, **constants}
+        namespace = {"torch": torch, "F": F, "fast_tanh": fast_tanh, **constants}
         exec(compile(self.source, f"<kernel {program.name}>", "exec"), namespace)
         self._run = namespace["kernel"]
 
@@ -176,7 +113,7 @@ def _generate(program: Program, plan: CellPlan, weights: dict[str, torch.Tensor]
     for b, step in enumerate(plan.steps):
         op = program.ops[step.ops[0]]
         m = len(step.ops)
-        flat = m == 1 or (op.kind in ELEMENTWISE and all(o.kind != BROADCAST for o in step.operands)
+        flat = m == 1 or (OPS[op.kind].elementwise and all(o.kind != BROADCAST for o in step.operands)
                           and all(len(values[o.values[0]].shape) <= 1 for o in step.operands
                                   if o.kind not in (SHARED, STACKED)))
         args = []
@@ -237,13 +174,12 @@ def _writes_out(program: Program, op, flat: bool, m: int) -> bool:
         return _rows_affine(program, op)
     if op.kind == "sum":
         return len(op.args) > 1
-    return op.kind in _DIRECT or op.kind == "embed"
+    return OPS[op.kind].direct is not None or op.kind == "embed"
 
 
 def _rows_affine(program: Program, op) -> bool:
     """An affine whose inputs are vectors: `addmm` on `[k, in]` rows."""
-    pairs = range(0, len(op.args) - len(op.args) % 2, 2)
-    return all(len(program.values[op.args[i]].shape) == 1 for i in pairs)
+    return all(len(program.values[x].shape) == 1 for x, _ in affine_terms(op.args)[0])
 
 
 def _call(program: Program, op, args: list[str], m: int, flat: bool, weights, step, constant,
@@ -251,9 +187,9 @@ def _call(program: Program, op, args: list[str], m: int, flat: bool, weights, st
     """The expression computing one internal batch (one op, or m ops side by side)."""
     out = f", out={dest}" if dest is not None and _writes_out(program, op, flat, m) else ""
     if op.kind == "affine":
-        has_bias = len(op.args) % 2
-        pairs = list(range(0, len(op.args) - has_bias, 2))
-        bias = args[-1] if has_bias else None
+        pairs, bias = affine_terms(tuple(range(len(args))))  # argument positions
+        pairs = [x for x, _ in pairs]
+        bias = args[bias] if bias is not None else None
         if m == 1 and _rows_affine(program, op):
             x, w = args[pairs[0]], args[pairs[0] + 1]
             first = f"torch.mm({x}, {w}{out})" if bias is None else f"torch.addmm({bias}, {x}, {w}{out})"
@@ -265,10 +201,11 @@ def _call(program: Program, op, args: list[str], m: int, flat: bool, weights, st
         return f"torch.index_select({args[0]}, 0, {args[1]}{out})"
     if op.kind == "sum" and flat and len(args) > 1:
         return f"torch.add({args[0]}, {args[1]}{out})" + "".join(f".add_({a})" for a in args[2:])
-    if op.kind in _DIRECT:
-        return _DIRECT[op.kind].format(*args, out=out)
+    direct = OPS[op.kind].direct
+    if direct is not None:
+        return direct.format(*args, out=out)
     attrs = constant(dict(op.attrs))
-    impl = constant(OP_IMPLS[op.kind])
+    impl = constant(OPS[op.kind].impl)
     call = f"{impl}([{', '.join(args)}], {attrs})"
     return f"{call}[0]" if len(op.outs) == 1 else call
 
@@ -311,6 +248,6 @@ def interpret(program: Program, inputs: list[torch.Tensor], weights: dict[str, t
     env: list = list(inputs) + [None] * (len(program.values) - len(inputs))
     for op in program.ops:
         args = [weights[a] if isinstance(a, str) else env[a] for a in op.args]
-        for v, t in zip(op.outs, OP_IMPLS[op.kind](args, dict(op.attrs))):
+        for v, t in zip(op.outs, OPS[op.kind].impl(args, dict(op.attrs))):
             env[v] = t
     return [env[v] for v in program.outputs]

@@ -20,16 +20,20 @@ from .ir import Schedule
 Chooser = Callable[[Frontier], int]
 
 
-def run_frontier(graph: Graph, policy: str, choose: Chooser, track_ideal: bool = False) -> Schedule:
-    """Drive a `Frontier` to the end, asking `choose` for the type of every batch."""
-    f = Frontier(graph, track_ideal)
+def drive(f: Frontier, choose: Chooser) -> list[np.ndarray]:
+    """Run a frontier to the end, asking `choose` for the type of every batch: the one driver
+    loop of every frontier policy (heuristics, the FSM, distillation). Returns the batches."""
     batches: list[np.ndarray] = []
     while True:
         batches += f.run_unbatchable()
         if f.done:
-            break
+            return batches
         batches.append(f.run(choose(f)))
-    return Schedule.from_batches(policy, batches, graph)
+
+
+def run_frontier(graph: Graph, policy: str, choose: Chooser, track_ideal: bool = False) -> Schedule:
+    """The schedule of `graph` under a frontier policy."""
+    return Schedule.from_batches(policy, drive(Frontier(graph, track_ideal), choose), graph)
 
 
 def eager(graph: Graph) -> Schedule:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,7 +42,7 @@ from onnx.reference import ReferenceEvaluator
 from ..errors import SpecError
 from .model import ParamSpec
 from .ops import OPS, Operand, ShapeError
-from .program import F32, TOKEN, Op, Program, Shape, Value
+from .program import F32, TOKEN, Op, Program, Shape, Value, affine_terms, live_ops, value_uses
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
@@ -680,17 +679,12 @@ SUPPORTED = tuple(sorted(set(_RULES) | {"Constant"}))
 # -- fusion, then dead-code removal and renumbering ---------------------------------------------
 
 def _terms(op: Op) -> tuple:
-    return op.args[: len(op.args) - len(op.args) % 2]
+    return tuple(a for pair in affine_terms(op.args)[0] for a in pair)
 
 
 def _bias(op: Op) -> tuple:
-    return op.args[-1:] if len(op.args) % 2 else ()
-
-
-def _uses(ops: list[Op], outputs: list[int]) -> Counter:
-    uses = Counter(a for op in ops for a in op.args if not isinstance(a, str))
-    uses.update(outputs)
-    return uses
+    bias = affine_terms(op.args)[1]
+    return () if bias is None else (bias,)
 
 
 def _fuse_adds(values: list[Value], ops: list[Op], outputs: list[int],
@@ -701,7 +695,7 @@ def _fuse_adds(values: list[Value], ops: list[Op], outputs: list[int],
     new parameter, their sum. Sums keep the order of the additions, so results
     are bit-for-bit those of the Add chain.
     """
-    uses = _uses(ops, outputs)
+    uses = value_uses(ops, outputs)
     out: list[Op | None] = []
     made: dict[int, int] = {}  # value -> index in `out` of the op making it
 
@@ -755,7 +749,7 @@ def _summed(params: dict[str, ParamSpec], a: str, b: str) -> str:
 
 def _merge_splits(values: list[Value], ops: list[Op], outputs: list[int]) -> tuple[list[Op], list[int]]:
     """Splits and chunks of one vector whose used parts line up become one split (or chunk)."""
-    uses = _uses(ops, outputs)
+    uses = value_uses(ops, outputs)
     groups: dict[int, list[int]] = {}
     for i, op in enumerate(ops):
         if op.kind in ("split", "chunk"):
@@ -803,13 +797,7 @@ def _optimise(values: list[Value], ops: list[Op], n_inputs: int, outputs: list[i
     ops = _fuse_adds(values, ops, outputs, params)
     ops, outputs = _merge_splits(values, ops, outputs)
     # Dead ops go; the rest are renumbered: inputs first, then op outputs in op order.
-    needed = set(outputs)
-    kept = []
-    for op in reversed(ops):
-        if needed.intersection(op.outs):
-            kept.append(op)
-            needed.update(a for a in op.args if not isinstance(a, str))
-    kept.reverse()
+    kept = live_ops(ops, outputs)
     new_id = {v: v for v in range(n_inputs)}
     for op in kept:
         for v in op.outs:

@@ -1,9 +1,12 @@
-"""The primitive ops a cell may use: arity, argument kinds, attributes and shape rules.
+"""The primitive ops a cell may use: the one op table.
 
-One table, `OPS`, from op kind to its `OpDef`; the runtime keeps its own table
-of torch implementations under the same keys. Shape rules see operands as
-`Operand(is_param, shape, dtype)` and raise `ShapeError` with a message fit for
-the user.
+`OPS` maps an op kind to its `OpDef`: arity, attributes, shape rule, the flags
+every stage reads (elementwise, batchable inside a cell, alias of its input's
+memory) and its torch implementation. Adding a primitive op is one
+registration here (plus its line in the README's op list). Shape rules see
+operands as `Operand(is_param, shape, dtype)` and raise `ShapeError` with a
+message fit for the user. The affine argument layout (`x1, W1, x2, W2, ...,
+bias?`) is decoded only by `program.affine_terms`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .program import F32, TOKEN, Shape
+import torch
+import torch.nn.functional as F
+
+from .program import F32, TOKEN, Op, Program, Shape, affine_terms
 
 
 class ShapeError(Exception):
@@ -26,23 +32,47 @@ class Operand:
     dtype: str = F32
 
 
+Impl = Callable[[list, dict], tuple]  # (operands, attributes) -> outputs, values with a batch dimension
+
+
 @dataclass(frozen=True, slots=True)
 class OpDef:
     kind: str
     doc: str
     infer: Callable[[list[Operand], dict], list[Shape]]
+    impl: Impl
+    arity: int | None = None  # operand count; None: variadic (the shape rule checks)
     attrs: tuple[str, ...] = ()  # trailing positional arguments that are attributes, in order
     pairs: bool = False  # arguments written `x @ W` (affine)
+    elementwise: bool = False  # a batch of m runs as one call on `[k, m*d]` columns
+    batchable: bool = False  # m ops of one cell run as one call on `[k, m, ...]` operands
+    alias: Callable[[Shape], bool] | None = None  # given its input's shape: outputs are views of it
+    direct: str | None = None  # generated call, `{0}`.. the operands, `{out}` `, out=dest` (else `impl`)
 
 
 OPS: dict[str, OpDef] = {}
 
 
-def _register(kind: str, doc: str, attrs: tuple[str, ...] = (), pairs: bool = False):
+def _register(kind: str, doc: str, impl: Impl, arity: int | None = None, **flags):
     def wrap(fn):
-        OPS[kind] = OpDef(kind, doc, fn, attrs, pairs)
+        OPS[kind] = OpDef(kind, doc, fn, impl, arity, **flags)
         return fn
     return wrap
+
+
+def is_alias(program: Program, op: Op) -> bool:
+    """Ops that only re-read their input's memory (a reshape; chunk or split of a vector)."""
+    alias = OPS[op.kind].alias
+    return alias is not None and alias(program.values[op.args[0]].shape)
+
+
+def op_signature(program: Program, op: Op, param_key: Callable[[str], object] = lambda name: name) -> tuple:
+    """Ops with equal signatures may run as one batch: kind, attributes, operand shapes and
+    dtypes, and parameters as `param_key` sees them (by name across calls; inside a cell, by
+    shape, since different parameters are stacked once when the kernel is built)."""
+    args = tuple(("p", param_key(a)) if isinstance(a, str)
+                 else ("v", program.values[a].shape, program.values[a].dtype) for a in op.args)
+    return (op.kind, args, op.attrs)
 
 
 def _fmt(shape: Shape) -> str:
@@ -75,7 +105,8 @@ def _same_shapes(ops: list[Operand], kind: str) -> Shape:
     return first
 
 
-@_register("embed", "embed(TABLE, token): row `token` of the [rows, dim] parameter TABLE")
+@_register("embed", "embed(TABLE, token): row `token` of the [rows, dim] parameter TABLE",
+           lambda a, attrs: (F.embedding(a[1], a[0]),), 2, batchable=True)
 def _embed(ops, attrs):
     _count(ops, "embed", 2)
     table, index = ops
@@ -86,11 +117,19 @@ def _embed(ops, attrs):
     return [(table.shape[1],)]
 
 
+def _affine_impl(args, attrs):
+    pairs, bias = affine_terms(tuple(range(len(args))))
+    out = None
+    for x, w in pairs:
+        term = args[x] @ args[w]
+        out = term if out is None else out + term
+    return (out if bias is None else out + args[bias],)
+
+
 @_register("affine", "affine(x1 @ W1, x2 @ W2, ..., b): sum of x_i·W_i plus an optional bias b "
-                     "(a parameter, or a value of the result's shape)", pairs=True)
+                     "(a parameter, or a value of the result's shape)", _affine_impl, pairs=True, batchable=True)
 def _affine(ops, attrs):
-    has_bias = len(ops) % 2 == 1
-    pairs = [(ops[i], ops[i + 1]) for i in range(0, len(ops) - has_bias, 2)]
+    pairs, bias = affine_terms(tuple(ops))
     if not pairs:
         raise ShapeError("affine needs at least one `x @ W` term")
     out = None
@@ -106,29 +145,44 @@ def _affine(ops, attrs):
         if out is not None and term != out:
             raise ShapeError(f"affine term {k} gives {_fmt(term)}, earlier terms give {_fmt(out)}")
         out = term
-    if has_bias:
-        b = ops[-1]
+    if bias is not None:
+        b = bias
         if b.dtype != F32 or b.shape != (out if not b.is_param else out[-1:]):
             raise ShapeError(f"affine bias must be a parameter of shape {_fmt(out[-1:])}, "
                              f"got {_fmt(b.shape)}")
     return [out]
 
 
-def _elementwise(kind: str, arity: int, doc: str):
-    @_register(kind, doc)
+def _elementwise(kind: str, arity: int, doc: str, impl: Impl, direct: str | None = None,
+                 elementwise: bool = True):
+    @_register(kind, doc, impl, arity, elementwise=elementwise, batchable=True, direct=direct)
     def rule(ops, attrs):
         _count(ops, kind, arity)
         _needs_value(ops, kind)
         return [_same_shapes(ops, kind)]
 
 
-for _kind, _what in (("add", "a + b"), ("sub", "a - b"), ("mul", "a * b")):
-    _elementwise(_kind, 2, f"{_kind}(a, b): elementwise {_what}; either may be a parameter of the same shape")
-_elementwise("addcmul", 3, "addcmul(a, b, c): elementwise a + b * c")
-_elementwise("lerp", 3, "lerp(x, y, w): elementwise x + w * (y - x)")
+_elementwise("add", 2, "add(a, b): elementwise a + b; either may be a parameter of the same shape",
+             lambda a, attrs: (a[0] + a[1],), "torch.add({0}, {1}{out})")
+_elementwise("sub", 2, "sub(a, b): elementwise a - b; either may be a parameter of the same shape",
+             lambda a, attrs: (a[0] - a[1],), "torch.sub({0}, {1}{out})")
+_elementwise("mul", 2, "mul(a, b): elementwise a * b; either may be a parameter of the same shape",
+             lambda a, attrs: (a[0] * a[1],), "torch.mul({0}, {1}{out})")
+_elementwise("addcmul", 3, "addcmul(a, b, c): elementwise a + b * c",
+             lambda a, attrs: (torch.addcmul(a[0], a[1], a[2]),), "torch.addcmul({0}, {1}, {2}{out})")
+_elementwise("lerp", 3, "lerp(x, y, w): elementwise x + w * (y - x)",
+             lambda a, attrs: (torch.lerp(a[0], a[1], a[2]),), "torch.lerp({0}, {1}, {2}{out})")
 
 
-@_register("sum", "sum(a, b, ...): elementwise sum of one or more operands")
+def _sum_impl(args, attrs):
+    out = args[0]
+    for a in args[1:]:
+        out = out + a
+    return (out,)
+
+
+@_register("sum", "sum(a, b, ...): elementwise sum of one or more operands", _sum_impl,
+           elementwise=True, batchable=True)
 def _sum(ops, attrs):
     if not ops:
         raise ShapeError("sum needs at least one operand")
@@ -136,13 +190,19 @@ def _sum(ops, attrs):
     return [_same_shapes(ops, "sum")]
 
 
-for _kind, _what in (("sigmoid", "elementwise logistic sigmoid"), ("tanh", "elementwise tanh"),
-                     ("relu", "elementwise max(x, 0)"), ("identity", "x itself (a copy)"),
-                     ("log_softmax", "log-softmax over the last dimension")):
-    _elementwise(_kind, 1, f"{_kind}(x): {_what}")
+_elementwise("sigmoid", 1, "sigmoid(x): elementwise logistic sigmoid",
+             lambda a, attrs: (torch.sigmoid(a[0]),), "torch.sigmoid({0}{out})")
+_elementwise("tanh", 1, "tanh(x): elementwise tanh", lambda a, attrs: (torch.tanh(a[0]),), "fast_tanh({0}{out})")
+_elementwise("relu", 1, "relu(x): elementwise max(x, 0)", lambda a, attrs: (torch.relu(a[0]),),
+             "torch.clamp_min({0}, 0{out})")
+_elementwise("identity", 1, "identity(x): x itself (a copy)", lambda a, attrs: (a[0],))
+# Not elementwise: it reads the whole last dimension, so m of them cannot share columns.
+_elementwise("log_softmax", 1, "log_softmax(x): log-softmax over the last dimension",
+             lambda a, attrs: (torch.log_softmax(a[0], dim=-1),), elementwise=False)
 
 
-@_register("concat", "concat(a, b, ...): join along the last dimension")
+@_register("concat", "concat(a, b, ...): join along the last dimension", lambda a, attrs: (torch.cat(a, dim=-1),),
+           batchable=True)
 def _concat(ops, attrs):
     if not ops:
         raise ShapeError("concat needs at least one operand")
@@ -156,7 +216,12 @@ def _concat(ops, attrs):
     return [lead + (sum(o.shape[-1] for o in ops),)]
 
 
-@_register("chunk", "chunk(x, n): n equal parts of the last dimension", attrs=("n",))
+def _of_vector(shape: Shape) -> bool:
+    return len(shape) == 1  # pieces of a vector are column ranges of it; of a matrix they are not
+
+
+@_register("chunk", "chunk(x, n): n equal parts of the last dimension",
+           lambda a, attrs: tuple(torch.chunk(a[0], attrs["n"], dim=-1)), 1, attrs=("n",), alias=_of_vector)
 def _chunk(ops, attrs):
     _count(ops, "chunk", 1)
     _needs_value(ops, "chunk")
@@ -170,7 +235,8 @@ def _chunk(ops, attrs):
 
 
 @_register("split", "split(x, [s1, s2, ...]): parts of the last dimension of the given sizes",
-           attrs=("sizes",))
+           lambda a, attrs: tuple(torch.split(a[0], list(attrs["sizes"]), dim=-1)), 1, attrs=("sizes",),
+           alias=_of_vector)
 def _split(ops, attrs):
     _count(ops, "split", 1)
     _needs_value(ops, "split")
@@ -183,7 +249,8 @@ def _split(ops, attrs):
     return [x.shape[:-1] + (s,) for s in sizes]
 
 
-@_register("matmul", "matmul(A, B): matrix product [p, q] x [q, r] -> [p, r]; either may be a parameter")
+@_register("matmul", "matmul(A, B): matrix product [p, q] x [q, r] -> [p, r]; either may be a parameter",
+           lambda a, attrs: (torch.matmul(a[0], a[1]),), 2)
 def _matmul(ops, attrs):
     _count(ops, "matmul", 2)
     _needs_value(ops, "matmul")
@@ -198,7 +265,17 @@ def _matmul(ops, attrs):
     return [(a.shape[0], b.shape[1])]
 
 
-@_register("matvec", "matvec(A, v): matrix times vector [p, q] x [q] -> [p]; either may be a parameter")
+def _matvec_impl(args, attrs):
+    a, v = args  # a: [p, q] parameter or [k, p, q] values; v: [q] parameter or [k, q] values
+    if a.dim() == 2:
+        return (v @ a.T,)
+    if v.dim() == 1:
+        return (a @ v,)
+    return (torch.bmm(a, v.unsqueeze(-1)).squeeze(-1),)
+
+
+@_register("matvec", "matvec(A, v): matrix times vector [p, q] x [q] -> [p]; either may be a parameter",
+           _matvec_impl, 2)
 def _matvec(ops, attrs):
     _count(ops, "matvec", 2)
     _needs_value(ops, "matvec")
@@ -212,7 +289,9 @@ def _matvec(ops, attrs):
     return [(a.shape[0],)]
 
 
-@_register("reshape", "reshape(x, [d1, d2, ...]): the same numbers in another shape", attrs=("shape",))
+@_register("reshape", "reshape(x, [d1, d2, ...]): the same numbers in another shape",
+           lambda a, attrs: (a[0].reshape((a[0].shape[0],) + tuple(attrs["shape"])),), 1, attrs=("shape",),
+           alias=lambda shape: True)
 def _reshape(ops, attrs):
     _count(ops, "reshape", 1)
     _needs_value(ops, "reshape")

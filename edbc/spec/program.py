@@ -8,8 +8,9 @@ run time. Shapes never include the batch dimension.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Union
+from typing import Iterable, Union
 
 Shape = tuple[int, ...]
 Arg = Union[int, str]
@@ -104,6 +105,33 @@ class Program:
         )
 
 
+def affine_terms(args: tuple[Arg, ...]) -> tuple[list[tuple[Arg, Arg]], Arg | None]:
+    """An affine's `x @ W` pairs and its bias (None when it has none): the one place that
+    decodes the affine argument layout `x1, W1, x2, W2, ..., bias?`."""
+    has_bias = len(args) % 2
+    pairs = [(args[i], args[i + 1]) for i in range(0, len(args) - has_bias, 2)]
+    return pairs, (args[-1] if has_bias else None)
+
+
+def value_uses(ops: Iterable[Op], outputs: Iterable[int]) -> Counter:
+    """How often each value is read: as an op argument, or as a program output."""
+    uses = Counter(a for op in ops for a in op.args if not isinstance(a, str))
+    uses.update(outputs)
+    return uses
+
+
+def live_ops(ops: Iterable[Op], outputs: Iterable[int]) -> list[Op]:
+    """The ops some output depends on, in their order (dead-code removal)."""
+    needed = set(outputs)
+    kept = []
+    for op in reversed(list(ops)):
+        if needed.intersection(op.outs):
+            kept.append(op)
+            needed.update(a for a in op.args if not isinstance(a, str))
+    kept.reverse()
+    return kept
+
+
 def _jsonable(attr):
     return list(attr) if isinstance(attr, tuple) else attr
 
@@ -130,9 +158,8 @@ def format_program(program: Program) -> str:
     lines = [f"cell {program.name}({ins}) -> ({outs})"]
     for op in program.ops:
         if op.kind == "affine":
-            pairs = [f"{name(op.args[i])} @ {name(op.args[i + 1])}"
-                     for i in range(0, len(op.args) - 1, 2)]
-            args = pairs + ([name(op.args[-1])] if len(op.args) % 2 else [])
+            pairs, bias = affine_terms(op.args)
+            args = [f"{name(x)} @ {name(w)}" for x, w in pairs] + ([name(bias)] if bias is not None else [])
         else:
             args = [name(a) for a in op.args]
         args += [f"{k}={_jsonable(a)}" for k, a in op.attrs]

@@ -1,4 +1,4 @@
-"""Rewrites of a cell program for the batched kernels (`Program -> Program`), run in `PASSES` order.
+"""Rewrites of a cell program for the batched kernels (`Program -> Program`); `edbc.passes` runs them.
 
 They keep what the program computes (up to fp32 rounding) and make the
 kernel cheaper; the unbatched reference still interprets the program as
@@ -17,30 +17,8 @@ the model's parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .program import Op, Program, Shape, Value
-
-
-@dataclass(frozen=True)
-class Derived:
-    """A parameter computed once from others: `table @ weight (+ bias)`."""
-
-    table: str
-    weight: str
-    bias: str | None
-    shape: Shape
-
-
-def _uses(program: Program) -> dict[int, int]:
-    count: dict[int, int] = {}
-    for op in program.ops:
-        for a in op.args:
-            if not isinstance(a, str):
-                count[a] = count.get(a, 0) + 1
-    for v in program.outputs:
-        count[v] = count.get(v, 0) + 1
-    return count
+from ..spec.program import Op, Program, Shape, Value, affine_terms, live_ops, value_uses
+from .ir import Derived
 
 
 def _made_by(program: Program) -> dict[int, Op]:
@@ -49,13 +27,8 @@ def _made_by(program: Program) -> dict[int, Op]:
 
 def _rebuild(program: Program, ops: list[Op], values: list[Value]) -> Program:
     """Drop ops whose outputs nobody reads any more, and renumber nothing (ids stay valid)."""
-    needed = set(program.outputs)
-    kept = []
-    for op in reversed(ops):
-        if any(v in needed for v in op.outs):
-            kept.append(op)
-            needed.update(a for a in op.args if not isinstance(a, str))
-    return Program(program.name, tuple(values), program.n_inputs, tuple(reversed(kept)), program.outputs)
+    return Program(program.name, tuple(values), program.n_inputs, tuple(live_ops(ops, program.outputs)),
+                   program.outputs)
 
 
 def fold_embeddings(program: Program, param_shapes: dict[str, Shape]) -> tuple[Program, dict[str, Derived]]:
@@ -67,9 +40,7 @@ def fold_embeddings(program: Program, param_shapes: dict[str, Shape]) -> tuple[P
         if op.kind != "affine":
             ops.append(op)
             continue
-        has_bias = len(op.args) % 2
-        pairs = [(op.args[i], op.args[i + 1]) for i in range(0, len(op.args) - has_bias, 2)]
-        bias = op.args[-1] if has_bias else None
+        pairs, bias = affine_terms(op.args)
         fold = next((i for i, (x, _) in enumerate(pairs) if x in made_by and made_by[x].kind == "embed"
                      and isinstance(bias, (str, type(None)))), None)
         if fold is None:
@@ -100,7 +71,7 @@ def _single(uses: dict[int, int], made_by: dict[int, Op], v, kind: str) -> Op | 
 
 
 def fuse_lerp(program: Program) -> Program:
-    uses, made_by = _uses(program), _made_by(program)
+    uses, made_by = value_uses(program.ops, program.outputs), _made_by(program)
     ops = []
     for op in program.ops:
         if op.kind == "add":
@@ -121,7 +92,7 @@ def fuse_lerp(program: Program) -> Program:
 
 
 def fuse_addcmul(program: Program) -> Program:
-    uses, made_by = _uses(program), _made_by(program)
+    uses, made_by = value_uses(program.ops, program.outputs), _made_by(program)
     values = list(program.values)
     ops: list[Op] = []
     for op in program.ops:
@@ -150,10 +121,3 @@ def fuse_addcmul(program: Program) -> Program:
             ops.append(Op(kind, args, (out,)))
             acc = out
     return _rebuild(program, ops, values)
-
-
-def optimize(program: Program, param_shapes: dict[str, Shape]) -> tuple[Program, dict[str, Derived]]:
-    """The kernel's program and the derived parameters it reads."""
-    program, derived = fold_embeddings(program, param_shapes)
-    program = fuse_addcmul(fuse_lerp(program))
-    return program, derived

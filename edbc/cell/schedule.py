@@ -11,21 +11,55 @@ are not searched again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..errors import LimitError
+from ..spec.ops import OPS, is_alias, op_signature
+from ..spec.program import Program, Shape
+from .ir import CellSchedule
 
 MAX_OPS = 62  # states are bitmasks of the ops done in one Python int; beyond this the search is not attempted
 MAX_EXPANSIONS = 200_000
 
 
-@dataclass(frozen=True)
-class CellSchedule:
-    batches: tuple[tuple[int, ...], ...]  # op indices per batch, each batch in program order
-    lower_bound: int
-    exact: bool  # False when the search stopped at MAX_EXPANSIONS with the best schedule so far
+def batching_signature(program: Program, op, param_shapes: dict[str, Shape]) -> tuple:
+    """Ops of one cell with equal signatures may run as one internal batch (`op_signature`, with
+    parameters by shape: different ones are stacked once), except embedding tables, whose lookup
+    batches only over one table. Ops that are not `batchable`, and affines of matrices, get a
+    signature of their own."""
+    if not OPS[op.kind].batchable or (op.kind == "affine" and any(
+            not isinstance(a, str) and len(program.values[a].shape) != 1 for a in op.args)):
+        return ("alone", op.outs)
+    return op_signature(program, op, (lambda name: name) if op.kind == "embed"
+                        else (lambda name: tuple(param_shapes[name])))
+
+
+def schedule_program(program: Program, param_shapes: dict[str, Shape], batch_ops: bool = True) -> CellSchedule:
+    """The internal schedule of a cell: its computing ops (aliases are column ranges and run
+    nowhere) in the fewest batches, or with `batch_ops=False` one op a batch, as an
+    unbatched interpreter runs them. Batches hold program op indices."""
+    made_by = {v: j for j, op in enumerate(program.ops) for v in op.outs}
+    compute = [j for j, op in enumerate(program.ops) if not is_alias(program, op)]
+    index_of = {j: i for i, j in enumerate(compute)}
+
+    def producer(v: int) -> int | None:
+        """The computing op a value comes from, through slices; None for cell inputs."""
+        while v in made_by:
+            j = made_by[v]
+            if not is_alias(program, program.ops[j]):
+                return j
+            v = program.ops[j].args[0]
+        return None
+
+    signatures: dict[tuple, int] = {}
+    types, deps = [], []
+    for j in compute:
+        op = program.ops[j]
+        types.append(signatures.setdefault(batching_signature(program, op, param_shapes), len(signatures)))
+        deps.append(tuple(sorted({index_of[p] for a in op.args if not isinstance(a, str)
+                                  for p in [producer(a)] if p is not None})))
+    sched = schedule_cell(deps, types if batch_ops else list(range(len(types))))
+    return CellSchedule(tuple(tuple(compute[i] for i in b) for b in sched.batches), sched.lower_bound, sched.exact)
 
 
 def schedule_cell(deps: list[tuple[int, ...]], types: list[int]) -> CellSchedule:
