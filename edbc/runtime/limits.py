@@ -7,14 +7,14 @@ import os
 import torch
 
 from ..errors import LimitError
-from ..memory.layout import Layout
 from ..settings import MEMORY_LIMIT
 
 # Arenas may take at most this share of the memory available, leaving room for the rest.
 _SHARE = 0.8
 
 
-def arena_bytes(layout: Layout) -> int:
+def arena_bytes(layout) -> int:
+    """Bytes of a compiled mini-batch's arenas (its layout's shapes and rows)."""
     return sum(4 * (rows + 1) * _numel(shape) for shape, rows in zip(layout.arena_shapes, layout.arena_rows.tolist()))
 
 
@@ -41,7 +41,7 @@ def available_bytes(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_fits(layout: Layout, device: torch.device, what: str) -> None:
+def check_fits(layout, device: torch.device, what: str) -> None:
     need = arena_bytes(layout)
     have = available_bytes(device)
     if need > _SHARE * have:

@@ -147,14 +147,20 @@ def format_shape(value: Value) -> str:
 
 
 def format_program(program: Program) -> str:
-    """The printer of the cell IR, in the spec's own op syntax."""
+    """The printer of the cell IR, in the spec's own op syntax. It also prints broken programs
+    (for the verifier's messages): a value id out of range shows as `%<id>?`."""
+
+    def known(v) -> bool:
+        return isinstance(v, int) and 0 <= v < len(program.values)
 
     def name(arg: Arg) -> str:
-        return arg if isinstance(arg, str) else program.values[arg].name
+        return arg if isinstance(arg, str) else program.values[arg].name if known(arg) else f"%{arg}?"
+
+    def typed(v) -> str:
+        return f"{name(v)}: {format_shape(program.values[v])}" if known(v) else name(v)
 
     ins = ", ".join(f"{v.name}: {format_shape(v)}" for v in program.inputs)
-    outs = ", ".join(f"{program.values[v].name}: {format_shape(program.values[v])}"
-                     for v in program.outputs)
+    outs = ", ".join(typed(v) for v in program.outputs)
     lines = [f"cell {program.name}({ins}) -> ({outs})"]
     for op in program.ops:
         if op.kind == "affine":
@@ -163,7 +169,7 @@ def format_program(program: Program) -> str:
         else:
             args = [name(a) for a in op.args]
         args += [f"{k}={_jsonable(a)}" for k, a in op.attrs]
-        targets = ", ".join(program.values[v].name for v in op.outs)
-        shapes = ", ".join(format_shape(program.values[v]) for v in op.outs)
+        targets = ", ".join(name(v) for v in op.outs)
+        shapes = ", ".join(format_shape(program.values[v]) if known(v) else "?" for v in op.outs)
         lines.append(f"  {targets} = {op.kind}({', '.join(args)})  : {shapes}")
     return "\n".join(lines)
