@@ -1,7 +1,7 @@
 """Lower a cell-level graph to op level: one node per primitive op of every cell call.
 
-An op-level type is the op's batching signature: op kind + the parameters it
-reads + operand shapes + attributes. Ops of different cells with equal
+An op-level type is the op's batching signature (`edbc.spec.ops.op_signature`):
+op kind + the parameters it reads, by name + operand shapes + attributes. Ops of different cells with equal
 signatures share a type and may batch together. A call's ops get consecutive
 node ids in program order, so topological order is kept.
 """
@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..spec.ops import op_signature
 from ..spec.program import TOKEN, Op, Program, Value
 from .build import build_graph
 from .ir import CELL, OP, Graph, NodeType, csr_ptr
-
-
-def op_signature(program: Program, op: Op) -> tuple:
-    args = tuple(("p", a) if isinstance(a, str) else ("v", program.values[a].shape, program.values[a].dtype)
-                 for a in op.args)
-    return (op.kind, args, op.attrs)
 
 
 def single_op_program(program: Program, op: Op) -> Program:
