@@ -114,3 +114,44 @@ def test_committed_version_1_plan_keeps_loading():
     assert plan.spec.name == "treelstm" and plan.num_instances == 6 and len(plan.batches) == 2
     report = run_plan(plan, check=True)
     assert report.check_passed
+
+
+def _forge_cells(head, what: str) -> None:
+    cells = head["cells"]
+    if what == "op twice":
+        steps = cells[0]["steps"]
+        steps.append(list(steps[-1]))
+    elif what == "op missing":
+        cells[0]["steps"].pop()
+    elif what == "shape broken":
+        cells[0]["program"]["values"][-1][1] = [3]
+    elif what == "wrong source":
+        head["minibatches"][0]["cells"] = head["minibatches"][0]["cells"][::-1]
+    elif what == "negative index":
+        head["minibatches"][0]["cells"][0] = -2
+    elif what == "bool index":
+        head["minibatches"][0]["cells"][0] = True
+    elif what == "not a list":
+        cells[0]["steps"] = "0,1"
+
+
+@pytest.mark.parametrize("what", ["op twice", "op missing", "shape broken", "wrong source", "negative index",
+                                  "bool index", "not a list"])
+def test_forged_compiled_cells_are_refused(plan, tmp_path, what):
+    path = tmp_path / "p.plan"
+    save_plan(plan, path)
+    bad = tmp_path / "bad.plan"
+    bad.write_bytes(_rewrite_header(path.read_bytes(), lambda h: _forge_cells(h, what)))
+    with pytest.raises(ArtifactError, match="compiled cell"):
+        load_plan(bad)
+
+
+def test_plans_hold_the_cells_their_kernels_run(plan, tmp_path):
+    path = tmp_path / "p.plan"
+    save_plan(plan, path)
+    loaded = load_plan(path)
+    for before, after in zip(plan.batches, loaded.batches):
+        assert [c is None for c in before.cells] == [c is None for c in after.cells]
+        for a, b in zip(before.cells, after.cells):
+            if a is not None:
+                assert a.to_json() == b.to_json() and a.plan.steps == b.plan.steps and a.plan.homes == b.plan.homes

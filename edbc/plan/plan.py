@@ -209,11 +209,19 @@ def load_plan(path: str) -> Plan:
                             **{k[len(f"{i}/layout/"):]: v for k, v in arrays.items()
                                if k.startswith(f"{i}/layout/")})
             if stored is None:
-                cells = tuple(compiled[t.program] if t.program in compiled else
-                              compiled.setdefault(t.program, compile_cell(t.program, shapes, layout.mode))
-                              for t in graph.types)
+                for t in graph.types:
+                    if t.program not in compiled:
+                        compiled[t.program] = compile_cell(t.program, shapes, layout.mode)
+                cells = tuple(compiled[t.program] for t in graph.types)
             else:
-                cells = tuple(None if c == -1 else stored[c] for c in entry["cells"])
+                refs = entry["cells"]
+                if not isinstance(refs, list) or len(refs) != len(graph.types) or any(
+                        type(c) is not int or not -1 <= c < len(stored) for c in refs):
+                    raise ArtifactError(f"mini-batch {i}: its compiled cells are not one index per node type",
+                                        path=path)
+                cells = tuple(None if c == -1 else stored[c] for c in refs)
+                if any(c is not None and c.source != t.program for c, t in zip(cells, graph.types)):
+                    raise ArtifactError(f"mini-batch {i}: its compiled cells do not match its node types", path=path)
             batches.append(CompiledBatch(cell_graph, graph, schedule, layout, cells,
                                          int(entry.get("fsm_fallbacks", 0))))
         options = CompileOptions(head["policy"], head["granularity"], head["memory"])
