@@ -18,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, InputError, UsageError
 
 _ALIGN = 64
 _LEN_DIGITS = 12
@@ -33,12 +36,17 @@ def _canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+def write_atomic(path: str | Path, data: bytes, inputs: Iterable[str | Path | None] = ()) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+
+    `path` is first checked with `check_output` against `inputs`, the files the output was made from.
+    """
+    check_output(path, inputs)
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
+    _remove_stale_temporaries(directory, path.name)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path.name, os.getpid()), suffix=".tmp", dir=directory)
     except OSError as e:
         raise InputError(f"cannot write here: {e.strerror}", path=str(path)) from None
     try:
@@ -55,6 +63,71 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def check_output(path: str | Path, inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse (bad usage) an output path whose writing would destroy something: one of `inputs`
+    (None entries are skipped), a directory, or anything else that is not a regular file (a
+    FIFO or a device node would be replaced by a regular file)."""
+    if str(path) == "":
+        raise UsageError("the output path is empty; expected a file name")
+    for source in inputs:
+        if source is not None and _same_file(path, source):
+            raise UsageError(f"the output is the input {source}, which writing it would overwrite; "
+                             "expected another output path", path=str(path))
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # nothing there (or nothing we can see): the writer reports what it cannot do
+    if stat.S_ISDIR(mode):
+        raise UsageError("the output is a directory; expected a file name", path=str(path))
+    if not stat.S_ISREG(mode):
+        raise UsageError("the output exists and is not a regular file (a device, FIFO or socket); "
+                         "expected a regular file or a new name", path=str(path))
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+# Temporary files are named `.<target>.<pid>.<8 random chars>.tmp`: a writer killed hard (SIGKILL,
+# power loss) cannot remove its own, so the next writer of the same target removes those whose
+# process is gone.
+_TEMP_TAIL = re.compile(r"(?P<pid>[0-9]+)\.[a-z0-9_]{8}\.tmp")
+
+
+def _temporary_prefix(name: str, pid: int) -> str:
+    return f".{name}.{pid}."
+
+
+def _remove_stale_temporaries(directory: Path, name: str) -> None:
+    head = f".{name}."
+    try:
+        entries = [e for e in os.scandir(directory) if e.name.startswith(head)]
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMP_TAIL.fullmatch(entry.name[len(head):])
+        if match and entry.is_file(follow_symlinks=False) and not _process_alive(int(match["pid"])):
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass  # another writer removed it first, or it is not ours to remove
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    except (OverflowError, ValueError):
+        return False  # no process can have this id
+    return True
 
 
 def _umask() -> int:

@@ -16,6 +16,7 @@ import click
 import torch
 
 from . import api
+from .artifact import check_output
 from .data.typed_dag import read_typed_dag
 from .errors import EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
 from .graph import CELL, DAG, format_graph
@@ -169,10 +170,14 @@ def run(target, data, limit, batch_size, policy, granularity, memory, seed, devi
 def compile_cmd(model, data, limit, batch_size, policy, granularity, memory, seed, output):
     """Compile mini-batches of MODEL into a plan file."""
     spec, text = api.load_spec(model)
+    api.check_options(policy, granularity or CELL, memory or DEFAULT_MEMORY)
+    resolved = api.resolve_policy(policy, spec, granularity or CELL)
+    inputs = (model, data, resolved.path)
+    check_output(output, inputs)  # before the work, not after it
     dataset = api.load_data(spec, data, limit, seed)
-    plan = api.compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, policy,
+    plan = api.compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, resolved,
                             granularity or CELL, memory or DEFAULT_MEMORY, seed)
-    save_plan(plan, output)
+    save_plan(plan, output, inputs)
     batches = sum(b.schedule.num_batches for b in plan.batches)
     click.echo(f"wrote {output}: {len(plan.batches)} mini-batches, {plan.num_instances} instances, "
                f"{batches} batches", err=True)
@@ -283,6 +288,7 @@ def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularit
     learning, distil it into a table and write the policy file."""
     settings = TrainSettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every)
     checkpoint = checkpoint or default_checkpoint(output)
+    sources = (*inputs, data, *heldout)
     bar = _ProgressBar("training")
     try:
         if dag_files:
@@ -295,7 +301,7 @@ def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularit
             spec, _ = api.load_spec(inputs[0] if inputs else None)
             train, held = api.training_data(spec, data, heldout[0] if heldout else None, limit, seed)
             policy = train_model_policy(spec, train, held, batch_size, granularity, settings, output,
-                                            checkpoint, resume, bar)
+                                        checkpoint, resume, bar, sources)
     finally:
         bar.close()
     f = policy.figures["heldout"]

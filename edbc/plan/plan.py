@@ -9,6 +9,7 @@ through `edbc.artifact`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +92,8 @@ def _graph_from(head: dict, arrays: dict, prefix: str, spec: ModelSpec, path: st
     return Graph(head["granularity"], tuple(types), num_instances=head["num_instances"], **cols)
 
 
-def save_plan(plan: Plan, path: str) -> None:
+def save_plan(plan: Plan, path: str, inputs: Iterable[str | None] = ()) -> None:
+    """Write `plan` atomically; `inputs` (spec, data, policy files) are never overwritten."""
     arrays: dict[str, np.ndarray] = {_FILES + rel: np.frombuffer(data, dtype=np.uint8)
                                      for rel, data in plan.spec.files.items()}
     batches = []
@@ -122,7 +124,7 @@ def save_plan(plan: Plan, path: str) -> None:
         "granularity": plan.granularity, "memory": plan.memory, "batch_size": plan.batch_size,
         "minibatches": batches,
     }
-    write_atomic(path, encode_artifact(MAGIC, FORMAT, VERSION, header, arrays))
+    write_atomic(path, encode_artifact(MAGIC, FORMAT, VERSION, header, arrays), inputs)
 
 
 def load_plan(path: str) -> Plan:

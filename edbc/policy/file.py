@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -65,8 +66,9 @@ class PolicyFile:
         return self.document()["checksum"]
 
 
-def save_policy(policy: PolicyFile, path: str | Path) -> None:
-    write_atomic(path, (_pretty(policy.document()) + "\n").encode())
+def save_policy(policy: PolicyFile, path: str | Path, inputs: Iterable[str | None] = ()) -> None:
+    """Write `policy` atomically; `inputs` (what it was trained from) are never overwritten."""
+    write_atomic(path, (_pretty(policy.document()) + "\n").encode(), inputs)
 
 
 def _pretty(obj, indent: str = "") -> str:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..artifact import decode_artifact, encode_artifact, read_bytes, write_atomic
+from ..artifact import check_output, decode_artifact, encode_artifact, read_bytes, write_atomic
 from ..errors import ArtifactError, UsageError
 from ..graph.ir import CELL, DAG, OP, Graph
 from ..schedule.analysis import batchable_mask, lower_bound
@@ -113,7 +113,8 @@ CHECKPOINT_FORMAT = "edbc.policy-checkpoint"
 CHECKPOINT_VERSION = (1, 0)
 
 
-def _save_checkpoint(path: str, run: dict, model, best_table: dict[State, int], history: list[Evaluation]) -> None:
+def _save_checkpoint(path: str, run: dict, model, best_table: dict[State, int], history: list[Evaluation],
+                     inputs: Sequence[str | None]) -> None:
     buffer = io.BytesIO()
     model.save(buffer)
     header = {"run": run, "timesteps": int(model.num_timesteps),
@@ -121,7 +122,7 @@ def _save_checkpoint(path: str, run: dict, model, best_table: dict[State, int], 
               "history": [asdict(e) for e in history]}
     blob = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
     write_atomic(path, encode_artifact(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, header,
-                                       {"model": blob}))
+                                       {"model": blob}), inputs)
 
 
 def _load_checkpoint(path: str, run: dict) -> tuple[dict, bytes]:
@@ -139,12 +140,14 @@ def _load_checkpoint(path: str, run: dict) -> tuple[dict, bytes]:
 
 
 def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run: dict | None = None,
-              checkpoint: str | None = None, resume: bool = False, progress: Progress | None = None) -> TrainResult:
+              checkpoint: str | None = None, resume: bool = False, progress: Progress | None = None,
+              inputs: Sequence[str | None] = ()) -> TrainResult:
     """Train with MaskablePPO on `graphs.train`; return the best distilled table.
 
     `run` identifies the training run in the checkpoint (model, data, settings
     other than the number of timesteps): `resume` refuses a checkpoint of
     another run, and may go on with more timesteps than the first run had.
+    The checkpoint never overwrites `inputs`.
     """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -185,7 +188,7 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run:
 
         def checkpoint_and_report():
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, run, model, best_table, history)
+                _save_checkpoint(checkpoint, run, model, best_table, history, inputs)
             if progress is not None:
                 progress(model.num_timesteps, settings.timesteps, best.ratio if best else None)
 
@@ -284,8 +287,11 @@ def _training(settings: TrainSettings, result: TrainResult, extra: dict) -> dict
 
 def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granularity: str,
                        settings: TrainSettings, output: str, checkpoint: str | None = None,
-                       resume: bool = False, progress: Progress | None = None) -> PolicyFile:
-    """Train a policy for `spec` on `train` (an `api.Dataset`), score it on `heldout`, write `output`."""
+                       resume: bool = False, progress: Progress | None = None,
+                       inputs: Sequence[str | None] = ()) -> PolicyFile:
+    """Train a policy for `spec` on `train` (an `api.Dataset`), score it on `heldout`, write `output`.
+    `inputs` (the spec and data files) are never overwritten by the output or the checkpoint."""
+    _check_outputs(output, checkpoint, inputs)
     if granularity not in (CELL, OP):
         raise UsageError(f"unknown granularity '{granularity}'; expected one of: {CELL}, {OP}")
     if batch_size < 1:
@@ -295,11 +301,11 @@ def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granula
     data = {"train": train.source, "train_digest": train.digest, "heldout": heldout.source,
             "heldout_digest": heldout.digest, "batch_size": batch_size}
     run = {"model": spec.name, "spec_digest": spec.digest, "granularity": granularity, "data": data}
-    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress)
+    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress, (*inputs, output))
     policy = PolicyFile(spec.name, spec.digest, granularity, result.fsm,
                         _training(settings, result, {"data": data, "graphs": len(graphs.train)}),
                         _figures(result, graphs, batch_size))
-    save_policy(policy, output)
+    save_policy(policy, output, (*inputs, checkpoint))
     return policy
 
 
@@ -312,6 +318,8 @@ def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings:
 
     if not train_paths:
         raise UsageError("--graphs needs at least one typed DAG file")
+    inputs = (*train_paths, *heldout_paths)
+    _check_outputs(output, checkpoint, inputs)
     train = [g for g in map(read_typed_dag, train_paths) if np.any(batchable_mask(g)[g.node_type])]
     if not train:
         raise UsageError("the training graphs have no batchable node; there is nothing to learn")
@@ -320,12 +328,20 @@ def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings:
     data = {"train": [file_digest(p) for p in train_paths],
             "heldout": [file_digest(p) for p in heldout_paths or train_paths]}
     run = {"model": DAG_MODEL, "spec_digest": None, "granularity": DAG, "data": data}
-    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress)
+    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress, (*inputs, output))
     policy = PolicyFile(DAG_MODEL, None, DAG, result.fsm,
                         _training(settings, result, {"data": data, "graphs": len(graphs.train)}),
                         _figures(result, graphs, None))
-    save_policy(policy, output)
+    save_policy(policy, output, (*inputs, checkpoint))
     return policy
+
+
+def _check_outputs(output: str, checkpoint: str | None, inputs: Sequence[str | None]) -> None:
+    """Refuse before training, not after it, an output or checkpoint that would overwrite an input
+    or each other (the writes check again)."""
+    check_output(output, (*inputs, checkpoint))
+    if checkpoint is not None:
+        check_output(checkpoint, (*inputs, output))
 
 
 def default_checkpoint(output: str) -> str:
