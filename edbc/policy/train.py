@@ -17,21 +17,20 @@ the training and write the policy file.
 
 from __future__ import annotations
 
-import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..artifact import check_output, decode_artifact, encode_artifact, read_bytes, write_atomic
+from ..artifact import check_output, decode_artifact, encode_artifact, expect, expect_int, read_bytes, show, write_atomic
 from ..errors import ArtifactError, UsageError
 from ..graph.ir import CELL, DAG, OP, Graph
 from ..schedule.analysis import batchable_mask, lower_bound
 from ..schedule.policies import POLICIES
 from ..spec.model import ModelSpec
 from .encoding import DEFAULT_ENCODING, ENCODINGS, State, TypeVocab, action_mask, observation
-from .file import DAG_MODEL, PolicyFile, save_policy
+from .file import DAG_MODEL, PolicyFile, parse_table, save_policy
 from .fsm import Fsm, distil, fsm_schedule
 
 ALGORITHM = "MaskablePPO"
@@ -106,37 +105,121 @@ def evaluate(fsm: Fsm, graphs: list[Graph], timesteps: int = 0) -> Evaluation:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: the network (stable-baselines3's zip), the best table and the history.
+# Checkpoints. Nothing in one is unpickled (stable-baselines3's own zip would be, and a file can be
+# forged with valid checksums): the tensors of the network and of its optimizer are one safetensors
+# part, everything else is JSON (timesteps done, the best table, the history), and the network is
+# rebuilt from the settings, which must be the run's, before the tensors are checked and loaded.
 
 CHECKPOINT_MAGIC = b"EDBC-CHECKPOINT\n"
 CHECKPOINT_FORMAT = "edbc.policy-checkpoint"
-CHECKPOINT_VERSION = (1, 0)
+CHECKPOINT_VERSION = (2, 0)  # 2.0: safetensors and JSON; 1.x held a stable-baselines3 zip, which unpickles
+_ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")  # what torch's Adam, stable-baselines3's optimizer, keeps
+
+
+def _network_tensors(model) -> dict[str, torch.Tensor]:
+    tensors = {f"policy/{k}": v for k, v in model.policy.state_dict().items()}
+    for index, state in model.policy.optimizer.state_dict()["state"].items():
+        tensors.update({f"optimizer/{index}/{k}": v for k, v in state.items()})
+    return tensors
+
+
+def _expected_tensors(model) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor a checkpoint of `model`'s run holds."""
+    expected = {f"policy/{k}": (tuple(v.shape), v.dtype) for k, v in model.policy.state_dict().items()}
+    params = [p for group in model.policy.optimizer.param_groups for p in group["params"]]
+    for index, p in enumerate(params):
+        for name in _ADAM_STATE:
+            expected[f"optimizer/{index}/{name}"] = ((), torch.float32) if name == "step" else (tuple(p.shape), p.dtype)
+    return expected
 
 
 def _save_checkpoint(path: str, run: dict, model, best_table: dict[State, int], history: list[Evaluation],
                      inputs: Sequence[str | None]) -> None:
-    buffer = io.BytesIO()
-    model.save(buffer)
+    from safetensors.torch import save
+
     header = {"run": run, "timesteps": int(model.num_timesteps),
               "best_table": [[list(s), a] for s, a in sorted(best_table.items())],
               "history": [asdict(e) for e in history]}
-    blob = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+    tensors = np.frombuffer(save(_network_tensors(model)), dtype=np.uint8)
     write_atomic(path, encode_artifact(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, header,
-                                       {"model": blob}), inputs)
+                                       {"tensors": tensors}), inputs)
 
 
-def _load_checkpoint(path: str, run: dict) -> tuple[dict, bytes]:
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    timesteps: int
+    best_table: dict[State, int]
+    history: list[Evaluation]
+    tensors: dict[str, torch.Tensor]
+
+
+def _load_checkpoint(path: str, run: dict) -> Checkpoint:
+    def fail(message: str):
+        raise ArtifactError(message, path=path)
+
     head, arrays = decode_artifact(path, read_bytes(path, "checkpoint"), CHECKPOINT_MAGIC, CHECKPOINT_FORMAT,
                                    CHECKPOINT_VERSION[0])
     theirs = head.get("run", {})
+    theirs = theirs if isinstance(theirs, dict) else {}
     differ = sorted(k for k in set(run) | set(theirs) if run.get(k) != theirs.get(k))
     if differ:
-        raise ArtifactError(f"the checkpoint belongs to another training run ({', '.join(differ)} differ); "
-                            "run without --resume to start afresh", path=path)
-    return head, arrays["model"].tobytes()
+        fail(f"the checkpoint belongs to another training run ({', '.join(differ)} differ); "
+             "run without --resume to start afresh")
+    settings = run["settings"]
+    history = [_evaluation(e, fail) for e in expect(head.get("history"), list, "history", fail)]
+    return Checkpoint(expect_int(head.get("timesteps"), "timesteps", fail),
+                      parse_table(head.get("best_table"), len(run["types"]), settings["encoding"], fail),
+                      history, _read_tensors(arrays.get("tensors"), fail))
 
 
-# ---------------------------------------------------------------------------------------------
+def _evaluation(entry, fail) -> Evaluation:
+    names = [f.name for f in fields(Evaluation)]
+    if type(entry) is not dict or sorted(entry) != sorted(names):
+        fail(f"corrupt history: entry {show(entry)}; expected an object of {', '.join(names)}")
+    return Evaluation(**{k: expect_int(entry[k], f"history's {k}", fail) for k in names})
+
+
+def _read_tensors(blob, fail) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if blob is None or blob.dtype != np.uint8 or blob.ndim != 1:
+        fail("corrupt checkpoint: the part 'tensors' is missing or not bytes; expected safetensors")
+    try:
+        return load(blob.tobytes())
+    except (SafetensorError, ValueError, TypeError, KeyError, RuntimeError):
+        fail("corrupt checkpoint: the part 'tensors' is not a safetensors document")
+
+
+def _restore(model, checkpoint: Checkpoint, path: str) -> None:
+    """Load the checkpoint's tensors into `model`, built afresh from the run's settings, once every
+    one is there with its shape, dtype and finite values."""
+    def fail(message: str):
+        raise ArtifactError(message, path=path)
+
+    expected = _expected_tensors(model)
+    tensors = checkpoint.tensors
+    if set(tensors) != set(expected):
+        odd = sorted(set(tensors) ^ set(expected))
+        fail(f"corrupt checkpoint: tensor {odd[0]} is {'unexpected' if odd[0] in tensors else 'missing'}; "
+             f"expected the {len(expected)} tensors of the network and its optimizer")
+    for name, (shape, dtype) in sorted(expected.items()):
+        t = tensors[name]
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            fail(f"corrupt checkpoint: tensor {name} is {str(t.dtype)[6:]}{list(t.shape)}; "
+                 f"expected {str(dtype)[6:]}{list(shape)}")
+        if not bool(torch.isfinite(t).all()):
+            fail(f"corrupt checkpoint: tensor {name} holds NaN or infinite values; expected finite numbers")
+    model.policy.load_state_dict({k[len("policy/"):]: v for k, v in tensors.items() if k.startswith("policy/")})
+    optimizer = model.policy.optimizer
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        if name.startswith("optimizer/"):
+            _, index, key = name.split("/")
+            state.setdefault(int(index), {})[key] = t
+    # The hyperparameters come from the settings, never from the file.
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    model.num_timesteps = checkpoint.timesteps
 
 
 def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run: dict | None = None,
@@ -169,17 +252,15 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run:
         history: list[Evaluation] = []
         best: Evaluation | None = None
         best_table: dict[State, int] = {}
-        if resume:
-            head, blob = _load_checkpoint(checkpoint, run)
-            model = MaskablePPO.load(io.BytesIO(blob), env=env, device="cpu")
-            history = [Evaluation(**e) for e in head["history"]]
-            best_table = {tuple(s): int(a) for s, a in head["best_table"]}
+        saved = _load_checkpoint(checkpoint, run) if resume else None
+        model = MaskablePPO("MlpPolicy", env, n_steps=settings.n_steps, batch_size=settings.batch_size,
+                            n_epochs=settings.n_epochs, learning_rate=settings.learning_rate,
+                            gamma=settings.gamma, ent_coef=settings.ent_coef, seed=settings.seed,
+                            policy_kwargs={"net_arch": list(settings.net_arch)}, device="cpu", verbose=0)
+        if saved is not None:
+            _restore(model, saved, checkpoint)
+            history, best_table = saved.history, saved.best_table
             best = min(history, key=lambda e: (e.batches, e.fallbacks, e.timesteps)) if history else None
-        else:
-            model = MaskablePPO("MlpPolicy", env, n_steps=settings.n_steps, batch_size=settings.batch_size,
-                                n_epochs=settings.n_epochs, learning_rate=settings.learning_rate,
-                                gamma=settings.gamma, ent_coef=settings.ent_coef, seed=settings.seed,
-                                policy_kwargs={"net_arch": list(settings.net_arch)}, device="cpu", verbose=0)
 
         def choose(state: State) -> int:
             action, _ = model.predict(observation(enc, state, len(vocab)),
