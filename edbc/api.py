@@ -241,7 +241,10 @@ class RunReport:
     policy_digest: str | None = None  # the policy file's checksum, for fsm
     gathers: int = 0
     gather_bytes: int = 0
-    max_abs_error: float | None = None
+    max_abs_error: float | None = None  # with check: over the values finite in both results
+    num_output_values: int = 0
+    nonfinite_outputs: int = 0  # output values that are NaN or infinite
+    nonfinite_reference: int = 0  # with check: reference values that are NaN or infinite
     per_minibatch_ms: list[float] = field(default_factory=list)
     phase_ms: dict[str, list[float]] = field(default_factory=dict)
 
@@ -251,7 +254,10 @@ class RunReport:
 
     @property
     def check_passed(self) -> bool | None:
-        return None if self.max_abs_error is None else self.max_abs_error <= CHECK_TOLERANCE
+        """None without a check; a non-finite value on either side fails it, whatever the error."""
+        if self.max_abs_error is None:
+            return None
+        return self.nonfinite_outputs == 0 and self.nonfinite_reference == 0 and self.max_abs_error <= CHECK_TOLERANCE
 
     def to_json(self) -> dict:
         out = {
@@ -264,15 +270,18 @@ class RunReport:
             "ms_per_minibatch": round(self.ms_per_minibatch, 4),
             "instances_per_s": round(self.num_instances / max(sum(self.per_minibatch_ms), 1e-9) * 1e3, 2),
             "phase_ms": {k: round(statistics.median(v), 4) for k, v in self.phase_ms.items()},
+            "nonfinite_outputs": self.nonfinite_outputs,
         }
         if self.policy_digest is not None:
             out["policy_digest"] = self.policy_digest
         if self.max_abs_error is not None:
             out["max_abs_error"] = self.max_abs_error
+            out["nonfinite_reference"] = self.nonfinite_reference
             out["check"] = "passed" if self.check_passed else "failed"
         return out
 
-    def add(self, compiled: CompiledBatch, stats, phases: dict[str, float], error: float | None) -> None:
+    def add(self, compiled: CompiledBatch, stats, phases: dict[str, float], out: torch.Tensor,
+            reference: torch.Tensor | None) -> None:
         self.num_instances += compiled.cell_graph.num_instances
         self.num_minibatches += 1
         self.num_batches += compiled.schedule.num_batches
@@ -283,7 +292,14 @@ class RunReport:
         for k, v in phases.items():
             self.phase_ms.setdefault(k, []).append(v * 1e3)
         self.per_minibatch_ms.append(sum(phases.values()) * 1e3)
-        if error is not None:
+        finite = torch.isfinite(out)
+        self.num_output_values += out.numel()
+        self.nonfinite_outputs += int(out.numel() - finite.sum())
+        if reference is not None:
+            finite &= torch.isfinite(reference)
+            self.nonfinite_reference += int(reference.numel() - torch.isfinite(reference).sum())
+            # max() would drop a NaN (max(0.0, nan) is 0.0): non-finite values are counted above instead.
+            error = float(torch.where(finite, (out - reference).abs(), 0.0).max()) if out.numel() else 0.0
             self.max_abs_error = max(self.max_abs_error or 0.0, error)
 
 
@@ -298,11 +314,11 @@ def _execute(runtime: Runtime, compiled: CompiledBatch, phases: dict[str, float]
     return out, executable.stats
 
 
-def _error(runtime: Runtime, compiled: CompiledBatch, out: torch.Tensor) -> float:
+def _reference(runtime: Runtime, compiled: CompiledBatch, out: torch.Tensor) -> torch.Tensor:
     ref = runtime.reference(compiled.cell_graph)
     if ref.shape != out.shape:
         raise VerificationError(f"batched results have shape {list(out.shape)}, the reference {list(ref.shape)}")
-    return float((out - ref).abs().max().item()) if out.numel() else 0.0
+    return ref
 
 
 def run(spec: ModelSpec, dataset: Dataset, batch_size: int = 64, policy: str | BatchingPolicy | None = None,
@@ -318,7 +334,7 @@ def run(spec: ModelSpec, dataset: Dataset, batch_size: int = 64, policy: str | B
         phases: dict[str, float] = {}
         compiled = compile_batch(spec, mb, policy, granularity, memory, verify, phases)
         out, stats = _execute(runtime, compiled, phases, index)
-        report.add(compiled, stats, phases, _error(runtime, compiled, out) if check else None)
+        report.add(compiled, stats, phases, out, _reference(runtime, compiled, out) if check else None)
     return report
 
 
@@ -330,7 +346,7 @@ def run_plan(plan: Plan, device: str = "cpu", check: bool = False) -> RunReport:
     for index, compiled in enumerate(plan.batches):
         phases: dict[str, float] = {}
         out, stats = _execute(runtime, compiled, phases, index)
-        report.add(compiled, stats, phases, _error(runtime, compiled, out) if check else None)
+        report.add(compiled, stats, phases, out, _reference(runtime, compiled, out) if check else None)
     return report
 
 
