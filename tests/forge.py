@@ -13,6 +13,8 @@ import json
 import os
 import zipfile
 
+import numpy as np
+
 from edbc import artifact
 from edbc.policy.train import CHECKPOINT_FORMAT, CHECKPOINT_MAGIC
 
@@ -84,3 +86,100 @@ def old_checkpoint_with_payload(marker: str, run: dict | None = None) -> bytes:
     header = {"run": run or {}, "timesteps": 2048, "best_table": [], "history": []}
     blob = np.frombuffer(sb3_zip_with_payload(marker), dtype=np.uint8)
     return artifact.encode_artifact(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT, (1, 0), header, {"model": blob})
+
+
+# ---------------------------------------------------------------------------------------------
+# Forged plans: name -> (change, what the one-line error must say). The base plan is op level, so
+# that both graphs are there: "0/cell/..." the cell-level one, "0/exec/..." its lowering.
+
+def _mb(head, key="cell_graph"):
+    return head["minibatches"][0][key]
+
+
+def _set(name, index, value):
+    def change(head, arrays):
+        arrays[name][index] = value
+    return change
+
+
+def _replace(name, value):
+    def change(head, arrays):
+        arrays[name] = value(arrays[name])
+    return change
+
+
+PLAN_FORGERIES = {
+    "node_type_out_of_range": (_set("0/cell/node_type", 0, 99), "type 99 is not one of the"),
+    "argument_forward": (_set("0/cell/arg_node", 0, 10_000), "argument refers to node 10000"),
+    "argument_slot": (_set("0/cell/arg_slot", 0, 7), "argument slot 7 does not exist"),
+    "result_slot": (_set("0/cell/out_slot", 0, 5), "takes output slot 5"),
+    "instance_out_of_range": (_set("0/cell/instance", 0, 40), "instance 40 is out of range"),
+    "token_id_too_large": (_set("0/cell/imm", 0, 1_000_000), "token id 1000000; expected a row of its embedding"),
+    "token_id_negative": (_set("0/cell/imm", 0, -1), "token id -1"),
+    "layout_row_out_of_range": (_set("0/layout/value_row", 0, 1 << 40), "a value is placed outside its arena"),
+    "layout_arena_out_of_range": (_set("0/layout/value_arena", 0, 50), "an arena that does not exist"),
+    "layout_rows_per_arena": (_replace("0/layout/arena_rows", lambda a: a[:-1]), "row counts"),
+    "schedule_node_twice": (_set("0/schedule/nodes", 1, 0), "runs 2 times"),
+    "schedule_not_csr": (_set("0/schedule/ptr", -1, 10_000), "batch index is not a CSR"),
+    "column_dtype": (_replace("0/cell/node_type", lambda a: a.astype(np.int64)),
+                     "part '0/cell/node_type' is <i8[", ),
+    "column_float": (_replace("0/schedule/nodes", lambda a: a.astype(np.float64)), "expected a column of <i4"),
+    "column_shape": (_replace("0/cell/instance", lambda a: np.stack([a, a])), "expected a column of <i4"),
+    "column_missing": (lambda h, a: a.pop("0/schedule/nodes"), "part '0/schedule/nodes' is missing"),
+    "column_unexpected": (lambda h, a: a.update({"0/cell/extra": np.zeros(1, np.int32)}),
+                          "part '0/cell/extra' is unexpected"),
+    "types_a_string": (lambda h, a: _mb(h).update(types="leaf"), "cell_graph's types is \"leaf\"; expected a list"),
+    "batchable_an_integer": (lambda h, a: _mb(h)["types"][0].update(batchable=1),
+                             "a type's batchable in mini-batch 0's cell_graph is 1; expected true or false"),
+    "num_instances_a_bool": (lambda h, a: _mb(h).update(num_instances=True), "num_instances is true"),
+    "num_instances_huge": (lambda h, a: _mb(h).update(num_instances=10 ** 30), "instances; expected at most"),
+    "batch_size_zero": (lambda h, a: h.update(batch_size=0), "batch_size is 0; expected an integer from 1"),
+    "granularity_unknown": (lambda h, a: h.update(granularity="dag"), "granularity is \"dag\"; expected cell or op"),
+    "minibatches_an_object": (lambda h, a: h.update(minibatches={}), "minibatches is {}; expected a list"),
+    "arena_shape_negative": (lambda h, a: h["minibatches"][0]["arenas"][0].__setitem__(0, -128),
+                             "an arena shape of mini-batch 0 is -128"),
+    "unknown_cell": (lambda h, a: _mb(h)["types"][0].update(cell="evil"), "names cell 'evil', which its spec lacks"),
+    "made_up_op_type": (lambda h, a: _mb(h, "graph")["types"][0]["program"]["ops"][0].update(kind="exec"),
+                        "is no op of the spec's cells"),
+    "exec_graph_not_the_lowering": (_replace("0/exec/imm", lambda a: (a + 1) % 2),
+                                    "the op-level graph is not the lowering of the cell-level graph"),
+    "no_results": (lambda h, a: a.update({"0/cell/out_node": np.zeros(0, np.int32),
+                                          "0/cell/out_slot": np.zeros(0, np.int32)}), "there must be results"),
+    "fallbacks_negative": (lambda h, a: h["minibatches"][0].update(fsm_fallbacks=-1), "fsm_fallbacks is -1"),
+    "spec_text_broken": (lambda h, a: h.update(spec_text="model: [\n"), "(embedded spec):"),
+}
+
+# Forged part descriptions in the header (the parts themselves kept): name -> (change, message).
+PART_FORGERIES = {
+    "part_dtype_object": (lambda h: h["parts"]["0/cell/imm"].update(dtype="|O"), "has dtype \"|O\""),
+    "part_shape_huge": (lambda h: h["parts"]["0/cell/imm"].update(shape=[10 ** 30]), "needs"),
+    "part_offset_huge": (lambda h: h["parts"]["0/cell/imm"].update(offset=10 ** 40), "truncated: part '0/cell/imm'"),
+    "part_offset_a_bool": (lambda h: h["parts"]["0/cell/imm"].update(offset=True),
+                           "the offset of part '0/cell/imm' is true"),
+    "parts_a_list": (lambda h: h.update(parts=[]), "the header's parts is []; expected an object"),
+}
+
+
+def base_plan_bytes(tmp: str) -> bytes:
+    """An op-level TreeLSTM plan of two mini-batches of two synthetic trees (the same bytes every time)."""
+    from edbc.api import compile_plan, load_data, load_spec
+    from edbc.plan import save_plan
+    from edbc.settings import MODELS_DIR
+
+    spec, text = load_spec(MODELS_DIR / "treelstm.yaml")
+    plan = compile_plan(spec, text, load_data(spec, None, limit=4, seed=1), batch_size=2, policy="typewise",
+                        granularity="op")
+    save_plan(plan, tmp)
+    with open(tmp, "rb") as f:
+        return f.read()
+
+
+def forge_plan(data: bytes, name: str) -> tuple[bytes, str]:
+    """The base plan with forgery `name` applied, checksums recomputed, and the expected message."""
+    from edbc.plan.plan import FORMAT, MAGIC, VERSION
+
+    if name in PART_FORGERIES:
+        change, message = PART_FORGERIES[name]
+        return rewrite_header(data, MAGIC, change), message
+    change, message = PLAN_FORGERIES[name]
+    return reencode(data, MAGIC, FORMAT, VERSION[0], change), message

@@ -23,9 +23,8 @@ from ..graph.verify import verify_graph
 from ..memory.layout import Layout, verify_layout
 from ..schedule.analysis import lower_bound
 from ..schedule.ir import Schedule, verify_schedule
-from ..spec.load import parse_model
 from ..spec.model import ModelSpec
-from ..spec.program import Program
+from .checks import check_plan, check_plan_header, op_program, parse_embedded_spec
 
 MAGIC = b"EDBC-PLAN\n"
 FORMAT = "edbc.plan"
@@ -86,7 +85,7 @@ def _graph_from(head: dict, arrays: dict, prefix: str, spec: ModelSpec, path: st
                 raise ArtifactError(f"the plan names cell '{t['cell']}', which its spec lacks", path=path)
             program = spec.cells[t["cell"]]
         else:
-            program = Program.from_json(t["program"])
+            program = op_program(spec, t["program"], path)
         types.append(NodeType(program.name, program, bool(t["batchable"])))
     cols = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
     return Graph(head["granularity"], tuple(types), num_instances=head["num_instances"], **cols)
@@ -130,9 +129,10 @@ def save_plan(plan: Plan, path: str, inputs: Iterable[str | None] = ()) -> None:
 def load_plan(path: str) -> Plan:
     path = str(path)
     head, arrays = decode_artifact(path, read_bytes(path, "plan"), MAGIC, FORMAT, VERSION[0])
+    check_plan_header(head, arrays, path)
     try:
         files = {k[len(_FILES):]: v.tobytes() for k, v in arrays.items() if k.startswith(_FILES)}
-        spec = parse_model(head["spec_text"], path=f"{path} (embedded spec)", files=files)
+        spec = parse_embedded_spec(head["spec_text"], path, files)
         if spec.digest != head["inputs"]["spec"]:
             raise ArtifactError("the embedded spec does not match the spec the plan was compiled for",
                                 path=path)
@@ -147,11 +147,13 @@ def load_plan(path: str) -> Plan:
                             **{k[len(f"{i}/layout/"):]: v for k, v in arrays.items()
                                if k.startswith(f"{i}/layout/")})
             batches.append(CompiledBatch(cell_graph, graph, schedule, layout, int(entry.get("fsm_fallbacks", 0))))
-        return Plan(spec, head["spec_text"], tuple(batches), head["policy"], head["granularity"],
+        plan = Plan(spec, head["spec_text"], tuple(batches), head["policy"], head["granularity"],
                     head["memory"], int(head["batch_size"]), int(head["seed"]), head["data"],
                     head["inputs"]["data"], head["inputs"].get("policy"))
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"corrupt plan: missing or malformed field ({e})", path=path) from None
+    check_plan(plan, path)
+    return plan
 
 
 def format_plan(plan: Plan, path: str | None = None) -> str:
