@@ -81,8 +81,6 @@ def sb3_zip_with_payload(marker: str) -> bytes:
 def old_checkpoint_with_payload(marker: str, run: dict | None = None) -> bytes:
     """A checkpoint of the old format (1.0: a stable-baselines3 zip as part 'model'), its checksums
     valid, whose zip would create `marker` if it were unpickled."""
-    import numpy as np
-
     header = {"run": run or {}, "timesteps": 2048, "best_table": [], "history": []}
     blob = np.frombuffer(sb3_zip_with_payload(marker), dtype=np.uint8)
     return artifact.encode_artifact(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT, (1, 0), header, {"model": blob})
@@ -160,15 +158,15 @@ PART_FORGERIES = {
 }
 
 
-def base_plan_bytes(tmp: str) -> bytes:
-    """An op-level TreeLSTM plan of two mini-batches of two synthetic trees (the same bytes every time)."""
+def base_plan_bytes(tmp: str, limit: int = 4, granularity: str = "op") -> bytes:
+    """A TreeLSTM plan of mini-batches of two synthetic trees (the same bytes every time)."""
     from edbc.api import compile_plan, load_data, load_spec
     from edbc.plan import save_plan
     from edbc.settings import MODELS_DIR
 
     spec, text = load_spec(MODELS_DIR / "treelstm.yaml")
-    plan = compile_plan(spec, text, load_data(spec, None, limit=4, seed=1), batch_size=2, policy="typewise",
-                        granularity="op")
+    plan = compile_plan(spec, text, load_data(spec, None, limit=limit, seed=1), batch_size=2, policy="typewise",
+                        granularity=granularity)
     save_plan(plan, tmp)
     with open(tmp, "rb") as f:
         return f.read()
@@ -183,3 +181,51 @@ def forge_plan(data: bytes, name: str) -> tuple[bytes, str]:
         return rewrite_header(data, MAGIC, change), message
     change, message = PLAN_FORGERIES[name]
     return reencode(data, MAGIC, FORMAT, VERSION[0], change), message
+
+
+# ---------------------------------------------------------------------------------------------
+# Forged policies (of the shipped TreeLSTM policy: types leaf, node, classify; sorted encoding).
+
+POLICY_FORGERIES = {
+    "table_bool_id": (lambda d: d["table"][0][0].__setitem__(0, True), "a table state is true"),
+    "table_float_type": (lambda d: d["table"][0].__setitem__(1, 0.0), "a table type is 0.0"),
+    "table_duplicate_state": (lambda d: d["table"].append(d["table"][0]), "state [0] appears twice"),
+    "table_state_repeats_a_type": (lambda d: d["table"].append([[1, 1], 1]), "[1, 1] is not a sorted state"),
+    "table_a_string": (lambda d: d.update(table="[[[0], 0]]"), "table is \"[[[0], 0]]\"; expected a list"),
+    "table_entry_of_three": (lambda d: d["table"][0].append(0), "entry [[0], 0, 0]; expected [state, type]"),
+    "types_a_string": (lambda d: d.update(types="leaf"), "types is \"leaf\"; expected a list"),
+    "types_duplicate": (lambda d: d.update(types=["leaf", "leaf", "classify"]), "expected a list of distinct type names"),
+    "model_a_string": (lambda d: d.update(model="treelstm"), "model is \"treelstm\"; expected an object"),
+    "granularity_a_bool": (lambda d: d.update(granularity=True), "granularity is true; expected one of: cell, op, dag"),
+}
+
+DEEP_JSON = b'{"format": "edbc.policy", "training": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+HUGE_INTEGER_JSON = b'{"format": "edbc.policy", "version": "1.0", "seed": ' + b"9" * 5000 + b"}"
+
+
+def write_corpus() -> None:
+    """The forged files of tests/bad_inputs/ (cases.yaml says what each must be answered with)."""
+    import tempfile
+    from pathlib import Path
+
+    here = Path(__file__).parent / "bad_inputs"
+    with tempfile.TemporaryDirectory() as tmp:
+        base = base_plan_bytes(f"{tmp}/base.plan", limit=2, granularity="cell")
+    for name in CORPUS_PLANS:
+        (here / "plans" / f"forged_{name}.plan").write_bytes(forge_plan(base, name)[0])
+    shipped = (here.parent.parent / "plans" / "treelstm.policy.json").read_text()
+    for name, (change, _) in POLICY_FORGERIES.items():
+        (here / "policies" / f"forged_{name}.json").write_text(rewrite_policy(shipped, change) + "\n")
+    (here / "policies" / "deep_nesting.json").write_bytes(DEEP_JSON)
+    (here / "policies" / "huge_integer.json").write_bytes(HUGE_INTEGER_JSON)
+    (here / "checkpoints").mkdir(exist_ok=True)
+    (here / "checkpoints" / "old_format_pickle.ckpt").write_bytes(
+        old_checkpoint_with_payload("/tmp/edbc-bad-input-unpickled"))
+
+
+# The plan forgeries of the corpus: those that apply to a cell-level plan.
+CORPUS_PLANS = [n for n in [*PLAN_FORGERIES, *PART_FORGERIES]
+                if n not in ("made_up_op_type", "exec_graph_not_the_lowering")]
+
+if __name__ == "__main__":
+    write_corpus()
