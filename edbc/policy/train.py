@@ -154,9 +154,7 @@ class Checkpoint:
 
 
 def _load_checkpoint(path: str, run: dict) -> Checkpoint:
-    def fail(message: str):
-        raise ArtifactError(message, path=path)
-
+    fail = _checkpoint_failer(path)
     head, arrays = decode_artifact(path, read_bytes(path, "checkpoint"), CHECKPOINT_MAGIC, CHECKPOINT_FORMAT,
                                    CHECKPOINT_VERSION[0])
     theirs = head.get("run", {})
@@ -194,32 +192,42 @@ def _read_tensors(blob, fail) -> dict[str, torch.Tensor]:
 def _restore(model, checkpoint: Checkpoint, path: str) -> None:
     """Load the checkpoint's tensors into `model`, built afresh from the run's settings, once every
     one is there with its shape, dtype and finite values."""
-    def fail(message: str):
-        raise ArtifactError(message, path=path)
-
-    expected = _expected_tensors(model)
     tensors = checkpoint.tensors
-    if set(tensors) != set(expected):
-        odd = sorted(set(tensors) ^ set(expected))
-        fail(f"corrupt checkpoint: tensor {odd[0]} is {'unexpected' if odd[0] in tensors else 'missing'}; "
-             f"expected the {len(expected)} tensors of the network and its optimizer")
-    for name, (shape, dtype) in sorted(expected.items()):
-        t = tensors[name]
-        if tuple(t.shape) != shape or t.dtype != dtype:
-            fail(f"corrupt checkpoint: tensor {name} is {str(t.dtype)[6:]}{list(t.shape)}; "
-                 f"expected {str(dtype)[6:]}{list(shape)}")
-        if not bool(torch.isfinite(t).all()):
-            fail(f"corrupt checkpoint: tensor {name} holds NaN or infinite values; expected finite numbers")
+    _check_tensors(tensors, _expected_tensors(model), _checkpoint_failer(path))
     model.policy.load_state_dict({k[len("policy/"):]: v for k, v in tensors.items() if k.startswith("policy/")})
-    optimizer = model.policy.optimizer
     state: dict[int, dict] = {}
     for name, t in tensors.items():
         if name.startswith("optimizer/"):
             _, index, key = name.split("/")
             state.setdefault(int(index), {})[key] = t
+    optimizer = model.policy.optimizer
     # The hyperparameters come from the settings, never from the file.
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
     model.num_timesteps = checkpoint.timesteps
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], expected: dict, fail) -> None:
+    if set(tensors) != set(expected):
+        odd = sorted(set(tensors) ^ set(expected))[0]
+        fail(f"corrupt checkpoint: tensor {odd} is {'unexpected' if odd in tensors else 'missing'}; "
+             f"expected the {len(expected)} tensors of the network and its optimizer")
+    for name, (shape, dtype) in sorted(expected.items()):
+        t = tensors[name]
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            fail(f"corrupt checkpoint: tensor {name} is {_dtype_name(t.dtype)}{list(t.shape)}; "
+                 f"expected {_dtype_name(dtype)}{list(shape)}")
+        if not bool(torch.isfinite(t).all()):
+            fail(f"corrupt checkpoint: tensor {name} holds NaN or infinite values; expected finite numbers")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _checkpoint_failer(path: str):
+    def fail(message: str):
+        raise ArtifactError(message, path=path)
+    return fail
 
 
 def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run: dict | None = None,
