@@ -28,7 +28,7 @@ from .plan.plan import MAGIC
 from .policy.encoding import DEFAULT_ENCODING, ENCODINGS
 from .policy.train import TrainSettings, default_checkpoint, train_dag_policy, train_model_policy
 from .schedule import format_schedule, lower_bound, verify_schedule
-from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAULT_THREADS
+from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAULT_MODEL, DEFAULT_THREADS
 from .spec import format_program
 
 
@@ -294,7 +294,8 @@ def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularit
     learning, distil it into a table and write the policy file."""
     settings = TrainSettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every)
     checkpoint = checkpoint or default_checkpoint(output)
-    sources = (*inputs, data, *heldout)
+    read = inputs if inputs or dag_files else (DEFAULT_MODEL,)  # no model given: the bundled one
+    sources = (*read, data, *heldout)  # the outputs never overwrite these
     bar = _ProgressBar("training")
     try:
         if dag_files:
