@@ -194,7 +194,8 @@ POLICY_FORGERIES = {
     "table_a_string": (lambda d: d.update(table="[[[0], 0]]"), "table is \"[[[0], 0]]\"; expected a list"),
     "table_entry_of_three": (lambda d: d["table"][0].append(0), "entry [[0], 0, 0]; expected [state, type]"),
     "types_a_string": (lambda d: d.update(types="leaf"), "types is \"leaf\"; expected a list"),
-    "types_duplicate": (lambda d: d.update(types=["leaf", "leaf", "classify"]), "expected a list of distinct type names"),
+    "types_duplicate": (lambda d: d.update(types=["leaf", "leaf", "classify"]),
+                        "expected a list of distinct type names"),
     "model_a_string": (lambda d: d.update(model="treelstm"), "model is \"treelstm\"; expected an object"),
     "granularity_a_bool": (lambda d: d.update(granularity=True), "granularity is true; expected one of: cell, op, dag"),
 }

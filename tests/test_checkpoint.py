@@ -10,19 +10,12 @@ from safetensors.torch import load as load_tensors, save as save_tensors
 
 from edbc.errors import EXIT_ARTIFACT, ArtifactError
 from edbc.policy.encoding import TypeVocab
-from edbc.policy.train import CHECKPOINT_FORMAT, CHECKPOINT_MAGIC, GraphSets, TrainSettings, train_fsm
+from edbc.policy.train import CHECKPOINT_FORMAT, CHECKPOINT_MAGIC, TrainSettings, train_fsm
 
 from .conftest import TREELSTM
-from .dags import lattice_dag
 from .forge import command_pickle, old_checkpoint_with_payload, reencode, sb3_zip_with_payload
 from .test_cli import edbc, one_line_error
-from .test_policy_train import TINY
-
-
-@pytest.fixture(scope="module")
-def lattices():
-    rng = np.random.default_rng(0)
-    return GraphSets([lattice_dag(rng, 3) for _ in range(4)], [lattice_dag(rng, 3) for _ in range(2)])
+from .test_policy_train import TINY, lattices  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")

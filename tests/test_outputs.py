@@ -54,7 +54,8 @@ def test_an_output_reached_through_a_link_is_still_the_input(spec_copy, tmp_path
 def test_outputs_that_are_not_regular_files_are_refused(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    one_line_error(edbc(*COMPILE, "-o", fifo), EXIT_USAGE, f"Error: {fifo}: the output exists and is not a regular file")
+    one_line_error(edbc(*COMPILE, "-o", fifo), EXIT_USAGE,
+                   f"Error: {fifo}: the output exists and is not a regular file")
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     one_line_error(edbc(*COMPILE, "-o", "/dev/null"), EXIT_USAGE, "not a regular file")
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..artifact import check_output, decode_artifact, encode_artifact, expect, expect_int, read_bytes, show, write_atomic
+from ..artifact import (check_output, decode_artifact, encode_artifact, expect, expect_int, read_bytes, show,
+                        write_atomic)
 from ..errors import ArtifactError, UsageError
 from ..graph.ir import CELL, DAG, OP, Graph
 from ..schedule.analysis import batchable_mask, lower_bound
