@@ -1,4 +1,4 @@
-"""Fuzz the artifact loaders (plans and policies): byte flips, truncations, and forgeries whose
+"""Fuzz the artifact loaders (plans, policies, checkpoints): byte flips, truncations, and forgeries whose
 checksums are recomputed (any JSON value at any place of the header, nested deep or not, integers
 huge or not, any number in any column). Nothing but edbc's own errors may escape, and a plan the
 loader accepts runs and checks without any other error."""
@@ -14,10 +14,13 @@ from edbc.api import run_plan
 from edbc.errors import EdbcError
 from edbc.plan import load_plan
 from edbc.plan.plan import FORMAT, MAGIC, VERSION
+from edbc.policy.encoding import TypeVocab
 from edbc.policy.file import load_policy
+from edbc.policy.train import CHECKPOINT_MAGIC, TrainSettings, _load_checkpoint, train_fsm
 from edbc.settings import PLANS_DIR
 
 from .forge import base_plan_bytes, reencode, rewrite_header, rewrite_policy
+from .test_policy_train import TINY, lattices  # noqa: F401 (a fixture)
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 POLICY = (PLANS_DIR / "treelstm.policy.json").read_text()
@@ -75,9 +78,9 @@ def mangled_bytes(data: bytes, draw) -> bytes:
     return bytes(data[:draw(st.integers(0, len(data)))] if draw(st.booleans()) else data)
 
 
-def _header(data: bytes) -> dict:
-    length = int(data[len(MAGIC):len(MAGIC) + 12])
-    return json.loads(data[len(MAGIC) + 13:len(MAGIC) + 13 + length])
+def _header(data: bytes, magic: bytes = MAGIC) -> dict:
+    length = int(data[len(magic):len(magic) + 12])
+    return json.loads(data[len(magic) + 13:len(magic) + 13 + length])
 
 
 def run_checked(plan):
@@ -147,3 +150,25 @@ def test_deep_nesting_and_huge_integers_are_refused(tmp_path, text):
     plan.write_bytes(MAGIC + f"{len(text):012d}\n".encode() + text)
     with pytest.raises(EdbcError, match="nests too deep or holds an integer too long"):
         load_plan(plan)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(lattices, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "run.ckpt"
+    train_fsm(lattices, TypeVocab.of_graphs(lattices.train), TrainSettings(timesteps=64, **TINY), {"data": "x"},
+              str(path))
+    return path.read_bytes()
+
+
+@FUZZ
+@given(data=st.data(), value=json_values)
+def test_checkpoints_with_flipped_bytes_or_any_value_anywhere(checkpoint_bytes, tmp_path_factory, data, value):
+    run = _header(checkpoint_bytes, CHECKPOINT_MAGIC)["run"]
+    places = [p for p in paths(_header(checkpoint_bytes, CHECKPOINT_MAGIC)) if p[0] != "checksum"]
+    where = data.draw(st.sampled_from(places))
+    forged = data.draw(st.sampled_from([
+        mangled_bytes(checkpoint_bytes, data.draw),
+        rewrite_header(checkpoint_bytes, CHECKPOINT_MAGIC, lambda head: put(head, where, value))]))
+    path = tmp_path_factory.mktemp("fuzz") / "run.ckpt"
+    path.write_bytes(forged)
+    loads_or_refuses(str(path), lambda p: _load_checkpoint(p, run))
