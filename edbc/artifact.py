@@ -223,11 +223,11 @@ def check_document(doc: dict, fmt: str, major: int, fail, where: str = "") -> No
         got = doc.get("format")
         fail(f"this is an {got!r} file, not an {fmt!r} file" if isinstance(got, str) else
              f"not an {fmt!r} file: its format is {show(got)}")
-    version = str(doc.get("version", ""))
+    version = doc.get("version")
     try:
         got_major, _ = (int(x) for x in version.split("."))
-    except ValueError:
-        fail(f"corrupt: bad schema version {version!r}")
+    except (AttributeError, ValueError):  # not a string, or not "major.minor"
+        fail(f"corrupt: bad schema version {show(version)}; expected \"major.minor\"")
     if got_major != major:
         fail(f"schema version {version} is not supported; this edbc reads {fmt} {major}.x")
     claimed = doc.pop("checksum", None)

@@ -147,14 +147,15 @@ PLAN_FORGERIES = {
     "spec_text_broken": (lambda h, a: h.update(spec_text="model: [\n"), "(embedded spec):"),
 }
 
-# Forged part descriptions in the header (the parts themselves kept): name -> (change, message).
-PART_FORGERIES = {
+# Forged header fields that `reencode` would rewrite (the parts themselves kept): name -> (change, message).
+HEADER_FORGERIES = {
     "part_dtype_object": (lambda h: h["parts"]["0/cell/imm"].update(dtype="|O"), "has dtype \"|O\""),
     "part_shape_huge": (lambda h: h["parts"]["0/cell/imm"].update(shape=[10 ** 30]), "needs"),
     "part_offset_huge": (lambda h: h["parts"]["0/cell/imm"].update(offset=10 ** 40), "truncated: part '0/cell/imm'"),
     "part_offset_a_bool": (lambda h: h["parts"]["0/cell/imm"].update(offset=True),
                            "the offset of part '0/cell/imm' is true"),
     "parts_a_list": (lambda h: h.update(parts=[]), "the header's parts is []; expected an object"),
+    "version_a_number": (lambda h: h.update(version=1.1), "bad schema version 1.1; expected \"major.minor\""),
 }
 
 
@@ -176,8 +177,8 @@ def forge_plan(data: bytes, name: str) -> tuple[bytes, str]:
     """The base plan with forgery `name` applied, checksums recomputed, and the expected message."""
     from edbc.plan.plan import FORMAT, MAGIC, VERSION
 
-    if name in PART_FORGERIES:
-        change, message = PART_FORGERIES[name]
+    if name in HEADER_FORGERIES:
+        change, message = HEADER_FORGERIES[name]
         return rewrite_header(data, MAGIC, change), message
     change, message = PLAN_FORGERIES[name]
     return reencode(data, MAGIC, FORMAT, VERSION[0], change), message
@@ -225,7 +226,7 @@ def write_corpus() -> None:
 
 
 # The plan forgeries of the corpus: those that apply to a cell-level plan.
-CORPUS_PLANS = [n for n in [*PLAN_FORGERIES, *PART_FORGERIES]
+CORPUS_PLANS = [n for n in [*PLAN_FORGERIES, *HEADER_FORGERIES]
                 if n not in ("made_up_op_type", "exec_graph_not_the_lowering")]
 
 if __name__ == "__main__":

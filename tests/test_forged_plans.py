@@ -6,7 +6,7 @@ import pytest
 from edbc.errors import EXIT_ARTIFACT, ArtifactError
 from edbc.plan import load_plan
 
-from .forge import PART_FORGERIES, PLAN_FORGERIES, base_plan_bytes, forge_plan
+from .forge import HEADER_FORGERIES, PLAN_FORGERIES, base_plan_bytes, forge_plan
 from .test_cli import edbc, one_line_error
 
 
@@ -21,7 +21,7 @@ def test_the_base_plan_loads(base, tmp_path):
     assert load_plan(path).num_instances == 4
 
 
-@pytest.mark.parametrize("name", [*PLAN_FORGERIES, *PART_FORGERIES])
+@pytest.mark.parametrize("name", [*PLAN_FORGERIES, *HEADER_FORGERIES])
 def test_a_forged_plan_is_refused(base, tmp_path, name):
     data, message = forge_plan(base, name)
     path = tmp_path / "forged.plan"
