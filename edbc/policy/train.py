@@ -110,6 +110,8 @@ def evaluate(fsm: Fsm, graphs: list[Graph], timesteps: int = 0) -> Evaluation:
 # forged with valid checksums): the tensors of the network and of its optimizer are one safetensors
 # part, everything else is JSON (timesteps done, the best table, the history), and the network is
 # rebuilt from the settings, which must be the run's, before the tensors are checked and loaded.
+# The rebuilt model is seeded from the settings, as stable-baselines3's loader reseeded a loaded
+# one, so no RNG state is saved and resuming from the same checkpoint gives the same run.
 
 CHECKPOINT_MAGIC = b"EDBC-CHECKPOINT\n"
 CHECKPOINT_FORMAT = "edbc.policy-checkpoint"
