@@ -131,6 +131,8 @@ PLAN_FORGERIES = {
                              "a type's batchable in mini-batch 0's cell_graph is 1; expected true or false"),
     "num_instances_a_bool": (lambda h, a: _mb(h).update(num_instances=True), "num_instances is true"),
     "num_instances_huge": (lambda h, a: _mb(h).update(num_instances=10 ** 30), "instances; expected at most"),
+    "instance_without_nodes": (lambda h, a: (h.update(batch_size=3), _mb(h).update(num_instances=3)),
+                               "1 of its 3 instances have no nodes"),
     "batch_size_zero": (lambda h, a: h.update(batch_size=0), "batch_size is 0; expected an integer from 1"),
     "granularity_unknown": (lambda h, a: h.update(granularity="dag"), "granularity is \"dag\"; expected cell or op"),
     "minibatches_an_object": (lambda h, a: h.update(minibatches={}), "minibatches is {}; expected a list"),
@@ -142,7 +144,7 @@ PLAN_FORGERIES = {
     "exec_graph_not_the_lowering": (_replace("0/exec/imm", lambda a: (a + 1) % 2),
                                     "the op-level graph is not the lowering of the cell-level graph"),
     "no_results": (lambda h, a: a.update({"0/cell/out_node": np.zeros(0, np.int32),
-                                          "0/cell/out_slot": np.zeros(0, np.int32)}), "there must be results"),
+                                          "0/cell/out_slot": np.zeros(0, np.int32)}), "has no results"),
     "fallbacks_negative": (lambda h, a: h["minibatches"][0].update(fsm_fallbacks=-1), "fsm_fallbacks is -1"),
     "spec_text_broken": (lambda h, a: h.update(spec_text="model: [\n"), "(embedded spec):"),
 }

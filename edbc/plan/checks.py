@@ -95,8 +95,9 @@ def _check_graph_header(head, granularity: str, what: str, fail) -> None:
 
 def _check_columns(arrays: dict[str, np.ndarray], prefix: str, columns: dict[str, str], fail) -> None:
     present = {k[len(prefix):] for k in arrays if k.startswith(prefix)}
-    for name in sorted(present ^ set(columns)):
-        fail(f"part '{prefix}{name}' is {'unexpected' if name in present else 'missing'}; expected the "
+    odd = sorted(present ^ set(columns))
+    if odd:
+        fail(f"part '{prefix}{odd[0]}' is {'unexpected' if odd[0] in present else 'missing'}; expected the "
              f"parts {', '.join(prefix + c for c in columns)}")
     for name, dtype in columns.items():
         a = arrays[prefix + name]
@@ -156,8 +157,11 @@ def check_plan(plan, path: str) -> None:
 def _check_instances(graph: Graph, batch_size: int, where: str, fail) -> None:
     if graph.num_instances > batch_size:
         fail(f"{where} has {graph.num_instances} instances; expected at most the batch size {batch_size}")
-    if len(np.unique(graph.instance)) != graph.num_instances or len(graph.out_node) == 0:
-        fail(f"{where}: every one of its {graph.num_instances} instances must have nodes and there must be results")
+    empty = graph.num_instances - len(np.unique(graph.instance))
+    if empty:
+        fail(f"{where}: {empty} of its {graph.num_instances} instances have no nodes; expected nodes for each")
+    if len(graph.out_node) == 0:
+        fail(f"{where} has no results; expected the readout of each instance")
 
 
 def _check_tokens(graph: Graph, spec: ModelSpec, where: str, fail) -> None:
