@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .artifact import file_digest
+from .artifact import check_output, file_digest
 from .cell import CompiledCell, compile_cell, format_compiled_cell
 from .data import encode, read_instances, synthesize
 from .data.typed_dag import read_typed_dag
@@ -176,12 +176,15 @@ def compile_plan(spec: ModelSpec, spec_text: str, dataset: Dataset, batch_size: 
 def compile_to_file(model: str, output: str, data: str | None = None, limit: int | None = None,
                     batch_size: int | None = None, options: CompileOptions = CompileOptions(), seed: int = 0,
                     dump_after: str | None = None, dump: Dump | None = None) -> Plan:
-    """`edbc compile`: compile mini-batches of the model at `model` and write the plan to `output`."""
+    """`edbc compile`: compile mini-batches of the model at `model` and write the plan to `output`,
+    which may be none of the files it reads (spec, data, policy)."""
     spec, text = load_spec(model)
+    inputs = (model, data, resolve_policy(options.policy, spec, options.granularity).path)
+    check_output(output, inputs)  # before the work, not after it
     dataset = load_data(spec, data, limit, seed)
     plan = compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, options,
                         seed, True, dump_after, dump)
-    save_plan(plan, output)
+    save_plan(plan, output, inputs)
     return plan
 
 
@@ -202,7 +205,10 @@ class RunReport:
     policy_digest: str | None = None  # the policy file's checksum, for fsm
     gathers: int = 0
     gather_bytes: int = 0
-    max_abs_error: float | None = None
+    max_abs_error: float | None = None  # with check: over the values finite in both results
+    num_output_values: int = 0
+    nonfinite_outputs: int = 0  # output values that are NaN or infinite
+    nonfinite_reference: int = 0  # with check: reference values that are NaN or infinite
     per_minibatch_ms: list[float] = field(default_factory=list)
     phase_ms: dict[str, list[float]] = field(default_factory=dict)
 
@@ -212,7 +218,10 @@ class RunReport:
 
     @property
     def check_passed(self) -> bool | None:
-        return None if self.max_abs_error is None else self.max_abs_error <= CHECK_TOLERANCE
+        """None without a check; a non-finite value on either side fails it, whatever the error."""
+        if self.max_abs_error is None:
+            return None
+        return self.nonfinite_outputs == 0 and self.nonfinite_reference == 0 and self.max_abs_error <= CHECK_TOLERANCE
 
     def to_json(self) -> dict:
         out = {
@@ -225,15 +234,18 @@ class RunReport:
             "ms_per_minibatch": round(self.ms_per_minibatch, 4),
             "instances_per_s": round(self.num_instances / max(sum(self.per_minibatch_ms), 1e-9) * 1e3, 2),
             "phase_ms": {k: round(statistics.median(v), 4) for k, v in self.phase_ms.items()},
+            "nonfinite_outputs": self.nonfinite_outputs,
         }
         if self.policy_digest is not None:
             out["policy_digest"] = self.policy_digest
         if self.max_abs_error is not None:
             out["max_abs_error"] = self.max_abs_error
+            out["nonfinite_reference"] = self.nonfinite_reference
             out["check"] = "passed" if self.check_passed else "failed"
         return out
 
-    def add(self, compiled: CompiledBatch, phases: dict[str, float], error: float | None) -> None:
+    def add(self, compiled: CompiledBatch, phases: dict[str, float], out: torch.Tensor,
+            reference: torch.Tensor | None) -> None:
         stats = compiled.memory_stats()
         self.num_instances += compiled.cell_graph.num_instances
         self.num_minibatches += 1
@@ -245,7 +257,14 @@ class RunReport:
         for k, v in phases.items():
             self.phase_ms.setdefault(k, []).append(v * 1e3)
         self.per_minibatch_ms.append(sum(phases.values()) * 1e3)
-        if error is not None:
+        finite = torch.isfinite(out)
+        self.num_output_values += out.numel()
+        self.nonfinite_outputs += int(out.numel() - finite.sum())
+        if reference is not None:
+            finite &= torch.isfinite(reference)
+            self.nonfinite_reference += int(reference.numel() - torch.isfinite(reference).sum())
+            # max() would drop a NaN (max(0.0, nan) is 0.0): non-finite values are counted above instead.
+            error = float(torch.where(finite, (out - reference).abs(), 0.0).max()) if out.numel() else 0.0
             self.max_abs_error = max(self.max_abs_error or 0.0, error)
 
 
@@ -259,11 +278,11 @@ def _execute(runtime: Runtime, compiled: CompiledBatch, phases: dict[str, float]
     return out
 
 
-def _error(runtime: Runtime, compiled: CompiledBatch, out: torch.Tensor) -> float:
+def _reference(runtime: Runtime, compiled: CompiledBatch, out: torch.Tensor) -> torch.Tensor:
     ref = runtime.reference(compiled.cell_graph)
     if ref.shape != out.shape:
         raise VerificationError(f"batched results have shape {list(out.shape)}, the reference {list(ref.shape)}")
-    return float((out - ref).abs().max().item()) if out.numel() else 0.0
+    return ref
 
 
 def run(spec: ModelSpec, dataset: Dataset, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -278,7 +297,7 @@ def run(spec: ModelSpec, dataset: Dataset, batch_size: int = DEFAULT_BATCH_SIZE,
         phases: dict[str, float] = {}
         compiled = compiler.compile_batch(mb, phases)
         out = _execute(runtime, compiled, phases, index)
-        report.add(compiled, phases, _error(runtime, compiled, out) if check else None)
+        report.add(compiled, phases, out, _reference(runtime, compiled, out) if check else None)
     return report
 
 
@@ -290,7 +309,7 @@ def run_plan(plan: Plan, device: str = "cpu", check: bool = False) -> RunReport:
     for index, compiled in enumerate(plan.batches):
         phases: dict[str, float] = {}
         out = _execute(runtime, compiled, phases, index)
-        report.add(compiled, phases, _error(runtime, compiled, out) if check else None)
+        report.add(compiled, phases, out, _reference(runtime, compiled, out) if check else None)
     return report
 
 
@@ -401,7 +420,8 @@ def train_policy(inputs: list[str], output: str, dag_files: bool = False, data: 
         raise UsageError(f"give one model, got {len(inputs)} arguments; bare typed DAG files need --graphs")
     if len(heldout) > 1:
         raise UsageError("--heldout: give one held-out data file for a model")
-    spec, _ = load_spec(inputs[0] if inputs else None)
+    model = inputs[0] if inputs else str(DEFAULT_MODEL)
+    spec, _ = load_spec(model)
     train, held = training_data(spec, data, heldout[0] if heldout else None, limit, settings.seed)
     return train_model_policy(spec, train, held, batch_size, granularity, settings, output, checkpoint, resume,
-                              progress)
+                              progress, (model, data, *heldout))  # the outputs never overwrite these

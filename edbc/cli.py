@@ -83,11 +83,17 @@ def _print_report(report: api.RunReport, source: str, as_json: bool) -> int:
             lines.append(f"  check              {verdict}: max |batched - reference| = "
                          f"{report.max_abs_error:.2e} (tolerance {CHECK_TOLERANCE:g})")
         click.echo("\n".join(lines))
-    if failed:
+    nonfinite = (f"outputs are not finite: {report.nonfinite_outputs} of {report.num_output_values} values "
+                 "are NaN or infinite")
+    if failed and (report.nonfinite_outputs or report.nonfinite_reference):
+        click.echo(f"Error: {nonfinite} (in the reference: {report.nonfinite_reference}); expected finite results",
+                   err=True)
+    elif failed:
         click.echo(f"Error: batched results differ from the unbatched reference by {report.max_abs_error:.3g} "
                    f"(more than {CHECK_TOLERANCE:g})", err=True)
-        return EXIT_VERIFY
-    return 0
+    elif report.nonfinite_outputs:
+        click.echo(f"Warning: {nonfinite}; check the model's parameters and inputs", err=True)
+    return EXIT_VERIFY if failed else 0
 
 
 _model_options = [

@@ -58,7 +58,7 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
         load_policy(path)
     path.write_text(text)
     rewrite(path, lambda d: d.pop("types"))
-    with pytest.raises(ArtifactError, match="missing or malformed field"):
+    with pytest.raises(ArtifactError, match="types is missing or null; expected a list"):
         load_policy(path)
     path.write_text('{"format": "edbc.plan"}')
     with pytest.raises(ArtifactError, match="this is an 'edbc.plan' file, not an 'edbc.policy' file"):

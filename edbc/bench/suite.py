@@ -11,6 +11,7 @@ configuration is warmed up once, then timed on at least `samples` mini-batches
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from ..api import POLICY_NAMES, CompileOptions, Compiler, load_data, load_spec, minibatches
+from ..artifact import write_atomic
 from ..errors import UsageError
 from ..memory import PLANNERS
 from ..runtime import Runtime
@@ -242,7 +244,6 @@ def _label(source: str) -> str:
 
 def write_results(rows: list[Row], out_dir: Path, meta: dict) -> None:
     """JSON of every row, a markdown report and a throughput plot, each written atomically."""
-    from ..artifact import write_atomic
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "rows": [dict(asdict(r), instances_per_s=r.instances_per_s) for r in rows]}
     write_atomic(out_dir / "results.json", (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
@@ -309,7 +310,7 @@ def plot(rows: list[Row], path: Path, meta: dict) -> None:
     ax.set_title(f"Forward throughput, {meta['threads']} thread(s), end to end")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, image.getvalue())

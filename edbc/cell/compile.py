@@ -23,19 +23,36 @@ def compile_cell(program: Program, param_shapes: dict[str, Shape], memory: str =
     return CompiledCell(program, state.derived, state.plan)
 
 
-def compiled_cell_from_json(data: dict, path: str) -> CompiledCell:
-    """A plan file's record of a compiled cell (`CompiledCell.to_json`); the caller verifies it."""
+def compiled_cell_from_json(data, path: str) -> CompiledCell:
+    """A plan file's record of a compiled cell (`CompiledCell.to_json`), decoded strictly; the
+    plan's checks verify the program and the plan (`verify_plan`)."""
+    def need(ok: bool, what: str):
+        if not ok:
+            raise ArtifactError(f"corrupt compiled cell in the plan: its {what} is malformed", path=path)
+
+    def index_lists(value, what: str, n: int) -> list[list[int]]:
+        need(type(value) is list and all(type(b) is list and b and all(type(j) is int and 0 <= j < n for j in b)
+                                         for b in value), what)
+        return value
+
+    need(type(data) is dict, "record")
     try:
-        program = Program.from_json(data["program"])
-        s = data["schedule"]
-        schedule = CellSchedule(tuple(tuple(int(j) for j in b) for b in s["batches"]), int(s["lower_bound"]),
-                                bool(s["exact"]))
-        derived = {str(name): Derived(str(t), str(w), None if b is None else str(b), tuple(int(x) for x in shape))
-                   for name, (t, w, b, shape) in data["derived"].items()}
-        steps = [[int(j) for j in step] for step in data["steps"]]
-        if any(not step or not all(0 <= j < len(program.ops) for j in step) for step in steps):
-            raise ValueError("a step names an op the program lacks")
-        plan = plan_of_steps(program, str(data["memory"]), schedule, steps)
-        return CompiledCell(Program.from_json(data["source"]), derived, plan)
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise ArtifactError(f"corrupt compiled cell in the plan ({e})", path=path) from None
+        program = Program.from_json(data.get("program"))
+        source = Program.from_json(data.get("source"))
+    except ValueError as e:
+        raise ArtifactError(f"corrupt compiled cell in the plan: {e}", path=path) from None
+    s = data.get("schedule")
+    need(type(s) is dict and type(s.get("lower_bound")) is int and type(s.get("exact")) is bool, "schedule")
+    batches = index_lists(s["batches"], "schedule", len(program.ops))
+    schedule = CellSchedule(tuple(tuple(b) for b in batches), s["lower_bound"], s["exact"])
+    derived = data.get("derived")
+    need(type(derived) is dict, "derived parameters")
+    for d in derived.values():
+        need(type(d) is list and len(d) == 4 and type(d[0]) is str and type(d[1]) is str
+             and (d[2] is None or type(d[2]) is str) and type(d[3]) is list
+             and all(type(x) is int and x > 0 for x in d[3]), "derived parameters")
+    need(data.get("memory") in ("pq", "none"), "memory mode")
+    steps = index_lists(data.get("steps"), "steps", len(program.ops))
+    plan = plan_of_steps(program, data["memory"], schedule, steps)
+    return CompiledCell(source, {name: Derived(t, w, b, tuple(shape)) for name, (t, w, b, shape) in derived.items()},
+                        plan)

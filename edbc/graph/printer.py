@@ -24,17 +24,28 @@ def format_type_table(graph: Graph) -> str:
 
 
 def format_nodes(graph: Graph, start: int = 0, stop: int | None = None) -> str:
+    """Nodes `start` to `stop`. Verifier errors print the nodes around a fault, so ids out of range
+    are printed as they are rather than looked up."""
     stop = graph.num_nodes if stop is None else min(stop, graph.num_nodes)
     lines = []
     for v in range(start, stop):
-        args = ", ".join("0" if u < 0 else
-                         f"%{u}" + (f".{s}" if graph.types[graph.node_type[u]].num_outputs > 1 else "")
+        args = ", ".join("0" if u < 0 else f"%{u}" + (f".{s}" if _num_outputs(graph, u) > 1 else "")
                          for u, s in graph.args(v))
         imms = graph.imms(v)
         imm = f"[{', '.join(map(str, imms))}]" if imms else ""
-        lines.append(f"  %{v} = {graph.types[graph.node_type[v]].name}{imm}({args})"
+        lines.append(f"  %{v} = {_type_name(graph, int(graph.node_type[v]))}{imm}({args})"
                      f"    # instance {graph.instance[v]}")
     return "\n".join(lines)
+
+
+def _type_name(graph: Graph, t: int) -> str:
+    return graph.types[t].name if 0 <= t < len(graph.types) else f"<no type {t}>"
+
+
+def _num_outputs(graph: Graph, node: int) -> int:
+    if not 0 <= node < graph.num_nodes or not 0 <= graph.node_type[node] < len(graph.types):
+        return 1
+    return graph.types[graph.node_type[node]].num_outputs
 
 
 def format_graph(graph: Graph, max_nodes: int | None = 40) -> str:

@@ -56,6 +56,10 @@ def verify_graph(graph: Graph) -> None:
     bad = np.flatnonzero((graph.out_node < 0) | (graph.out_node >= n))
     if len(bad):
         fail(None, f"result {bad[0]} refers to node {graph.out_node[bad[0]]}, not in the graph")
+    bad = np.flatnonzero((graph.out_slot < 0) | (graph.out_slot >= n_out[graph.node_type[graph.out_node]]))
+    if len(bad):
+        fail(int(graph.out_node[bad[0]]), f"result {bad[0]} takes output slot {graph.out_slot[bad[0]]}, "
+                                          "which the node does not have")
 
 
 def _verify_programs(graph: Graph, owner, producer, fail) -> None:

@@ -76,6 +76,9 @@ def verify_layout(graph: Graph, schedule: Schedule, layout: Layout) -> None:
 
     if len(layout.value_arena) != graph.num_values or len(layout.value_row) != graph.num_values:
         fail(f"{len(layout.value_row)} placed values, the graph has {graph.num_values}")
+    if len(layout.arena_rows) != len(layout.arena_shapes) or np.any(layout.arena_rows < 1):
+        fail(f"{len(layout.arena_shapes)} arenas, {len(layout.arena_rows)} row counts: every arena needs its "
+             "rows, at least one")
     shapes, shape_of = value_shapes(graph)
     arena = layout.value_arena.astype(np.int64)
     if np.any((arena < 0) | (arena >= len(layout.arena_shapes))):

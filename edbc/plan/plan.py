@@ -11,6 +11,7 @@ through `edbc.artifact`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -28,9 +29,9 @@ from ..memory.operands import MemoryStats, OperandTable, memory_stats, operand_t
 from ..passes import CompileOptions
 from ..schedule.analysis import lower_bound
 from ..schedule.ir import Schedule, verify_schedule
-from ..spec.load import parse_model
 from ..spec.model import ModelSpec
 from ..spec.program import Program
+from .checks import check_plan, check_plan_header, op_program, parse_embedded_spec
 
 MAGIC = b"EDBC-PLAN\n"
 FORMAT = "edbc.plan"
@@ -100,8 +101,11 @@ def verify_plan(plan: Plan) -> None:
             if cell is None or cell.source != b.graph.types[t].program:
                 raise VerificationError(f"node type {b.graph.types[t].name} has no compiled cell of its program")
     for cell in {id(c): c for b in plan.batches for c in b.cells if c is not None}.values():
-        verify_program(cell.program, _param_shapes(plan.spec, cell))
-        verify_cell_plan(cell.plan)
+        try:
+            verify_program(cell.program, _param_shapes(plan.spec, cell))
+            verify_cell_plan(cell.plan)
+        except VerificationError as e:
+            raise VerificationError(f"compiled cell {cell.source.name}: {e}") from None
 
 
 def _graph_header(graph: Graph) -> dict:
@@ -120,7 +124,7 @@ def _graph_from(head: dict, arrays: dict, prefix: str, spec: ModelSpec, path: st
                 raise ArtifactError(f"the plan names cell '{t['cell']}', which its spec lacks", path=path)
             program = spec.cells[t["cell"]]
         else:
-            program = Program.from_json(t["program"])
+            program = op_program(spec, t["program"], path)
         types.append(NodeType(program.name, program, bool(t["batchable"])))
     cols = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
     return Graph(head["granularity"], tuple(types), num_instances=head["num_instances"], **cols)
@@ -167,9 +171,10 @@ def _encode_plan(plan: Plan) -> tuple[dict, dict[str, np.ndarray]]:
     return header, arrays
 
 
-def save_plan(plan: Plan, path: str) -> None:
+def save_plan(plan: Plan, path: str, inputs: Iterable[str | None] = ()) -> None:
+    """Write `plan` atomically; `inputs` (spec, data, policy files) are never overwritten."""
     header, arrays = _encode_plan(plan)
-    write_atomic(path, encode_artifact(MAGIC, FORMAT, VERSION, header, arrays))
+    write_atomic(path, encode_artifact(MAGIC, FORMAT, VERSION, header, arrays), inputs)
 
 
 def plan_digest(plan: Plan) -> str:
@@ -189,14 +194,15 @@ def plan_digest(plan: Plan) -> str:
 def load_plan(path: str) -> Plan:
     path = str(path)
     head, arrays = decode_artifact(path, read_bytes(path, "plan"), MAGIC, FORMAT, VERSION[0])
+    check_plan_header(head, arrays, path)
     try:
         files = {k[len(_FILES):]: v.tobytes() for k, v in arrays.items() if k.startswith(_FILES)}
-        spec = parse_model(head["spec_text"], path=f"{path} (embedded spec)", files=files)
+        spec = parse_embedded_spec(head["spec_text"], path, files)
         if spec.digest != head["inputs"]["spec"]:
             raise ArtifactError("the embedded spec does not match the spec the plan was compiled for",
                                 path=path)
         shapes = {name: p.shape for name, p in spec.params.items()}
-        stored = [_stored_cell(c, spec, path) for c in head["cells"]] if "cells" in head else None
+        stored = [compiled_cell_from_json(c, path) for c in head["cells"]] if "cells" in head else None
         compiled: dict[Program, CompiledCell] = {}  # older plans: cells compiled now, once per program
         batches = []
         for i, entry in enumerate(head["minibatches"]):
@@ -225,24 +231,15 @@ def load_plan(path: str) -> Plan:
             batches.append(CompiledBatch(cell_graph, graph, schedule, layout, cells,
                                          int(entry.get("fsm_fallbacks", 0))))
         options = CompileOptions(head["policy"], head["granularity"], head["memory"])
-        return Plan(spec=spec, spec_text=head["spec_text"], batches=tuple(batches), options=options,
+        plan = Plan(spec=spec, spec_text=head["spec_text"], batches=tuple(batches), options=options,
                     batch_size=int(head["batch_size"]), seed=int(head["seed"]), data=head["data"],
                     data_digest=head["inputs"]["data"], policy_digest=head["inputs"].get("policy"))
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ArtifactError(f"corrupt plan: missing or malformed field ({e})", path=path) from None
     except UsageError as e:  # compile options the plan names that this edbc does not know
         raise ArtifactError(f"corrupt plan: {e.message}", path=path) from None
-
-
-def _stored_cell(record, spec: ModelSpec, path: str) -> CompiledCell:
-    """A compiled cell from the plan file, verified: kernels are generated from it."""
-    cell = compiled_cell_from_json(record, path)
-    try:
-        verify_program(cell.program, _param_shapes(spec, cell))
-        verify_cell_plan(cell.plan)
-    except VerificationError as e:
-        raise ArtifactError(f"corrupt compiled cell: {e.message.splitlines()[0]}", path=path) from None
-    return cell
+    check_plan(plan, path)  # every IR verified, the stored cells included
+    return plan
 
 
 def format_plan(plan: Plan, path: str | None = None) -> str:

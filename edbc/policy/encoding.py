@@ -73,6 +73,17 @@ def state_types(encoding: str, state: State) -> State:
     return state[:-1] if encoding == "max" else state
 
 
+def is_state(encoding: str, state: State) -> bool:
+    """Whether `state` is one `state_of` can make: distinct ready types, ascending for `set` and
+    `max`, and for `max` a largest type that is ready."""
+    ready = state_types(encoding, state)
+    if not ready or len(set(ready)) != len(ready):
+        return False
+    if encoding != "sorted" and list(ready) != sorted(ready):
+        return False
+    return encoding != "max" or state[-1] in ready
+
+
 def observation_size(encoding: str, num_types: int) -> int:
     return num_types if encoding == "set" else 2 * num_types
 

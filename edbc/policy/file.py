@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from .. import __version__
-from ..artifact import _canonical as canonical_json, check_document, read_bytes, write_atomic
+from ..artifact import _canonical as canonical_json, check_document, expect, expect_int, expect_ints, parse_json, \
+    read_bytes, show, write_atomic
 from ..errors import ArtifactError
-from ..graph.ir import DAG
-from .encoding import ENCODINGS, TypeVocab, state_types
+from ..graph.ir import CELL, DAG, OP
+from .encoding import ENCODINGS, State, TypeVocab, is_state, state_types
 from .fsm import Fsm
 
 FORMAT = "edbc.policy"
 VERSION = (1, 0)
 DAG_MODEL = "typed-dag"  # the model name of policies for bare typed DAGs
+GRANULARITIES = (CELL, OP, DAG)
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,8 +68,9 @@ class PolicyFile:
         return self.document()["checksum"]
 
 
-def save_policy(policy: PolicyFile, path: str | Path) -> None:
-    write_atomic(path, (_pretty(policy.document()) + "\n").encode())
+def save_policy(policy: PolicyFile, path: str | Path, inputs: Iterable[str | None] = ()) -> None:
+    """Write `policy` atomically; `inputs` (what it was trained from) are never overwritten."""
+    write_atomic(path, (_pretty(policy.document()) + "\n").encode(), inputs)
 
 
 def _pretty(obj, indent: str = "") -> str:
@@ -88,29 +92,46 @@ def load_policy(path: str | Path) -> PolicyFile:
     def fail(message: str):
         raise ArtifactError(message, path=path)
 
-    data = read_bytes(path, "policy")
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        fail("corrupt or truncated: not valid JSON; expected an edbc policy file")
+    doc = parse_json(read_bytes(path, "policy"), fail, "an edbc policy file")
     if not isinstance(doc, dict):
         fail(f"not an {FORMAT} file: the document is not a JSON object")
     check_document(doc, FORMAT, VERSION[0], fail)
-    try:
-        vocab = TypeVocab(tuple(str(n) for n in doc["types"]))
-        encoding = doc["encoding"]
-        if encoding not in ENCODINGS:
-            fail(f"unknown encoding {encoding!r}; expected one of: {', '.join(ENCODINGS)}")
-        table = {}
-        for state, action in doc["table"]:
-            state = tuple(int(v) for v in state)
-            if any(not 0 <= v < len(vocab) for v in state) or int(action) not in state_types(encoding, state):
-                fail(f"corrupt table: state {list(state)} -> {action} names a type that is not ready")
-            table[state] = int(action)
-        return PolicyFile(doc["model"]["name"], doc["model"]["spec_digest"], doc["granularity"],
-                          Fsm(vocab, encoding, table), doc.get("training", {}), doc.get("figures", {}))
-    except (KeyError, TypeError, ValueError) as e:
-        fail(f"corrupt policy: missing or malformed field ({e})")
+    names = expect(doc.get("types"), list, "types", fail)
+    if not all(type(n) is str for n in names) or len(set(names)) != len(names):
+        fail(f"types is {show(names)}; expected a list of distinct type names")
+    encoding = doc.get("encoding")
+    if encoding not in ENCODINGS:
+        fail(f"unknown encoding {show(encoding)}; expected one of: {', '.join(ENCODINGS)}")
+    model = expect(doc.get("model"), dict, "model", fail)
+    digest = model.get("spec_digest")
+    if digest is not None:
+        expect(digest, str, "model.spec_digest", fail)
+    if doc.get("granularity") not in GRANULARITIES:
+        fail(f"granularity is {show(doc.get('granularity'))}; expected one of: {', '.join(GRANULARITIES)}")
+    table = parse_table(doc.get("table"), len(names), encoding, fail)
+    return PolicyFile(expect(model.get("name"), str, "model.name", fail), digest, doc["granularity"],
+                      Fsm(TypeVocab(tuple(names)), encoding, table),
+                      expect(doc.get("training", {}), dict, "training", fail),
+                      expect(doc.get("figures", {}), dict, "figures", fail))
+
+
+def parse_table(entries, num_types: int, encoding: str, fail) -> dict[State, int]:
+    """A table from its JSON, `[[state, type], ...]`, refused (`fail`) unless every state is one the
+    encoding makes of vocabulary ids, no state appears twice, and every type is ready in its state."""
+    table: dict[State, int] = {}
+    for entry in expect(entries, list, "table", fail):
+        if type(entry) is not list or len(entry) != 2:
+            fail(f"corrupt table: entry {show(entry)}; expected [state, type]")
+        state = tuple(expect_ints(entry[0], "a table state", fail, 0, num_types - 1))
+        action = expect_int(entry[1], "a table type", fail, 0, num_types - 1)
+        if not is_state(encoding, state):
+            fail(f"corrupt table: {list(state)} is not a {encoding} state; expected distinct ready types")
+        if action not in state_types(encoding, state):
+            fail(f"corrupt table: state {list(state)} -> {action} names a type that is not ready")
+        if state in table:
+            fail(f"corrupt table: state {list(state)} appears twice")
+        table[state] = action
+    return table
 
 
 def check_policy(policy: PolicyFile, path: str, model: str, spec_digest: str | None, granularity: str) -> None:

@@ -17,21 +17,21 @@ the training and write the policy file.
 
 from __future__ import annotations
 
-import io
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..artifact import decode_artifact, encode_artifact, read_bytes, write_atomic
+from ..artifact import (check_output, decode_artifact, encode_artifact, expect, expect_int, read_bytes, show,
+                        write_atomic)
 from ..errors import ArtifactError, UsageError
 from ..graph.ir import CELL, DAG, OP, Graph
 from ..schedule.analysis import batchable_mask, lower_bound
 from ..schedule.policies import POLICIES
 from ..spec.model import ModelSpec
 from .encoding import DEFAULT_ENCODING, ENCODINGS, State, TypeVocab, action_mask, observation
-from .file import DAG_MODEL, PolicyFile, save_policy
+from .file import DAG_MODEL, PolicyFile, parse_table, save_policy
 from .fsm import Fsm, distil, fsm_schedule
 
 ALGORITHM = "MaskablePPO"
@@ -106,45 +106,142 @@ def evaluate(fsm: Fsm, graphs: list[Graph], timesteps: int = 0) -> Evaluation:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: the network (stable-baselines3's zip), the best table and the history.
+# Checkpoints. Nothing in one is unpickled (stable-baselines3's own zip would be, and a file can be
+# forged with valid checksums): the tensors of the network and of its optimizer are one safetensors
+# part, everything else is JSON (timesteps done, the best table, the history), and the network is
+# rebuilt from the settings, which must be the run's, before the tensors are checked and loaded.
+# The rebuilt model is seeded from the settings, as stable-baselines3's loader reseeded a loaded
+# one, so no RNG state is saved and resuming from the same checkpoint gives the same run.
 
 CHECKPOINT_MAGIC = b"EDBC-CHECKPOINT\n"
 CHECKPOINT_FORMAT = "edbc.policy-checkpoint"
-CHECKPOINT_VERSION = (1, 0)
+CHECKPOINT_VERSION = (2, 0)  # 2.0: safetensors and JSON; 1.x held a stable-baselines3 zip, which unpickles
+_ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")  # what torch's Adam, stable-baselines3's optimizer, keeps
 
 
-def _save_checkpoint(path: str, run: dict, model, best_table: dict[State, int], history: list[Evaluation]) -> None:
-    buffer = io.BytesIO()
-    model.save(buffer)
+def _network_tensors(model) -> dict[str, torch.Tensor]:
+    tensors = {f"policy/{k}": v for k, v in model.policy.state_dict().items()}
+    for index, state in model.policy.optimizer.state_dict()["state"].items():
+        tensors.update({f"optimizer/{index}/{k}": v for k, v in state.items()})
+    return tensors
+
+
+def _expected_tensors(model) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor a checkpoint of `model`'s run holds."""
+    expected = {f"policy/{k}": (tuple(v.shape), v.dtype) for k, v in model.policy.state_dict().items()}
+    params = [p for group in model.policy.optimizer.param_groups for p in group["params"]]
+    for index, p in enumerate(params):
+        for name in _ADAM_STATE:
+            expected[f"optimizer/{index}/{name}"] = ((), torch.float32) if name == "step" else (tuple(p.shape), p.dtype)
+    return expected
+
+
+def _save_checkpoint(path: str, run: dict, model, best_table: dict[State, int], history: list[Evaluation],
+                     inputs: Sequence[str | None]) -> None:
+    from safetensors.torch import save
+
     header = {"run": run, "timesteps": int(model.num_timesteps),
               "best_table": [[list(s), a] for s, a in sorted(best_table.items())],
               "history": [asdict(e) for e in history]}
-    blob = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+    tensors = np.frombuffer(save(_network_tensors(model)), dtype=np.uint8)
     write_atomic(path, encode_artifact(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, header,
-                                       {"model": blob}))
+                                       {"tensors": tensors}), inputs)
 
 
-def _load_checkpoint(path: str, run: dict) -> tuple[dict, bytes]:
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    timesteps: int
+    best_table: dict[State, int]
+    history: list[Evaluation]
+    tensors: dict[str, torch.Tensor]
+
+
+def _load_checkpoint(path: str, run: dict) -> Checkpoint:
+    fail = _checkpoint_failer(path)
     head, arrays = decode_artifact(path, read_bytes(path, "checkpoint"), CHECKPOINT_MAGIC, CHECKPOINT_FORMAT,
                                    CHECKPOINT_VERSION[0])
     theirs = head.get("run", {})
+    theirs = theirs if isinstance(theirs, dict) else {}
     differ = sorted(k for k in set(run) | set(theirs) if run.get(k) != theirs.get(k))
     if differ:
-        raise ArtifactError(f"the checkpoint belongs to another training run ({', '.join(differ)} differ); "
-                            "run without --resume to start afresh", path=path)
-    return head, arrays["model"].tobytes()
+        fail(f"the checkpoint belongs to another training run ({', '.join(differ)} differ); "
+             "run without --resume to start afresh")
+    settings = run["settings"]
+    history = [_evaluation(e, fail) for e in expect(head.get("history"), list, "history", fail)]
+    return Checkpoint(expect_int(head.get("timesteps"), "timesteps", fail),
+                      parse_table(head.get("best_table"), len(run["types"]), settings["encoding"], fail),
+                      history, _read_tensors(arrays.get("tensors"), fail))
 
 
-# ---------------------------------------------------------------------------------------------
+def _evaluation(entry, fail) -> Evaluation:
+    names = [f.name for f in fields(Evaluation)]
+    if type(entry) is not dict or sorted(entry) != sorted(names):
+        fail(f"corrupt history: entry {show(entry)}; expected an object of {', '.join(names)}")
+    return Evaluation(**{k: expect_int(entry[k], f"history's {k}", fail) for k in names})
+
+
+def _read_tensors(blob, fail) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if blob is None or blob.dtype != np.uint8 or blob.ndim != 1:
+        fail("corrupt checkpoint: the part 'tensors' is missing or not bytes; expected safetensors")
+    try:
+        return load(blob.tobytes())
+    except (SafetensorError, ValueError, TypeError, KeyError, RuntimeError):
+        fail("corrupt checkpoint: the part 'tensors' is not a safetensors document")
+
+
+def _restore(model, checkpoint: Checkpoint, path: str) -> None:
+    """Load the checkpoint's tensors into `model`, built afresh from the run's settings, once every
+    one is there with its shape, dtype and finite values."""
+    tensors = checkpoint.tensors
+    _check_tensors(tensors, _expected_tensors(model), _checkpoint_failer(path))
+    model.policy.load_state_dict({k[len("policy/"):]: v for k, v in tensors.items() if k.startswith("policy/")})
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        if name.startswith("optimizer/"):
+            _, index, key = name.split("/")
+            state.setdefault(int(index), {})[key] = t
+    optimizer = model.policy.optimizer
+    # The hyperparameters come from the settings, never from the file.
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    model.num_timesteps = checkpoint.timesteps
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], expected: dict, fail) -> None:
+    if set(tensors) != set(expected):
+        odd = sorted(set(tensors) ^ set(expected))[0]
+        fail(f"corrupt checkpoint: tensor {odd} is {'unexpected' if odd in tensors else 'missing'}; "
+             f"expected the {len(expected)} tensors of the network and its optimizer")
+    for name, (shape, dtype) in sorted(expected.items()):
+        t = tensors[name]
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            fail(f"corrupt checkpoint: tensor {name} is {_dtype_name(t.dtype)}{list(t.shape)}; "
+                 f"expected {_dtype_name(dtype)}{list(shape)}")
+        if not bool(torch.isfinite(t).all()):
+            fail(f"corrupt checkpoint: tensor {name} holds NaN or infinite values; expected finite numbers")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _checkpoint_failer(path: str):
+    def fail(message: str):
+        raise ArtifactError(message, path=path)
+    return fail
 
 
 def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run: dict | None = None,
-              checkpoint: str | None = None, resume: bool = False, progress: Progress | None = None) -> TrainResult:
+              checkpoint: str | None = None, resume: bool = False, progress: Progress | None = None,
+              inputs: Sequence[str | None] = ()) -> TrainResult:
     """Train with MaskablePPO on `graphs.train`; return the best distilled table.
 
     `run` identifies the training run in the checkpoint (model, data, settings
     other than the number of timesteps): `resume` refuses a checkpoint of
     another run, and may go on with more timesteps than the first run had.
+    The checkpoint never overwrites `inputs`.
     """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -166,17 +263,15 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run:
         history: list[Evaluation] = []
         best: Evaluation | None = None
         best_table: dict[State, int] = {}
-        if resume:
-            head, blob = _load_checkpoint(checkpoint, run)
-            model = MaskablePPO.load(io.BytesIO(blob), env=env, device="cpu")
-            history = [Evaluation(**e) for e in head["history"]]
-            best_table = {tuple(s): int(a) for s, a in head["best_table"]}
+        saved = _load_checkpoint(checkpoint, run) if resume else None
+        model = MaskablePPO("MlpPolicy", env, n_steps=settings.n_steps, batch_size=settings.batch_size,
+                            n_epochs=settings.n_epochs, learning_rate=settings.learning_rate,
+                            gamma=settings.gamma, ent_coef=settings.ent_coef, seed=settings.seed,
+                            policy_kwargs={"net_arch": list(settings.net_arch)}, device="cpu", verbose=0)
+        if saved is not None:
+            _restore(model, saved, checkpoint)
+            history, best_table = saved.history, saved.best_table
             best = min(history, key=lambda e: (e.batches, e.fallbacks, e.timesteps)) if history else None
-        else:
-            model = MaskablePPO("MlpPolicy", env, n_steps=settings.n_steps, batch_size=settings.batch_size,
-                                n_epochs=settings.n_epochs, learning_rate=settings.learning_rate,
-                                gamma=settings.gamma, ent_coef=settings.ent_coef, seed=settings.seed,
-                                policy_kwargs={"net_arch": list(settings.net_arch)}, device="cpu", verbose=0)
 
         def choose(state: State) -> int:
             action, _ = model.predict(observation(enc, state, len(vocab)),
@@ -185,7 +280,7 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run:
 
         def checkpoint_and_report():
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, run, model, best_table, history)
+                _save_checkpoint(checkpoint, run, model, best_table, history, inputs)
             if progress is not None:
                 progress(model.num_timesteps, settings.timesteps, best.ratio if best else None)
 
@@ -280,8 +375,11 @@ def _training(settings: TrainSettings, result: TrainResult, extra: dict) -> dict
 
 def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granularity: str,
                        settings: TrainSettings, output: str, checkpoint: str | None = None,
-                       resume: bool = False, progress: Progress | None = None) -> PolicyFile:
-    """Train a policy for `spec` on `train` (an `api.Dataset`), score it on `heldout`, write `output`."""
+                       resume: bool = False, progress: Progress | None = None,
+                       inputs: Sequence[str | None] = ()) -> PolicyFile:
+    """Train a policy for `spec` on `train` (an `api.Dataset`), score it on `heldout`, write `output`.
+    `inputs` (the spec and data files) are never overwritten by the output or the checkpoint."""
+    _check_outputs(output, checkpoint, inputs)
     if granularity not in (CELL, OP):
         raise UsageError(f"unknown granularity '{granularity}'; expected one of: {CELL}, {OP}")
     if batch_size < 1:
@@ -291,11 +389,11 @@ def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granula
     data = {"train": train.source, "train_digest": train.digest, "heldout": heldout.source,
             "heldout_digest": heldout.digest, "batch_size": batch_size}
     run = {"model": spec.name, "spec_digest": spec.digest, "granularity": granularity, "data": data}
-    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress)
+    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress, (*inputs, output))
     policy = PolicyFile(spec.name, spec.digest, granularity, result.fsm,
                         _training(settings, result, {"data": data, "graphs": len(graphs.train)}),
                         _figures(result, graphs, batch_size))
-    save_policy(policy, output)
+    save_policy(policy, output, (*inputs, checkpoint))
     return policy
 
 
@@ -308,6 +406,8 @@ def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings:
 
     if not train_paths:
         raise UsageError("--graphs needs at least one typed DAG file")
+    inputs = (*train_paths, *heldout_paths)
+    _check_outputs(output, checkpoint, inputs)
     train = [g for g in map(read_typed_dag, train_paths) if np.any(batchable_mask(g)[g.node_type])]
     if not train:
         raise UsageError("the training graphs have no batchable node; there is nothing to learn")
@@ -316,12 +416,20 @@ def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings:
     data = {"train": [file_digest(p) for p in train_paths],
             "heldout": [file_digest(p) for p in heldout_paths or train_paths]}
     run = {"model": DAG_MODEL, "spec_digest": None, "granularity": DAG, "data": data}
-    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress)
+    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress, (*inputs, output))
     policy = PolicyFile(DAG_MODEL, None, DAG, result.fsm,
                         _training(settings, result, {"data": data, "graphs": len(graphs.train)}),
                         _figures(result, graphs, None))
-    save_policy(policy, output)
+    save_policy(policy, output, (*inputs, checkpoint))
     return policy
+
+
+def _check_outputs(output: str, checkpoint: str | None, inputs: Sequence[str | None]) -> None:
+    """Refuse before training, not after it, an output or checkpoint that would overwrite an input
+    or each other (the writes check again)."""
+    check_output(output, (*inputs, checkpoint))
+    if checkpoint is not None:
+        check_output(checkpoint, (*inputs, output))
 
 
 def default_checkpoint(output: str) -> str:

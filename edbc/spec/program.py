@@ -93,16 +93,40 @@ class Program:
         }
 
     @staticmethod
-    def from_json(data: dict) -> "Program":
-        return Program(
-            name=data["name"],
-            values=tuple(Value(n, tuple(s), d) for n, s, d in data["values"]),
-            n_inputs=int(data["n_inputs"]),
-            ops=tuple(Op(o["kind"], tuple(o["args"]), tuple(o["outs"]),
-                         tuple((k, _frozen(a)) for k, a in sorted(o["attrs"].items())))
-                      for o in data["ops"]),
-            outputs=tuple(data["outputs"]),
-        )
+    def from_json(data) -> "Program":
+        """The program `to_json` wrote; a field of the wrong JSON type or out of range raises
+        `ValueError` naming it (a bool is not an integer, a string not a list)."""
+        def need(ok: bool, what: str):
+            if not ok:
+                raise ValueError(f"a program's {what} is malformed")
+
+        def ints(value, what: str, low: int, high: int) -> tuple[int, ...]:
+            need(type(value) is list and all(type(v) is int and low <= v < high for v in value), what)
+            return tuple(value)
+
+        need(type(data) is dict, "record")
+        need(type(data.get("name")) is str, "name")
+        values_json = data.get("values")
+        need(type(values_json) is list, "values")
+        values = []
+        for v in values_json:
+            need(type(v) is list and len(v) == 3 and type(v[0]) is str and v[2] in (F32, TOKEN), "value")
+            values.append(Value(v[0], ints(v[1], "value shape", 1, 2**31), v[2]))
+        n = len(values)
+        need(type(data.get("n_inputs")) is int and 0 <= data["n_inputs"] <= n, "n_inputs")
+        need(type(data.get("ops")) is list, "ops")
+        ops = []
+        for o in data["ops"]:
+            need(type(o) is dict and type(o.get("kind")) is str and type(o.get("args")) is list
+                 and type(o.get("attrs")) is dict, "op")
+            need(all(type(a) is str or (type(a) is int and 0 <= a < n) for a in o["args"]), "op argument")
+            attrs = []
+            for k, a in sorted(o["attrs"].items()):
+                need(type(a) is int or (type(a) is list and all(type(x) is int for x in a)), "op attribute")
+                attrs.append((k, _frozen(a)))
+            ops.append(Op(o["kind"], tuple(o["args"]), ints(o.get("outs"), "op outputs", 0, n), tuple(attrs)))
+        return Program(data["name"], tuple(values), data["n_inputs"], tuple(ops),
+                       ints(data.get("outputs"), "outputs", 0, n))
 
 
 def affine_terms(args: tuple[Arg, ...]) -> tuple[list[tuple[Arg, Arg]], Arg | None]:
