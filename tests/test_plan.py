@@ -133,10 +133,15 @@ def _forge_cells(head, what: str) -> None:
         head["minibatches"][0]["cells"][0] = True
     elif what == "not a list":
         cells[0]["steps"] = "0,1"
+    elif what == "derived from another parameter":
+        cells[0]["derived"]["T"] = ["no_such_table", "W_leaf", None, [256, 384]]
+    elif what == "value shape empty":
+        cells[0]["program"]["values"][2][1] = []
 
 
 @pytest.mark.parametrize("what", ["op twice", "op missing", "shape broken", "wrong source", "negative index",
-                                  "bool index", "not a list"])
+                                  "bool index", "not a list", "derived from another parameter",
+                                  "value shape empty"])
 def test_forged_compiled_cells_are_refused(plan, tmp_path, what):
     path = tmp_path / "p.plan"
     save_plan(plan, path)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, VerificationError
 from ..spec.program import Program, Shape
 from .ir import CellSchedule, CompiledCell, Derived
 from .layout import plan_of_steps
+from .verify import verify_cell_plan, verify_cell_schedule, verify_program, verify_steps
 
 
 def compile_cell(program: Program, param_shapes: dict[str, Shape], memory: str = "pq", batch_ops: bool = True,
@@ -23,12 +24,13 @@ def compile_cell(program: Program, param_shapes: dict[str, Shape], memory: str =
     return CompiledCell(program, state.derived, state.plan)
 
 
-def compiled_cell_from_json(data, path: str) -> CompiledCell:
-    """A plan file's record of a compiled cell (`CompiledCell.to_json`), decoded strictly; the
-    plan's checks verify the program and the plan (`verify_plan`)."""
+def compiled_cell_from_json(data, param_shapes: dict[str, Shape], path: str) -> CompiledCell:
+    """A plan file's record of a compiled cell (`CompiledCell.to_json`), decoded strictly and
+    verified (program, schedule, steps) before anything is derived from it; `param_shapes` are the
+    model's parameters."""
     def need(ok: bool, what: str):
         if not ok:
-            raise ArtifactError(f"corrupt compiled cell in the plan: its {what} is malformed", path=path)
+            raise ArtifactError(f"corrupt compiled cell in the plan: malformed {what}", path=path)
 
     def index_lists(value, what: str, n: int) -> list[list[int]]:
         need(type(value) is list and all(type(b) is list and b and all(type(j) is int and 0 <= j < n for j in b)
@@ -53,6 +55,18 @@ def compiled_cell_from_json(data, path: str) -> CompiledCell:
              and all(type(x) is int and x > 0 for x in d[3]), "derived parameters")
     need(data.get("memory") in ("pq", "none"), "memory mode")
     steps = index_lists(data.get("steps"), "steps", len(program.ops))
-    plan = plan_of_steps(program, data["memory"], schedule, steps)
-    return CompiledCell(source, {name: Derived(t, w, b, tuple(shape)) for name, (t, w, b, shape) in derived.items()},
-                        plan)
+    derived = {name: Derived(t, w, b, tuple(shape)) for name, (t, w, b, shape) in derived.items()}
+    for d in derived.values():  # a recipe the runtime can follow: table [rows, k] @ weight [k, out] + bias [out]
+        table, weight = param_shapes.get(d.table), param_shapes.get(d.weight)
+        need(table is not None and weight is not None and len(table) == 2 and len(weight) == 2
+             and table[1] == weight[0] and d.shape == (table[0], weight[1])
+             and (d.bias is None or tuple(param_shapes.get(d.bias, ())) == (weight[1],)), "derived parameters")
+    try:
+        verify_program(program, dict(param_shapes, **{name: d.shape for name, d in derived.items()}))
+        verify_cell_schedule(program, schedule)
+        verify_steps(program, steps)
+        plan = plan_of_steps(program, data["memory"], schedule, steps)
+        verify_cell_plan(plan)
+    except VerificationError as e:
+        raise ArtifactError(f"corrupt compiled cell in the plan: {str(e).splitlines()[0]}", path=path) from None
+    return CompiledCell(source, derived, plan)

@@ -50,6 +50,8 @@ def verify_program(program: Program, param_shapes: dict[str, Shape]) -> None:
             shapes = OPS[op.kind].infer(operands, dict(op.attrs))
         except ShapeError as e:
             _fail(program, j, str(e))
+        except (IndexError, KeyError, TypeError, ValueError):  # operands no parser would have let through
+            _fail(program, j, "its operands or attributes do not fit the op at all")
         if len(shapes) != len(op.outs):
             _fail(program, j, f"makes {len(op.outs)} values; its rule gives {len(shapes)}")
         for v, shape in zip(op.outs, shapes):
@@ -91,6 +93,11 @@ def _check_batches(program: Program, batches, what: str) -> None:
         _fail(program, missing[0], f"never runs in any {what}")
 
 
+def verify_steps(program: Program, steps) -> None:
+    """Op index lists (a plan's steps, before homes are derived from them) run the program."""
+    _check_batches(program, steps, "step")
+
+
 def verify_cell_schedule(program: Program, schedule: CellSchedule) -> None:
     _check_batches(program, schedule.batches, "internal batch")
     if len(schedule.batches) < schedule.lower_bound:
@@ -101,7 +108,7 @@ def verify_cell_schedule(program: Program, schedule: CellSchedule) -> None:
 def verify_cell_plan(plan: CellPlan) -> None:
     """The steps run the program (as `verify_cell_schedule`), one operand per argument, no copies."""
     program = plan.program
-    _check_batches(program, [s.ops for s in plan.steps], "step")
+    verify_steps(program, [s.ops for s in plan.steps])
     for b, step in enumerate(plan.steps):
         if len(step.operands) != len(program.ops[step.ops[0]].args):
             _fail(program, step.ops[0], f"step {b} has {len(step.operands)} operands for "

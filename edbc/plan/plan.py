@@ -202,7 +202,7 @@ def load_plan(path: str) -> Plan:
             raise ArtifactError("the embedded spec does not match the spec the plan was compiled for",
                                 path=path)
         shapes = {name: p.shape for name, p in spec.params.items()}
-        stored = [compiled_cell_from_json(c, path) for c in head["cells"]] if "cells" in head else None
+        stored = [compiled_cell_from_json(c, shapes, path) for c in head["cells"]] if "cells" in head else None
         compiled: dict[Program, CompiledCell] = {}  # older plans: cells compiled now, once per program
         batches = []
         for i, entry in enumerate(head["minibatches"]):
