@@ -136,7 +136,7 @@ def _forge_cells(head, what: str) -> None:
     elif what == "derived from another parameter":
         cells[0]["derived"]["T"] = ["no_such_table", "W_leaf", None, [256, 384]]
     elif what == "value shape empty":
-        cells[0]["program"]["values"][2][1] = []
+        cells[0]["program"]["values"][-1][1] = []
 
 
 @pytest.mark.parametrize("what", ["op twice", "op missing", "shape broken", "wrong source", "negative index",
