@@ -35,7 +35,7 @@ from .policy.file import DAG_MODEL, PolicyFile, check_policy, load_policy
 from .policy.fsm import fsm_schedule
 from .policy.optimal import optimal_schedule
 from .runtime import Runtime
-from .runtime.limits import check_fits
+from .runtime.limits import check_minibatch_fits
 from .schedule import Schedule, lower_bound, schedule, verify_schedule
 from .schedule.policies import POLICIES
 from .settings import CHECK_TOLERANCE, DEFAULT_MEMORY, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES, PLANS_DIR
@@ -288,7 +288,8 @@ class RunReport:
 
 
 def _execute(runtime: Runtime, compiled: CompiledBatch, phases: dict[str, float], index: int):
-    check_fits(compiled.layout, runtime.device, f"mini-batch {index}")
+    check_minibatch_fits(runtime.spec, compiled.graph, compiled.schedule, compiled.layout, runtime.device,
+                         f"mini-batch {index}")
     t0 = time.perf_counter()
     executable = runtime.prepare(compiled.graph, compiled.schedule, compiled.layout)
     out = executable.run()

@@ -22,6 +22,7 @@ from ..schedule.ir import Schedule
 from ..spec.model import ModelSpec
 from ..spec.program import TOKEN, Program
 from .kernels import Kernel
+from .limits import check_params_fit
 from .reference import reference_outputs
 from .weights import init_weights
 
@@ -41,6 +42,7 @@ class Runtime:
     def __init__(self, spec: ModelSpec, device: str = "cpu"):
         self.spec = spec
         self.device = resolve_device(device)
+        check_params_fit(spec, self.device)
         self.weights = init_weights(spec, self.device)
         self.param_shapes = {name: p.shape for name, p in spec.params.items()}
         self._kernels: dict[tuple[Program, str], Kernel] = {}
