@@ -26,7 +26,8 @@ import torch
 
 from .artifact import file_digest
 from .data import encode, read_instances, synthesize
-from .errors import UsageError, VerificationError
+from .errors import SpecError, UsageError, VerificationError
+from .inputs import read_input_text
 from .graph import CELL, DAG, OP, Graph, build_graph, lower_to_ops, verify_graph
 from .memory import PLANNERS, verify_layout
 from .memory.operands import MemoryStats, NO_STATS, cell_plans, memory_stats
@@ -39,7 +40,7 @@ from .runtime.limits import check_minibatch_fits
 from .schedule import Schedule, lower_bound, schedule, verify_schedule
 from .schedule.policies import POLICIES
 from .settings import CHECK_TOLERANCE, DEFAULT_MEMORY, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES, PLANS_DIR
-from .spec import ModelSpec, load_model
+from .spec import ModelSpec, parse_model
 
 GRANULARITIES = (CELL, OP)
 POLICY_NAMES = (*POLICIES, "fsm", "optimal")
@@ -55,8 +56,8 @@ class Dataset:
 def load_spec(path: str | Path | None = None) -> tuple[ModelSpec, str]:
     """A model spec and its text; the bundled TreeLSTM when `path` is None."""
     path = Path(path) if path is not None else DEFAULT_MODEL
-    spec = load_model(path)
-    return spec, path.read_text(encoding="utf-8")
+    text = read_input_text(path, "model spec", SpecError)
+    return parse_model(text, str(path)), text
 
 
 def load_data(spec: ModelSpec, data: str | None = None, limit: int | None = None, seed: int = 0) -> Dataset:

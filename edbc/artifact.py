@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtifactError, InputError
+from .inputs import load_json, read_input_bytes
 
 _ALIGN = 64
 _LEN_DIGITS = 12
@@ -100,7 +101,7 @@ def decode_artifact(path: str, data: bytes, magic: bytes, fmt: str,
     if len(data) < start + length:
         fail(f"truncated: the header needs {length} bytes, {len(data) - start} are there")
     try:
-        head = json.loads(data[start:start + length])
+        head = load_json(data[start:start + length])
     except (UnicodeDecodeError, json.JSONDecodeError):
         fail("corrupt: the header is not valid JSON")
     if not isinstance(head, dict):
@@ -137,14 +138,7 @@ def check_document(doc: dict, fmt: str, major: int, fail, where: str = "") -> No
 
 
 def read_bytes(path: str | Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"no such {what} file", path=str(path)) from None
-    except IsADirectoryError:
-        raise InputError(f"is a directory; expected a {what} file", path=str(path)) from None
-    except OSError as e:
-        raise InputError(f"cannot read {what}: {e.strerror}", path=str(path)) from None
+    return read_input_bytes(path, what)
 
 
 def file_digest(path: str | Path) -> str:

@@ -19,6 +19,7 @@ from . import api
 from .data.typed_dag import read_typed_dag
 from .errors import EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
 from .graph import CELL, DAG, format_graph
+from .inputs import read_input_bytes
 from .memory.layout import format_layout
 from .memory.cells import format_cell_plan, plan_cell
 from .memory.operands import format_memory
@@ -67,9 +68,8 @@ def _is_plan(path: str) -> bool:
     if path.endswith(".plan"):
         return True
     try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
+        return read_input_bytes(path, "")[:len(MAGIC)] == MAGIC
+    except EdbcError:
         return False
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Iterator
 
 import numpy as np
 
 from ..errors import DataError
+from ..inputs import read_input_text
 
 
 _BLANKS = " \t\r\n\f\v"  # ASCII only: a no-break space is part of a word
@@ -20,18 +22,9 @@ def is_integer(text: str) -> bool:
 
 
 def read_lines(path: str, what: str = "data") -> Iterator[str]:
-    """The lines of a UTF-8 file; a missing, unreadable or binary file is a `DataError`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            yield from f
-    except FileNotFoundError:
-        raise DataError(f"no such {what} file", path=path) from None
-    except IsADirectoryError:
-        raise DataError(f"is a directory; expected a {what} file", path=path) from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
-    except OSError as e:
-        raise DataError(f"cannot read: {e.strerror}", path=path) from None
+    """The lines of a UTF-8 file, newlines as `open` gives them; a missing, unreadable, binary
+    or non-regular file is a `DataError`."""
+    yield from io.StringIO(read_input_text(path, what, DataError), newline=None)
 
 
 def read_records(path: str, parse, limit: int | None, empty: str) -> list:

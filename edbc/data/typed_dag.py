@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..graph.ir import DAG, Graph, NodeType, csr_ptr
+from ..inputs import read_input_text
 from .text import is_integer
 
 
@@ -64,16 +65,7 @@ def parse_typed_dag(text: str, path: str | None = None) -> Graph:
 
 
 def read_typed_dag(path: str) -> Graph:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise DataError("no such graph file", path=path) from None
-    except IsADirectoryError:
-        raise DataError("is a directory; expected a graph file", path=path) from None
-    except UnicodeDecodeError:
-        raise DataError("not UTF-8 text; expected a typed DAG text file", path=path) from None
-    return parse_typed_dag(text, path)
+    return parse_typed_dag(read_input_text(path, "graph", DataError), path)
 
 
 def format_typed_dag(graph: Graph) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..artifact import _canonical as canonical_json, check_document, read_bytes, write_atomic
+from ..inputs import load_json
 from ..errors import ArtifactError
 from ..graph.ir import DAG
 from .encoding import ENCODINGS, TypeVocab, state_types
@@ -90,7 +91,7 @@ def load_policy(path: str | Path) -> PolicyFile:
 
     data = read_bytes(path, "policy")
     try:
-        doc = json.loads(data)
+        doc = load_json(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         fail("corrupt or truncated: not valid JSON; expected an edbc policy file")
     if not isinstance(doc, dict):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import SpecError
+from ..errors import InputError, LimitError, SpecError
+from ..inputs import read_input_bytes, read_input_text
 from .cells import OpLine, eval_dim_text, parse_cell
 from .model import INITS, ModelSpec, ParamSpec, RoleSpec, Source, VocabSpec
 from .program import Program, Shape
@@ -135,14 +136,7 @@ class _Checker:
 
 def load_model(path: str | Path) -> ModelSpec:
     """Read and validate a model spec file."""
-    path = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError("no such model spec file", path=path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"cannot read model spec: {e}", path=path) from None
-    return parse_model(text, path)
+    return parse_model(read_input_text(path, "model spec", SpecError), str(path))
 
 
 def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] | None = None) -> ModelSpec:
@@ -294,12 +288,12 @@ def _onnx_cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
     else:
         full = (Path(c.path).parent if c.path else Path(".")) / rel
         try:
-            data = full.read_bytes()
-        except FileNotFoundError:
-            raise c.fail(where, f"cells.{name}.onnx: no such file '{full}' (the path is relative to the "
+            data = read_input_bytes(full, "", SpecError)
+        except LimitError:
+            raise
+        except InputError as e:
+            raise c.fail(where, f"cells.{name}.onnx: {e.message} ('{full}': the path is relative to the "
                                 f"spec's folder)") from None
-        except OSError as e:
-            raise c.fail(where, f"cells.{name}.onnx: cannot read '{full}': {e.strerror}") from None
         label = str(full)
     from .onnx_cell import import_onnx_cell  # onnx is imported only by specs that need it
 
