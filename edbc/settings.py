@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, quoted
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(os.environ.get("EDBC_CONFIG_DIR", REPO_ROOT / "configs"))
@@ -43,6 +43,6 @@ def _env_bytes(name: str) -> int | None:
     if not text:
         return None
     if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) < 1:
-        shown = text if len(text) <= 40 else text[:40] + "..."
-        raise UsageError(f"must be a positive whole number of bytes (at most 19 digits), got '{shown}'", path=name)
+        raise UsageError(f"must be a positive whole number of bytes (at most 19 digits), got '{quoted(text)}'",
+                         path=name)
     return int(text)
