@@ -32,6 +32,10 @@ from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAU
 from .spec import format_program
 
 
+# What every seeded generator takes (numpy's legacy seeding, which training uses, stops at 2^32 - 1).
+SEED = click.IntRange(0, 2**32 - 1)
+
+
 def _terminate(signum, frame):
     # SIGTERM unwinds like Ctrl-C, so that atomic writes remove their temporary file.
     raise KeyboardInterrupt
@@ -123,7 +127,7 @@ _model_options = [
                                                                            "(cell, default) or primitive ops (op)."),
     click.option("--memory", metavar="MODE", help="Memory planning: pq (default: PQ-tree layout, operands "
                                                   "as views) or none (arenas in run order)."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthetic data."),
+    click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of synthetic data."),
 ]
 
 
@@ -270,7 +274,7 @@ class _ProgressBar:
                    "largest.")
 @click.option("--timesteps", type=int, default=TrainSettings().timesteps, show_default=True,
               help="Environment steps to train for (fewer when the early stop is reached).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling, environments and network.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds sampling, environments and network.")
 @click.option("--eval-every", type=int, default=TrainSettings().eval_every, show_default=True, metavar="K",
               help="PPO updates between greedy evaluations of the distilled table on the held-out graphs.")
 @click.option("--checkpoint", metavar="PATH", help="Checkpoint written after every evaluation "
@@ -328,9 +332,10 @@ def bench(models, batch_sizes, policies, memories, samples, max_minibatches, gra
     import platform
     from pathlib import Path
 
-    from .bench.suite import WORKLOADS, dynet_available, run_suite, write_results
+    from .bench.suite import WORKLOADS, dynet_available, require_plotting, run_suite, write_results
     from .memory import PLANNERS
 
+    require_plotting()  # before the run, not after it
     _set_threads(threads)
     models = _csv(models) if models else [w.model for w in WORKLOADS]
     known = {w.model for w in WORKLOADS}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..api import compile_batch, load_data, load_spec, minibatches
+from ..errors import UsageError
 from ..runtime import Runtime
 from ..schedule import lower_bound
 from ..settings import MODELS_DIR, SHARED_DATA
@@ -240,6 +241,15 @@ def markdown(rows: list[Row], meta: dict) -> str:
                 f"- | - | - | - |")
         lines.append("")
     return "\n".join(lines)
+
+
+def require_plotting() -> None:
+    """The plot needs matplotlib, an optional dependency (`pip install .[bench]`)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("edbc bench draws throughput.png with matplotlib, which is not installed; "
+                         "install it with `pip install .[bench]`") from None
 
 
 def plot(rows: list[Row], path: Path, meta: dict) -> None:

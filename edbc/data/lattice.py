@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import DataError
-from .text import gamma_lengths, is_integer, read_lines, zipf_words
+from ..errors import quoted
+from .text import INT32_MAX, fits_int32, gamma_lengths, is_integer, read_lines, zipf_words
 
 _FIELD = re.compile(r"\S+")
 
@@ -69,7 +70,9 @@ class _Cursor:
             raise self.fail(f"expected {what}, the file ends")
         text = self.fields[self.pos][0]
         if not is_integer(text):
-            raise self.fail(f"expected {what} (an integer), got {text!r}")
+            raise self.fail(f"expected {what} (an integer), got '{quoted(text)}'")
+        if not fits_int32(text):
+            raise self.fail(f"{what} is {quoted(text)}, out of range; expected at most {INT32_MAX}")
         value = int(text)
         if value < minimum:
             raise self.fail(f"{what} is {value}; expected at least {minimum}")

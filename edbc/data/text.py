@@ -16,9 +16,18 @@ _BLANKS = " \t\r\n\f\v"  # ASCII only: a no-break space is part of a word
 _INTEGER = re.compile(r"-?[0-9]+\Z")
 
 
+INT32_MAX = 2**31 - 1
+
+
 def is_integer(text: str) -> bool:
     """ASCII digits with an optional minus (str.isdigit also accepts digits int() refuses, like '²')."""
     return _INTEGER.match(text) is not None
+
+
+def fits_int32(text: str) -> bool:
+    """An integer (`is_integer`) in the int32 range, where the readers store counts, ids, types and
+    labels; its length is checked first, as Python refuses to convert more than 4300 digits."""
+    return is_integer(text) and len(text.lstrip("-")) <= 10 and -INT32_MAX - 1 <= int(text) <= INT32_MAX
 
 
 def read_lines(path: str, what: str = "data") -> Iterator[str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .text import gamma_lengths, is_integer, read_records, zipf_words
+from ..errors import quoted
+from .text import INT32_MAX, fits_int32, gamma_lengths, is_integer, read_records, zipf_words
 
 _PTB_UNESCAPE = {"-LRB-": "(", "-RRB-": ")", "-LCB-": "{", "-RCB-": "}", "-LSB-": "[", "-RSB-": "]"}
 # Only ASCII blanks separate tokens: SST words may hold a no-break space ("8\xa01/2").
@@ -86,7 +87,10 @@ def parse_ptb(line: str, path: str | None = None, lineno: int | None = None) -> 
         if tok == "(":
             if i + 1 >= len(tokens) or tokens[i + 1][0] in "()":
                 raise fail("expected a label after '('", pos)
-            label = tokens[i + 1][0]
+            label, label_pos = tokens[i + 1]
+            if is_integer(label) and not fits_int32(label):
+                raise fail(f"label '{quoted(label)}' is out of range; expected an integer of at most "
+                           f"{INT32_MAX}, or a label that is not a number", label_pos)
             stack.append([pos, int(label) if is_integer(label) else -1, []])
             i += 2
             if i < len(tokens) and tokens[i][0] not in "()":

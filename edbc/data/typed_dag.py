@@ -13,7 +13,8 @@ import numpy as np
 from ..errors import DataError
 from ..graph.ir import DAG, Graph, NodeType, csr_ptr
 from ..inputs import read_input_text
-from .text import is_integer
+from ..errors import quoted
+from .text import INT32_MAX, fits_int32, is_integer
 
 
 def parse_typed_dag(text: str, path: str | None = None) -> Graph:
@@ -27,8 +28,9 @@ def parse_typed_dag(text: str, path: str | None = None) -> Graph:
     if not body:
         raise DataError("empty graph file; expected the node count on the first line", path=path)
     first_line, first = body[0]
-    if len(first) != 1 or not is_integer(first[0]) or int(first[0]) < 0:
-        fail(first_line, f"expected the node count (one integer >= 0), got {' '.join(first)!r}")
+    if len(first) != 1 or not fits_int32(first[0]) or int(first[0]) < 0:
+        fail(first_line, f"expected the node count (one integer from 0 to {INT32_MAX}), "
+                         f"got '{quoted(' '.join(first))}'")
     n = int(first[0])
     rows = body[1:]
     if len(rows) != n:
@@ -39,13 +41,19 @@ def parse_typed_dag(text: str, path: str | None = None) -> Graph:
     args: list[int] = []
     for v, (lineno, f) in enumerate(rows):
         if not all(is_integer(x) for x in f):
-            fail(lineno, f"node {v}: expected integers `type n_args arg...`, got {' '.join(f)!r}")
+            fail(lineno, f"node {v}: expected integers `type n_args arg...`, got '{quoted(' '.join(f))}'")
+        if not all(fits_int32(x) for x in f):
+            fail(lineno, f"node {v}: '{quoted(' '.join(f))}' holds an integer beyond {INT32_MAX}")
         vals = [int(x) for x in f]
         if len(vals) < 2:
             fail(lineno, f"node {v}: expected `type n_args arg...`")
         t, k = vals[0], vals[1]
         if t < 0:
             fail(lineno, f"node {v}: type {t} is negative; types are integers >= 0 (0 = unbatchable)")
+        if t > n:
+            # A graph of n nodes has at most n types: larger ids would only name types no node has.
+            fail(lineno, f"node {v}: type {t} is larger than the node count {n}; types are integers from "
+                         "0 (unbatchable) to the node count")
         if k < 0 or len(vals) - 2 != k:
             fail(lineno, f"node {v}: n_args is {k} but {len(vals) - 2} arguments follow")
         for a in vals[2:]:
