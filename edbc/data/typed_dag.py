@@ -16,6 +16,10 @@ from ..inputs import read_input_text
 from ..errors import quoted
 from .text import INT32_MAX, fits_int32, is_integer
 
+# The graph holds a type for every id up to the largest one used, so ids are bounded: a type id of
+# 2e9 would build 2e9 types. (Ids may exceed the node count: a graph need not use every type.)
+MAX_TYPE = 65_535
+
 
 def parse_typed_dag(text: str, path: str | None = None) -> Graph:
     lines = text.splitlines()
@@ -50,10 +54,9 @@ def parse_typed_dag(text: str, path: str | None = None) -> Graph:
         t, k = vals[0], vals[1]
         if t < 0:
             fail(lineno, f"node {v}: type {t} is negative; types are integers >= 0 (0 = unbatchable)")
-        if t > n:
-            # A graph of n nodes has at most n types: larger ids would only name types no node has.
-            fail(lineno, f"node {v}: type {t} is larger than the node count {n}; types are integers from "
-                         "0 (unbatchable) to the node count")
+        if t > MAX_TYPE:
+            fail(lineno, f"node {v}: type {t} is out of range; types are integers from 0 (unbatchable) "
+                         f"to {MAX_TYPE}")
         if k < 0 or len(vals) - 2 != k:
             fail(lineno, f"node {v}: n_args is {k} but {len(vals) - 2} arguments follow")
         for a in vals[2:]:
