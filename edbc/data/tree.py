@@ -43,24 +43,33 @@ class Tree:
 
     def depth(self) -> int:
         """Levels from the root to the deepest leaf (a lone leaf has depth 1)."""
-        d = np.ones(self.num_nodes, dtype=np.int64)
+        left, right = self.left.tolist(), self.right.tolist()
+        d = [1] * self.num_nodes
         for v in range(self.num_nodes):  # post-order: children are final before their parent
-            if self.left[v] >= 0:
-                d[v] = 1 + max(d[self.left[v]], d[self.right[v]])
-        return int(d[-1])
+            if left[v] >= 0:
+                d[v] = 1 + max(d[left[v]], d[right[v]])
+        return d[-1]
 
     def to_ptb(self) -> str:
-        """PTB brackets; words are written escaped, so reading them back gives this tree."""
+        """PTB brackets; words are written escaped, so reading them back gives this tree. Iterative:
+        trees may be deeper than Python's recursion limit."""
         escape = {v: k for k, v in _PTB_UNESCAPE.items()}
-
-        def render(v: int) -> str:
-            label = str(self.labels[v]) if self.labels[v] >= 0 else "X"
-            if self.left[v] < 0:
-                word = escape.get(self.words[v], self.words[v].replace("/", "\\/"))
-                return f"({label} {word})"
-            return f"({label} {render(self.left[v])} {render(self.right[v])})"
-
-        return render(self.num_nodes - 1)
+        left, right, labels = self.left.tolist(), self.right.tolist(), self.labels.tolist()
+        parts: list[str] = []
+        stack: list[int | str] = [self.num_nodes - 1]  # nodes to render, and closing text
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                parts.append(item)
+                continue
+            label = str(labels[item]) if labels[item] >= 0 else "X"
+            if left[item] < 0:
+                word = escape.get(self.words[item], self.words[item].replace("/", "\\/"))
+                parts.append(f"({label} {word})")
+            else:
+                parts.append(f"({label} ")
+                stack += [")", right[item], " ", left[item]]
+        return "".join(parts)
 
 
 def parse_ptb(line: str, path: str | None = None, lineno: int | None = None) -> Tree:
