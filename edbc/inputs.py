@@ -63,6 +63,13 @@ def read_input_text(path: str | Path, what: str, error: type[InputError] = Input
         raise error(f"not UTF-8 text ({e.reason} at byte {e.start})", path=str(path)) from None
 
 
+def out_of_memory(path: str | None, line: int | None = None) -> LimitError:
+    """What a reader raises when parsing its input ran out of memory (MemoryError)."""
+    what = "this line" if line is not None else "this file"
+    return LimitError(f"{what} is too large to parse in the memory available; split it, or give edbc "
+                      "more memory", path=path, line=line)
+
+
 def load_json(data: str | bytes):
     """`json.loads`; nesting too deep and integers beyond int64 raise `JSONDecodeError` too."""
     try:

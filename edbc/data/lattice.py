@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..errors import quoted
+from ..inputs import out_of_memory
 from .text import INT32_MAX, fits_int32, gamma_lengths, is_integer, read_lines, zipf_words
 
 _FIELD = re.compile(r"\S+")
@@ -53,8 +54,13 @@ class _Cursor:
     def __init__(self, path: str):
         self.path = path
         self.fields: list[tuple[str, int, int]] = []
-        for lineno, line in enumerate(read_lines(path), start=1):
-            self.fields.extend((m.group(), lineno, m.start() + 1) for m in _FIELD.finditer(line))
+        lineno = None
+        try:
+            for lineno, line in enumerate(read_lines(path), start=1):
+                self.fields.extend((m.group(), lineno, m.start() + 1) for m in _FIELD.finditer(line))
+        except MemoryError:
+            self.fields = []
+            raise out_of_memory(path, lineno) from None
         self.pos = 0
 
     def fail(self, message: str, at: int | None = None) -> DataError:

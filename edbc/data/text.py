@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import DataError
-from ..inputs import read_input_text
+from ..inputs import out_of_memory, read_input_text
 
 
 _BLANKS = " \t\r\n\f\v"  # ASCII only: a no-break space is part of a word
@@ -43,7 +43,10 @@ def read_records(path: str, parse, limit: int | None, empty: str) -> list:
     for lineno, line in enumerate(read_lines(path), start=1):
         if not line.strip(_BLANKS):
             continue
-        out.append(parse(line, path, lineno))
+        try:
+            out.append(parse(line, path, lineno))
+        except MemoryError:
+            raise out_of_memory(path, lineno) from None
         if limit is not None and len(out) >= limit:
             break
     if not out:

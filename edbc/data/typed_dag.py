@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..graph.ir import DAG, Graph, NodeType, csr_ptr
-from ..inputs import read_input_text
+from ..inputs import out_of_memory, read_input_text
 from ..errors import quoted
 from .text import INT32_MAX, fits_int32, is_integer
 
@@ -76,7 +76,11 @@ def parse_typed_dag(text: str, path: str | None = None) -> Graph:
 
 
 def read_typed_dag(path: str) -> Graph:
-    return parse_typed_dag(read_input_text(path, "graph", DataError), path)
+    text = read_input_text(path, "graph", DataError)
+    try:
+        return parse_typed_dag(text, path)
+    except MemoryError:
+        raise out_of_memory(path) from None
 
 
 def format_typed_dag(graph: Graph) -> str:

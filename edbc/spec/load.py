@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InputError, LimitError, SpecError, quoted
-from ..inputs import read_input_bytes, read_input_text
+from ..inputs import out_of_memory, read_input_bytes, read_input_text
 from .cells import MAX_INT, OpLine, eval_dim_text, parse_cell
 from .model import INITS, ModelSpec, ParamSpec, RoleSpec, Source, VocabSpec
 from .program import Program, Shape
@@ -85,6 +85,8 @@ def _compose(text: str, path: str | None) -> _Node | None:
     loader = _BoundedLoader(text, path)
     try:
         root = loader.get_single_node()
+    except MemoryError:
+        raise out_of_memory(path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
