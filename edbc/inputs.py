@@ -36,7 +36,7 @@ def read_input_bytes(path: str | Path, what: str, error: type[InputError] = Inpu
         raise error(f"the path holds a NUL byte; expected the path of a {noun}", path=path) from None
     except OSError as e:
         raise error(f"cannot read: {e.strerror}", path=path) from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise error(f"is a directory; expected a {noun}", path=path)
@@ -44,10 +44,12 @@ def read_input_bytes(path: str | Path, what: str, error: type[InputError] = Inpu
             kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
             raise error(f"is {kind}, not a regular file; expected a {noun}", path=path)
         limit = max_input_bytes()
-        try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)  # the size may change under us: never read past the limit
-        except OSError as e:
-            raise error(f"cannot read: {e.strerror}", path=path) from None
+    except OSError as e:
+        raise error(f"cannot read: {e.strerror}", path=path) from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise LimitError(f"the {noun} is larger than {limit} bytes, the most edbc reads; set "
                          f"{MAX_INPUT_BYTES_VAR} to read larger files", path=path)
