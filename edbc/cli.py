@@ -32,6 +32,7 @@ from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAU
 from .spec import format_program
 
 
+_MAX_THREADS = 1024
 # What every seeded generator takes (numpy's legacy seeding, which training uses, stops at 2^32 - 1).
 SEED = click.IntRange(0, 2**32 - 1)
 
@@ -80,6 +81,8 @@ def _is_plan(path: str) -> bool:
 def _set_threads(threads: int) -> None:
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
+    if threads > _MAX_THREADS:  # torch takes a C int and overflows beyond it
+        raise UsageError(f"--threads must be at most {_MAX_THREADS}, got {threads}")
     torch.set_num_threads(threads)
 
 
