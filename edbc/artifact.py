@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, InputError, quoted
 from .inputs import load_json, read_input_bytes
 
 _ALIGN = 64
@@ -108,15 +108,21 @@ def decode_artifact(path: str, data: bytes, magic: bytes, fmt: str,
         fail("corrupt: the header is not a JSON object")
     check_document(head, fmt, major, fail, "in the header")
     blobs = data[start + length:]
+    parts = head.get("parts", {})
+    if not isinstance(parts, dict):
+        fail("corrupt: the header's parts are not a JSON object")
     arrays = {}
-    for name, p in head.get("parts", {}).items():
-        lo, n = p["offset"], p["nbytes"]
-        raw = blobs[lo:lo + n]
-        if len(raw) != n:
-            fail(f"truncated: part '{name}' needs {n} bytes, {len(raw)} are there")
-        if hashlib.sha256(raw).hexdigest() != p["sha256"]:
-            fail(f"checksum mismatch in part '{name}': the file is corrupt")
-        arrays[name] = np.frombuffer(raw, dtype=np.dtype(p["dtype"])).reshape(p["shape"])
+    for name, p in parts.items():
+        try:
+            lo, n = int(p["offset"]), int(p["nbytes"])
+            raw = blobs[lo:lo + n]
+            if len(raw) != n:
+                fail(f"truncated: part '{quoted(name)}' needs {n} bytes, {len(raw)} are there")
+            if hashlib.sha256(raw).hexdigest() != p["sha256"]:
+                fail(f"checksum mismatch in part '{quoted(name)}': the file is corrupt")
+            arrays[name] = np.frombuffer(raw, dtype=np.dtype(p["dtype"])).reshape(p["shape"])
+        except (KeyError, TypeError, ValueError, OverflowError):  # a checksummed but ill-formed header
+            fail(f"corrupt: part '{quoted(name)}' is malformed")
     return head, arrays
 
 
