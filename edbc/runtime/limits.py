@@ -77,12 +77,18 @@ def check_minibatch_fits(spec: ModelSpec, graph: Graph, schedule: Schedule, layo
            arenas=arena_bytes(layout), workspace=workspace_bytes(graph, schedule))
 
 
-def _check(device: torch.device, what: str, advice: str, path: str | None, **parts: int) -> None:
+def check_host_fits(what: str, advice: str, **parts: int) -> None:
+    """Before a large host-side (numpy) allocation, such as the bitsets of |F*_t|."""
+    _check(torch.device("cpu"), what, advice, None, "memory", **parts)
+
+
+def _check(device: torch.device, what: str, advice: str, path: str | None, kind: str = "tensor memory",
+           **parts: int) -> None:
     need = sum(parts.values())
     have = available_bytes(device)
     if need > _SHARE * have:
         split = ", ".join(f"{name} {_size(n)}" for name, n in parts.items())
-        raise LimitError(f"{what} needs {_size(need)} of tensor memory ({split}), but only {_size(have)} is "
+        raise LimitError(f"{what} needs {_size(need)} of {kind} ({split}), but only {_size(have)} is "
                          f"available on {device.type} ({_SHARE:.0%} of it may be used); {advice}", path=path)
 
 
