@@ -24,8 +24,9 @@ from .artifact import check_output, file_digest
 from .cell import CompiledCell, compile_cell, format_compiled_cell
 from .data import encode, read_instances, synthesize
 from .data.typed_dag import read_typed_dag
-from .errors import UsageError, VerificationError
+from .errors import EdbcError, SpecError, UsageError, VerificationError
 from .graph import CELL, DAG, format_graph
+from .inputs import read_input_bytes, read_input_text
 from .memory import PLANNERS, format_layout
 from .memory.operands import MemoryStats, NO_STATS, format_memory, memory_stats
 from .passes import BATCH_PASSES, GRANULARITIES, PASS_NAMES, BatchState, CompileOptions, run_passes
@@ -33,10 +34,10 @@ from .plan import CompiledBatch, Plan, format_plan, load_plan, save_plan
 from .plan.plan import MAGIC
 from .policy.resolve import POLICY_NAMES, BatchingPolicy, resolve_policy, shipped_policy_path
 from .runtime import Runtime
-from .runtime.limits import check_fits
+from .runtime.limits import check_minibatch_fits
 from .schedule import format_schedule, lower_bound, verify_schedule
 from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES
-from .spec import ModelSpec, load_model
+from .spec import ModelSpec, parse_model
 from .spec.program import Program
 
 __all__ = ["CompileOptions", "Compiler", "BatchingPolicy", "resolve_policy", "shipped_policy_path", "POLICY_NAMES",
@@ -55,8 +56,8 @@ class Dataset:
 def load_spec(path: str | Path | None = None) -> tuple[ModelSpec, str]:
     """A model spec and its text; the bundled TreeLSTM when `path` is None."""
     path = Path(path) if path is not None else DEFAULT_MODEL
-    spec = load_model(path)
-    return spec, path.read_text(encoding="utf-8")
+    text = read_input_text(path, "model spec", SpecError)
+    return parse_model(text, str(path)), text
 
 
 def load_data(spec: ModelSpec, data: str | None = None, limit: int | None = None, seed: int = 0) -> Dataset:
@@ -269,7 +270,8 @@ class RunReport:
 
 
 def _execute(runtime: Runtime, compiled: CompiledBatch, phases: dict[str, float], index: int):
-    check_fits(compiled.layout, runtime.device, f"mini-batch {index}")
+    check_minibatch_fits(runtime.spec, compiled.graph, compiled.schedule, compiled.layout, runtime.device,
+                         f"mini-batch {index}")
     t0 = time.perf_counter()
     out = runtime.prepare(compiled).run()
     if runtime.device.type == "cuda":
@@ -318,9 +320,8 @@ def is_plan(path: str) -> bool:
     if path.endswith(".plan"):
         return True
     try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
+        return read_input_bytes(path, "")[:len(MAGIC)] == MAGIC
+    except EdbcError:
         return False
 
 

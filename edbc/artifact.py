@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtifactError, InputError, UsageError
+from .errors import ArtifactError, InputError, UsageError, quoted
+from .inputs import load_json, read_input_bytes
 
 _ALIGN = 64
 _LEN_DIGITS = 12
@@ -183,13 +184,13 @@ def decode_artifact(path: str, data: bytes, magic: bytes, fmt: str,
 
 
 def parse_json(text: bytes, fail, expected: str):
-    """JSON, or `fail`: malformed, nested too deep or with an integer too long to convert."""
+    """JSON (`edbc.inputs.load_json`: nesting and integers bounded), or `fail`."""
     try:
-        return json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        fail(f"corrupt or truncated: not valid JSON; expected {expected}")
-    except (RecursionError, ValueError):
-        fail(f"corrupt: the JSON nests too deep or holds an integer too long to read; expected {expected}")
+        return load_json(text)
+    except UnicodeDecodeError:
+        fail(f"corrupt: not valid JSON (not UTF-8); expected {expected}")
+    except json.JSONDecodeError as e:
+        fail(f"corrupt or truncated: not valid JSON ({e.msg}); expected {expected}")
 
 
 # The dtypes edbc writes: little-endian integers, floats and bytes (never objects, which numpy cannot
@@ -198,7 +199,7 @@ _PART_DTYPES = ("|u1", "|i1", "|b1", "<i2", "<i4", "<i8", "<u2", "<u4", "<u8", "
 
 
 def _read_part(name: str, part, blobs: bytes, fail) -> np.ndarray:
-    what = f"part '{name}'"
+    what = f"part '{quoted(name)}'"
     expect(part, dict, what, fail)
     dtype = part.get("dtype")
     if dtype not in _PART_DTYPES:
@@ -210,9 +211,9 @@ def _read_part(name: str, part, blobs: bytes, fail) -> np.ndarray:
         fail(f"{what} is {n} bytes; its shape {shape} of {dtype} needs {math.prod(shape) * np.dtype(dtype).itemsize}")
     raw = blobs[offset:offset + n]
     if len(raw) != n:
-        fail(f"truncated: part '{name}' needs {n} bytes, {len(raw)} are there")
+        fail(f"truncated: part '{quoted(name)}' needs {n} bytes, {len(raw)} are there")
     if hashlib.sha256(raw).hexdigest() != part.get("sha256"):
-        fail(f"checksum mismatch in part '{name}': the file is corrupt")
+        fail(f"checksum mismatch in part '{quoted(name)}': the file is corrupt")
     return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
 
 
@@ -270,14 +271,7 @@ def expect_ints(value, what: str, fail, low: int | None = 0, high: int | None = 
 
 
 def read_bytes(path: str | Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"no such {what} file", path=str(path)) from None
-    except IsADirectoryError:
-        raise InputError(f"is a directory; expected a {what} file", path=str(path)) from None
-    except OSError as e:
-        raise InputError(f"cannot read {what}: {e.strerror}", path=str(path)) from None
+    return read_input_bytes(path, what)
 
 
 def file_digest(path: str | Path) -> str:

@@ -22,6 +22,11 @@ from .policy.train import TrainSettings
 from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_THREADS
 
 
+_MAX_THREADS = 1024
+# What every seeded generator takes (numpy's legacy seeding, which training uses, stops at 2^32 - 1).
+SEED = click.IntRange(0, 2**32 - 1)
+
+
 def _terminate(signum, frame):
     # SIGTERM unwinds like Ctrl-C, so that atomic writes remove their temporary file.
     raise KeyboardInterrupt
@@ -56,6 +61,8 @@ def main():
 def _set_threads(threads: int) -> None:
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
+    if threads > _MAX_THREADS:  # torch takes a C int and overflows beyond it
+        raise UsageError(f"--threads must be at most {_MAX_THREADS}, got {threads}")
     torch.set_num_threads(threads)
 
 
@@ -109,7 +116,7 @@ _model_options = [
                                                                            "(cell, default) or primitive ops (op)."),
     click.option("--memory", metavar="MODE", help="Memory planning: pq (default: PQ-tree layout, operands "
                                                   "as views) or none (arenas in run order)."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthetic data."),
+    click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of synthetic data."),
 ]
 
 
@@ -219,7 +226,7 @@ class _ProgressBar:
                    "largest.")
 @click.option("--timesteps", type=int, default=TrainSettings().timesteps, show_default=True,
               help="Environment steps to train for (fewer when the early stop is reached).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling, environments and network.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds sampling, environments and network.")
 @click.option("--eval-every", type=int, default=TrainSettings().eval_every, show_default=True, metavar="K",
               help="PPO updates between greedy evaluations of the distilled table on the held-out graphs.")
 @click.option("--checkpoint", metavar="PATH", help="Checkpoint written after every evaluation "

@@ -83,3 +83,10 @@ class LimitError(EdbcError):
     """The request exceeds a documented limit (graph too large for a policy, memory)."""
 
     exit_code = EXIT_LIMIT
+
+
+def quoted(text: str, width: int = 60) -> str:
+    """Text the user wrote, as an error message shows it: control characters escaped (a NUL byte
+    must not reach the terminal), clipped to `width` characters."""
+    shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[:width + 1])
+    return shown if len(text) <= width else shown[:width] + "..."

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UsageError, quoted
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(os.environ.get("EDBC_CONFIG_DIR", REPO_ROOT / "configs"))
 MODELS_DIR = CONFIG_DIR / "models"
@@ -19,5 +21,28 @@ DEFAULT_SYNTHETIC_INSTANCES = 256  # instances generated when no --data is given
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MEMORY = "pq"  # memory planning mode of `run` and `compile`
 DEFAULT_THREADS = 1  # torch threads; timings are comparable to single-threaded DyNet
-# Memory the runtime may assume available, in bytes (default: what the device reports).
-MEMORY_LIMIT = int(os.environ["EDBC_MEMORY_LIMIT"]) if os.environ.get("EDBC_MEMORY_LIMIT") else None
+MEMORY_LIMIT_VAR = "EDBC_MEMORY_LIMIT"  # memory the runtime may assume available (default: what the device reports)
+MAX_INPUT_BYTES_VAR = "EDBC_MAX_INPUT_BYTES"  # the largest file edbc reads
+DEFAULT_MAX_INPUT_BYTES = 2**30
+
+
+def memory_limit() -> int | None:
+    """`EDBC_MEMORY_LIMIT` in bytes, or None when unset."""
+    return _env_bytes(MEMORY_LIMIT_VAR)
+
+
+def max_input_bytes() -> int:
+    limit = _env_bytes(MAX_INPUT_BYTES_VAR)
+    return DEFAULT_MAX_INPUT_BYTES if limit is None else limit
+
+
+def _env_bytes(name: str) -> int | None:
+    """A positive byte count from the environment, read when needed so that a bad value is a
+    usage error with one line, not a failure at import."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) < 1:
+        raise UsageError(f"must be a positive whole number of bytes (at most 19 digits), got '{quoted(text)}'",
+                         path=name)
+    return int(text)

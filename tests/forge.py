@@ -130,7 +130,7 @@ PLAN_FORGERIES = {
     "batchable_an_integer": (lambda h, a: _mb(h)["types"][0].update(batchable=1),
                              "a type's batchable in mini-batch 0's cell_graph is 1; expected true or false"),
     "num_instances_a_bool": (lambda h, a: _mb(h).update(num_instances=True), "num_instances is true"),
-    "num_instances_huge": (lambda h, a: _mb(h).update(num_instances=10 ** 30), "instances; expected at most"),
+    "num_instances_huge": (lambda h, a: _mb(h).update(num_instances=10 ** 18), "instances; expected at most"),
     "instance_without_nodes": (lambda h, a: (h.update(batch_size=3), _mb(h).update(num_instances=3)),
                                "1 of its 3 instances have no nodes"),
     "batch_size_zero": (lambda h, a: h.update(batch_size=0), "batch_size is 0; expected an integer from 1"),
@@ -152,8 +152,8 @@ PLAN_FORGERIES = {
 # Forged header fields that `reencode` would rewrite (the parts themselves kept): name -> (change, message).
 HEADER_FORGERIES = {
     "part_dtype_object": (lambda h: h["parts"]["0/cell/imm"].update(dtype="|O"), "has dtype \"|O\""),
-    "part_shape_huge": (lambda h: h["parts"]["0/cell/imm"].update(shape=[10 ** 30]), "needs"),
-    "part_offset_huge": (lambda h: h["parts"]["0/cell/imm"].update(offset=10 ** 40), "truncated: part '0/cell/imm'"),
+    "part_shape_huge": (lambda h: h["parts"]["0/cell/imm"].update(shape=[10 ** 18]), "needs"),
+    "part_offset_huge": (lambda h: h["parts"]["0/cell/imm"].update(offset=10 ** 18), "truncated: part '0/cell/imm'"),
     "part_offset_a_bool": (lambda h: h["parts"]["0/cell/imm"].update(offset=True),
                            "the offset of part '0/cell/imm' is true"),
     "parts_a_list": (lambda h: h.update(parts=[]), "the header's parts is []; expected an object"),

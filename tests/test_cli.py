@@ -138,9 +138,16 @@ def test_console_script_prints_one_json_object_and_no_traceback(tmp_path):
 
 
 def test_work_larger_than_memory_is_refused_with_the_estimate(monkeypatch):
-    import edbc.runtime.limits as limits
-    monkeypatch.setattr(limits, "MEMORY_LIMIT", 100_000)
-    one_line_error(edbc("run", "--limit", 8), 6, "mini-batch 0 needs", "KiB of tensor memory", "smaller --batch-size")
+    # The TreeLSTM's parameters take 0.94 MiB; a mini-batch of 8 trees about 1.4 MiB more.
+    monkeypatch.setenv("EDBC_MEMORY_LIMIT", str(1_500_000))
+    one_line_error(edbc("run", "--limit", 8), 6, "mini-batch 0 needs", "MiB of tensor memory (parameters",
+                   "arenas", "workspace", "smaller --batch-size")
+
+
+def test_parameters_larger_than_memory_are_refused_before_they_are_drawn(monkeypatch):
+    monkeypatch.setenv("EDBC_MEMORY_LIMIT", str(100_000))
+    one_line_error(edbc("run", "--limit", 8), 6, "model 'treelstm' needs 966.5 KiB of tensor memory",
+                   "use smaller dims")
 
 
 def test_sigterm_leaves_the_previous_plan_and_no_partial_file(tmp_path):

@@ -1,8 +1,14 @@
+import sys
+
 import numpy as np
 import pytest
+import torch
 
+from edbc.api import compile_batch, load_data, run
 from edbc.data import build_vocab, encode, parse_ptb, read_trees, synthetic_trees
-from edbc.errors import DataError
+from edbc.errors import DataError, LimitError
+from edbc.graph import lower_to_ops
+from edbc.schedule import lower_bound
 from edbc.spec.model import VocabSpec
 
 from .conftest import shared
@@ -102,3 +108,38 @@ def test_reads_sst_dev():
     trees = read_trees(shared("sst/dev.txt"))
     assert len(trees) == 1107
     assert 36 < np.mean([t.num_nodes for t in trees]) < 39
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_read_written_compiled_and_checked(tmp_path, treelstm):
+    depth = 2 * sys.getrecursionlimit()
+    path = tmp_path / "deep.txt"
+    path.write_text("(1 (2 a) " * (depth - 1) + "(2 b)" + ")" * (depth - 1) + "\n")
+    tree = read_trees(path)[0]
+    assert tree.depth() == depth
+    assert parse_ptb(tree.to_ptb()).num_nodes == tree.num_nodes == 2 * depth - 1
+    dataset = load_data(treelstm, str(path))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny batches: more threads only contend
+    try:
+        report = run(treelstm, dataset, options="agenda", check=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert report.check_passed
+    op_graph = lower_to_ops(compile_batch(treelstm, dataset.instances, "agenda").cell_graph)
+    assert lower_bound(op_graph) > depth
+
+
+def test_running_out_of_memory_on_a_line_is_a_limit_error_naming_it(tmp_path, monkeypatch):
+    import edbc.data.tree as tree_module
+
+    def exhausted(line, path=None, lineno=None):
+        if lineno == 2:
+            raise MemoryError
+        return parse_ptb(line, path, lineno)
+
+    monkeypatch.setattr(tree_module, "parse_ptb", exhausted)
+    path = tmp_path / "t.txt"
+    path.write_text("(1 (2 a) (2 b))\n(1 (2 a) (2 b))\n")
+    with pytest.raises(LimitError, match="this line is too large to parse in the memory available") as e:
+        read_trees(path)
+    assert (e.value.path, e.value.line) == (str(path), 2)

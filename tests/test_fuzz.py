@@ -20,7 +20,8 @@ from edbc.data.tree import read_trees
 from edbc.data.typed_dag import read_typed_dag
 from edbc.errors import EdbcError
 from edbc.graph import build_graph
-from edbc.settings import MODELS_DIR
+from edbc.policy.file import load_policy
+from edbc.settings import MODELS_DIR, PLANS_DIR
 from edbc.spec import parse_model
 
 FUZZ = settings(max_examples=150, deadline=None)
@@ -115,3 +116,70 @@ def test_spec_loader(text):
         parse_model(text, "fuzzed.yaml")
     except EdbcError:
         pass
+
+
+# Hostile values: nesting deeper than Python's stack, integers of any length, divisions by zero,
+# NUL bytes, alias bombs; put where each format reads a value, they must still be answered by
+# edbc's own errors.
+def digits():
+    return st.integers(1, 5000).map(lambda n: "9" * n)
+
+
+@st.composite
+def nested(draw, opening: str, closing: str, inner) -> str:
+    depth = draw(st.integers(1, 3000))
+    return opening * depth + draw(inner) + closing * depth
+
+
+def yaml_values():
+    return st.one_of(nested("[", "]", digits()), nested("{a: ", "}", digits()), digits(),
+                     st.builds(lambda n: "1+" * n + "1", st.integers(1, 5000)),
+                     st.builds(lambda n: "-" * n + "3", st.integers(1, 5000)),
+                     st.builds(lambda n: "(" * n + "3" + ")" * n, st.integers(1, 3000)),
+                     st.sampled_from(["128//0", "3//(hidden-hidden)", '"1\\02"', "*nowhere", "2001-02-30"]))
+
+
+def alias_bombs():
+    def bomb(depth: int, width: int) -> str:
+        return "".join(f"k{i}: &a{i} [{', '.join([f'*a{i - 1}' if i else 'x'] * width)}]\n" for i in range(depth))
+    return st.one_of(st.builds(bomb, st.integers(1, 12), st.integers(1, 12)), st.just("loop: &loop [*loop]\n"))
+
+
+def substituted(text: str, places: list[str], values) -> st.SearchStrategy[str]:
+    """`text` with one of `places` replaced by a drawn value."""
+    return st.builds(lambda place, value: text.replace(place, value, 1), st.sampled_from(places), values)
+
+
+HOSTILE_SPECS = st.one_of(
+    alias_bombs().map(lambda bomb: bomb + SPEC),
+    yaml_values().map(lambda value: f"extra: {value}\n" + SPEC),
+    substituted(SPEC, ["128", "3*hidden", "0.1", "5)", "treelstm"], yaml_values()))
+
+
+@settings(max_examples=80, deadline=None)
+@given(HOSTILE_SPECS)
+def test_spec_loader_with_hostile_yaml(text):
+    try:
+        parse_model(text, "fuzzed.yaml")
+    except EdbcError:
+        pass
+
+
+def json_values():
+    return st.one_of(nested("[", "]", digits()), nested('{"a": ', "}", digits()), digits(),
+                     digits().map(lambda d: "-" + d), st.sampled_from(["1e999999", "-1e999999", "1.5", "null"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(substituted(DAGS, ["0", "1", "2", '"a"', '"word"', "[0, 1]", "[2]"], json_values()))
+def test_dag_reader_with_hostile_json(tmp_path_factory, text):
+    survives(tmp_path_factory, text, read_dags, "dag_rnn")
+
+
+POLICY = (PLANS_DIR / "treelstm.policy.json").read_text()
+
+
+@settings(max_examples=60, deadline=None)
+@given(substituted(POLICY, ["0", "1", "2", '"1.0"', '"sorted"', "[", '"treelstm"'], json_values()))
+def test_policy_loader_with_hostile_json(tmp_path_factory, text):
+    survives(tmp_path_factory, text, load_policy)

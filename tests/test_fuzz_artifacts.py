@@ -144,11 +144,11 @@ def test_policies_with_any_value_anywhere(tmp_path_factory, data, value):
 def test_deep_nesting_and_huge_integers_are_refused(tmp_path, text):
     policy = tmp_path / "p.json"
     policy.write_bytes(text)
-    with pytest.raises(EdbcError, match="nests too deep or holds an integer too long"):
+    with pytest.raises(EdbcError, match=r"not valid JSON \((nested too deeply|integer of \d+ digits)"):
         load_policy(policy)
     plan = tmp_path / "p.plan"
     plan.write_bytes(MAGIC + f"{len(text):012d}\n".encode() + text)
-    with pytest.raises(EdbcError, match="nests too deep or holds an integer too long"):
+    with pytest.raises(EdbcError, match=r"not valid JSON \((nested too deeply|integer of \d+ digits)"):
         load_plan(plan)
 
 

@@ -214,6 +214,7 @@ def run_bench(models: list[str] | None = None, batch_sizes: str = "1,32,64,128",
     throughput.png to `out_dir` and return the markdown table."""
     import platform
 
+    require_plotting()  # before the run, not after it
     known = {w.model for w in WORKLOADS}
     models = models or [w.model for w in WORKLOADS]
     for m in models:
@@ -277,6 +278,15 @@ def markdown(rows: list[Row], meta: dict) -> str:
                 f"- | - | - | - |")
         lines.append("")
     return "\n".join(lines)
+
+
+def require_plotting() -> None:
+    """The plot needs matplotlib, an optional dependency (`pip install .[bench]`)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("edbc bench draws throughput.png with matplotlib, which is not installed; "
+                         "install it with `pip install .[bench]`") from None
 
 
 def plot(rows: list[Row], path: Path, meta: dict) -> None:

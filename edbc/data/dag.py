@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..graph.ir import csr_ptr
+from ..inputs import load_json
 from ..spec.structure import arg_index
 from .text import gamma_lengths, read_records, zipf_words
 
@@ -59,7 +60,7 @@ def parse_dag(line: str, path: str | None = None, lineno: int | None = None) -> 
         raise DataError(message, path=path, line=lineno, column=column)
 
     try:
-        obj = json.loads(line)
+        obj = load_json(line)
     except json.JSONDecodeError as e:
         fail(f"not valid JSON ({e.msg})", e.colno)
     if not isinstance(obj, dict) or not isinstance(obj.get("nodes"), list) or not obj["nodes"]:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import DataError
-from .text import gamma_lengths, is_integer, read_lines, zipf_words
+from ..errors import quoted
+from ..inputs import out_of_memory
+from .text import INT32_MAX, fits_int32, gamma_lengths, is_integer, read_lines, zipf_words
 
 _FIELD = re.compile(r"\S+")
 
@@ -52,8 +54,13 @@ class _Cursor:
     def __init__(self, path: str):
         self.path = path
         self.fields: list[tuple[str, int, int]] = []
-        for lineno, line in enumerate(read_lines(path), start=1):
-            self.fields.extend((m.group(), lineno, m.start() + 1) for m in _FIELD.finditer(line))
+        lineno = None
+        try:
+            for lineno, line in enumerate(read_lines(path), start=1):
+                self.fields.extend((m.group(), lineno, m.start() + 1) for m in _FIELD.finditer(line))
+        except MemoryError:
+            self.fields = []
+            raise out_of_memory(path, lineno) from None
         self.pos = 0
 
     def fail(self, message: str, at: int | None = None) -> DataError:
@@ -69,7 +76,9 @@ class _Cursor:
             raise self.fail(f"expected {what}, the file ends")
         text = self.fields[self.pos][0]
         if not is_integer(text):
-            raise self.fail(f"expected {what} (an integer), got {text!r}")
+            raise self.fail(f"expected {what} (an integer), got '{quoted(text)}'")
+        if not fits_int32(text):
+            raise self.fail(f"{what} is {quoted(text)}, out of range; expected at most {INT32_MAX}")
         value = int(text)
         if value < minimum:
             raise self.fail(f"{what} is {value}; expected at least {minimum}")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Iterator
 
 import numpy as np
 
 from ..errors import DataError
+from ..inputs import out_of_memory, read_input_text
 
 
 _BLANKS = " \t\r\n\f\v"  # ASCII only: a no-break space is part of a word
 _INTEGER = re.compile(r"-?[0-9]+\Z")
+
+
+INT32_MAX = 2**31 - 1
 
 
 def is_integer(text: str) -> bool:
@@ -19,19 +24,16 @@ def is_integer(text: str) -> bool:
     return _INTEGER.match(text) is not None
 
 
+def fits_int32(text: str) -> bool:
+    """An integer (`is_integer`) in the int32 range, where the readers store counts, ids, types and
+    labels; its length is checked first, as Python refuses to convert more than 4300 digits."""
+    return is_integer(text) and len(text.lstrip("-")) <= 10 and -INT32_MAX - 1 <= int(text) <= INT32_MAX
+
+
 def read_lines(path: str, what: str = "data") -> Iterator[str]:
-    """The lines of a UTF-8 file; a missing, unreadable or binary file is a `DataError`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            yield from f
-    except FileNotFoundError:
-        raise DataError(f"no such {what} file", path=path) from None
-    except IsADirectoryError:
-        raise DataError(f"is a directory; expected a {what} file", path=path) from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
-    except OSError as e:
-        raise DataError(f"cannot read: {e.strerror}", path=path) from None
+    """The lines of a UTF-8 file, newlines as `open` gives them; a missing, unreadable, binary
+    or non-regular file is a `DataError`."""
+    yield from io.StringIO(read_input_text(path, what, DataError), newline=None)
 
 
 def read_records(path: str, parse, limit: int | None, empty: str) -> list:
@@ -41,7 +43,10 @@ def read_records(path: str, parse, limit: int | None, empty: str) -> list:
     for lineno, line in enumerate(read_lines(path), start=1):
         if not line.strip(_BLANKS):
             continue
-        out.append(parse(line, path, lineno))
+        try:
+            out.append(parse(line, path, lineno))
+        except MemoryError:
+            raise out_of_memory(path, lineno) from None
         if limit is not None and len(out) >= limit:
             break
     if not out:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .text import gamma_lengths, is_integer, read_records, zipf_words
+from ..errors import quoted
+from .text import INT32_MAX, fits_int32, gamma_lengths, is_integer, read_records, zipf_words
 
 _PTB_UNESCAPE = {"-LRB-": "(", "-RRB-": ")", "-LCB-": "{", "-RCB-": "}", "-LSB-": "[", "-RSB-": "]"}
 # Only ASCII blanks separate tokens: SST words may hold a no-break space ("8\xa01/2").
@@ -42,24 +43,33 @@ class Tree:
 
     def depth(self) -> int:
         """Levels from the root to the deepest leaf (a lone leaf has depth 1)."""
-        d = np.ones(self.num_nodes, dtype=np.int64)
+        left, right = self.left.tolist(), self.right.tolist()
+        d = [1] * self.num_nodes
         for v in range(self.num_nodes):  # post-order: children are final before their parent
-            if self.left[v] >= 0:
-                d[v] = 1 + max(d[self.left[v]], d[self.right[v]])
-        return int(d[-1])
+            if left[v] >= 0:
+                d[v] = 1 + max(d[left[v]], d[right[v]])
+        return d[-1]
 
     def to_ptb(self) -> str:
-        """PTB brackets; words are written escaped, so reading them back gives this tree."""
+        """PTB brackets; words are written escaped, so reading them back gives this tree. Iterative:
+        trees may be deeper than Python's recursion limit."""
         escape = {v: k for k, v in _PTB_UNESCAPE.items()}
-
-        def render(v: int) -> str:
-            label = str(self.labels[v]) if self.labels[v] >= 0 else "X"
-            if self.left[v] < 0:
-                word = escape.get(self.words[v], self.words[v].replace("/", "\\/"))
-                return f"({label} {word})"
-            return f"({label} {render(self.left[v])} {render(self.right[v])})"
-
-        return render(self.num_nodes - 1)
+        left, right, labels = self.left.tolist(), self.right.tolist(), self.labels.tolist()
+        parts: list[str] = []
+        stack: list[int | str] = [self.num_nodes - 1]  # nodes to render, and closing text
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                parts.append(item)
+                continue
+            label = str(labels[item]) if labels[item] >= 0 else "X"
+            if left[item] < 0:
+                word = escape.get(self.words[item], self.words[item].replace("/", "\\/"))
+                parts.append(f"({label} {word})")
+            else:
+                parts.append(f"({label} ")
+                stack += [")", right[item], " ", left[item]]
+        return "".join(parts)
 
 
 def parse_ptb(line: str, path: str | None = None, lineno: int | None = None) -> Tree:
@@ -86,7 +96,10 @@ def parse_ptb(line: str, path: str | None = None, lineno: int | None = None) -> 
         if tok == "(":
             if i + 1 >= len(tokens) or tokens[i + 1][0] in "()":
                 raise fail("expected a label after '('", pos)
-            label = tokens[i + 1][0]
+            label, label_pos = tokens[i + 1]
+            if is_integer(label) and not fits_int32(label):
+                raise fail(f"label '{quoted(label)}' is out of range; expected an integer of at most "
+                           f"{INT32_MAX}, or a label that is not a number", label_pos)
             stack.append([pos, int(label) if is_integer(label) else -1, []])
             i += 2
             if i < len(tokens) and tokens[i][0] not in "()":

@@ -12,7 +12,13 @@ import numpy as np
 
 from ..errors import DataError
 from ..graph.ir import DAG, Graph, NodeType, csr_ptr
-from .text import is_integer
+from ..inputs import out_of_memory, read_input_text
+from ..errors import quoted
+from .text import INT32_MAX, fits_int32, is_integer
+
+# The graph holds a type for every id up to the largest one used, so ids are bounded: a type id of
+# 2e9 would build 2e9 types. (Ids may exceed the node count: a graph need not use every type.)
+MAX_TYPE = 65_535
 
 
 def parse_typed_dag(text: str, path: str | None = None) -> Graph:
@@ -26,8 +32,9 @@ def parse_typed_dag(text: str, path: str | None = None) -> Graph:
     if not body:
         raise DataError("empty graph file; expected the node count on the first line", path=path)
     first_line, first = body[0]
-    if len(first) != 1 or not is_integer(first[0]) or int(first[0]) < 0:
-        fail(first_line, f"expected the node count (one integer >= 0), got {' '.join(first)!r}")
+    if len(first) != 1 or not fits_int32(first[0]) or int(first[0]) < 0:
+        fail(first_line, f"expected the node count (one integer from 0 to {INT32_MAX}), "
+                         f"got '{quoted(' '.join(first))}'")
     n = int(first[0])
     rows = body[1:]
     if len(rows) != n:
@@ -38,13 +45,18 @@ def parse_typed_dag(text: str, path: str | None = None) -> Graph:
     args: list[int] = []
     for v, (lineno, f) in enumerate(rows):
         if not all(is_integer(x) for x in f):
-            fail(lineno, f"node {v}: expected integers `type n_args arg...`, got {' '.join(f)!r}")
+            fail(lineno, f"node {v}: expected integers `type n_args arg...`, got '{quoted(' '.join(f))}'")
+        if not all(fits_int32(x) for x in f):
+            fail(lineno, f"node {v}: '{quoted(' '.join(f))}' holds an integer beyond {INT32_MAX}")
         vals = [int(x) for x in f]
         if len(vals) < 2:
             fail(lineno, f"node {v}: expected `type n_args arg...`")
         t, k = vals[0], vals[1]
         if t < 0:
             fail(lineno, f"node {v}: type {t} is negative; types are integers >= 0 (0 = unbatchable)")
+        if t > MAX_TYPE:
+            fail(lineno, f"node {v}: type {t} is out of range; types are integers from 0 (unbatchable) "
+                         f"to {MAX_TYPE}")
         if k < 0 or len(vals) - 2 != k:
             fail(lineno, f"node {v}: n_args is {k} but {len(vals) - 2} arguments follow")
         for a in vals[2:]:
@@ -64,16 +76,11 @@ def parse_typed_dag(text: str, path: str | None = None) -> Graph:
 
 
 def read_typed_dag(path: str) -> Graph:
+    text = read_input_text(path, "graph", DataError)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise DataError("no such graph file", path=path) from None
-    except IsADirectoryError:
-        raise DataError("is a directory; expected a graph file", path=path) from None
-    except UnicodeDecodeError:
-        raise DataError("not UTF-8 text; expected a typed DAG text file", path=path) from None
-    return parse_typed_dag(text, path)
+        return parse_typed_dag(text, path)
+    except MemoryError:
+        raise out_of_memory(path) from None
 
 
 def format_typed_dag(graph: Graph) -> str:

@@ -91,11 +91,12 @@ def verify_layout(graph: Graph, schedule: Schedule, layout: Layout) -> None:
     row = layout.value_row
     if np.any((row < 0) | (row >= layout.arena_rows[arena])):
         fail("a value is placed outside its arena")
+    # Counted first: then no arena has more rows than values, and the row keys below cannot overflow.
+    if np.any(np.bincount(arena, minlength=len(layout.arena_shapes)) != layout.arena_rows):
+        fail("an arena has rows that hold no value")
     key = arena * (int(layout.arena_rows.max(initial=0)) + 1) + row
     if len(np.unique(key)) != len(key):
         fail("two values share a row")  # rows are never reused, so no two tensors overlap
-    if np.any(np.bincount(arena, minlength=len(layout.arena_shapes)) != layout.arena_rows):
-        fail("an arena has rows that hold no value")
     owner, slot = value_owner(graph)
     batch_of = schedule.batch_of_node(graph.num_nodes)
     position = np.empty(graph.num_nodes, dtype=np.int64)

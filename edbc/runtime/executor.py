@@ -22,6 +22,7 @@ from ..schedule.ir import Schedule
 from ..spec.model import ModelSpec
 from ..spec.program import TOKEN
 from .kernels import Kernel
+from .limits import check_params_fit
 from .reference import reference_outputs
 from .weights import init_weights
 
@@ -40,6 +41,7 @@ class Runtime:
     def __init__(self, spec: ModelSpec, device: str = "cpu"):
         self.spec = spec
         self.device = resolve_device(device)
+        check_params_fit(spec, self.device)
         self.weights = init_weights(spec, self.device)
         self._kernels: dict[int, tuple[CompiledCell, Kernel]] = {}  # by the compiled cell's identity
 

@@ -1,7 +1,9 @@
 """Graph analyses the schedulers share, computed once per graph and memoised on it.
 
-All of them run level by level (Kahn's algorithm with whole levels as numpy
-arrays), so their Python work grows with the graph's depth, not its size.
+Depths come from one scan of the nodes in their (topological) order over plain
+lists, which is cheaper than numpy calls per level whatever the graph's shape.
+The other analyses run level by level with whole levels as numpy arrays, their
+Python work a few numpy calls a level, prepared for all levels at once.
 """
 
 from __future__ import annotations
@@ -33,30 +35,28 @@ def consumers(graph: Graph) -> Consumers:
 
 
 def levels(graph: Graph) -> list[np.ndarray]:
-    """Nodes grouped by depth: level 0 has no node arguments; a node's level is 1 + its deepest argument."""
+    """Nodes grouped by depth, each level in node order."""
     def compute(g: Graph) -> list[np.ndarray]:
-        c = consumers(g)
-        pending = c.num_args.copy()
-        frontier = np.flatnonzero(pending == 0)
-        out = []
-        while frontier.size:
-            out.append(frontier)
-            pos, _ = csr_gather(c.ptr, frontier)
-            if not pos.size:
-                break
-            targets, counts = np.unique(c.node[pos], return_counts=True)
-            pending[targets] -= counts
-            frontier = targets[pending[targets] == 0]
-        return out
+        d = depth(g)
+        order = np.argsort(d, kind="stable")
+        return np.split(order, np.flatnonzero(np.diff(d[order])) + 1) if g.num_nodes else []
     return graph.cached("levels", compute)
 
 
 def depth(graph: Graph) -> np.ndarray:
+    """Level 0 has no node arguments; a node's level is 1 + its deepest argument's. Arguments come
+    before their node, so one scan in node order computes it (a deep chain costs no more than a
+    wide graph of the same size)."""
     def compute(g: Graph) -> np.ndarray:
-        d = np.empty(g.num_nodes, dtype=np.int32)
-        for k, nodes in enumerate(levels(g)):
-            d[nodes] = k
-        return d
+        ptr, args = g.arg_ptr.tolist(), g.arg_node.tolist()
+        d = [0] * g.num_nodes
+        for v in range(g.num_nodes):
+            deepest = -1
+            for u in args[ptr[v]:ptr[v + 1]]:
+                if u >= 0 and d[u] > deepest:
+                    deepest = d[u]
+            d[v] = deepest + 1
+        return np.array(d, dtype=np.int32)
     return graph.cached("depth", compute)
 
 
@@ -64,21 +64,31 @@ def batchable_mask(graph: Graph) -> np.ndarray:
     return graph.cached("batchable", lambda g: np.array([t.batchable for t in g.types], dtype=bool))
 
 
-def reduce_over_args(g: Graph, nodes: np.ndarray, table: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
-    """For each node, `ufunc` over the `table` rows of its arguments.
+@dataclass(frozen=True, eq=False)
+class LevelArgs:
+    """For each level: its nodes, and their arguments laid out for `ufunc.reduceat(table[rows],
+    starts)`, where `table` has a row per node and a last row of zeros. Prepared for all levels at
+    once, so that a level costs a few numpy calls. Every node lists argument -1 (the zero row)
+    before its own, so that no node's group is empty."""
 
-    `table` has one row per node plus a last row of zeros, which argument -1
-    (zeros) indexes; a node without arguments gets zeros.
-    """
-    starts = g.arg_ptr[nodes]
-    counts = g.arg_ptr[nodes + 1] - starts
-    out = np.zeros((len(nodes),) + table.shape[1:], dtype=table.dtype)
-    has = counts > 0
-    if np.any(has):
-        pos, _ = csr_gather(g.arg_ptr, nodes[has])
-        first = np.cumsum(counts[has]) - counts[has]
-        out[has] = ufunc.reduceat(table[g.arg_node[pos]], first, axis=0)
-    return out
+    nodes: list[np.ndarray]
+    rows: list[np.ndarray]  # per level: the argument rows of its nodes, node by node
+    starts: list[np.ndarray]  # per level: where each node's rows begin in `rows`
+
+
+def level_args(graph: Graph) -> LevelArgs:
+    def compute(g: Graph) -> LevelArgs:
+        lv = levels(g)
+        order = np.concatenate(lv) if lv else np.zeros(0, dtype=np.int64)
+        counts = np.diff(g.arg_ptr)[order] + 1
+        ptr = csr_ptr(counts)
+        pos, owner = csr_gather(g.arg_ptr, order)
+        rows = np.full(int(ptr[-1]), -1, dtype=np.int64)
+        rows[np.arange(len(pos)) + owner + 1] = g.arg_node[pos]  # after each node's -1
+        cut = csr_ptr(np.array([len(nodes) for nodes in lv], dtype=np.int64)).tolist()
+        return LevelArgs(lv, [rows[ptr[a]:ptr[b]] for a, b in zip(cut, cut[1:])],
+                         [ptr[a:b] - ptr[a] for a, b in zip(cut, cut[1:])])
+    return graph.cached("level_args", compute)
 
 
 def lower_bound(graph: Graph) -> int:
@@ -95,13 +105,14 @@ def lower_bound(graph: Graph) -> int:
             return unbatchable
         column = np.full(len(g.types), -1)
         column[used] = np.arange(len(used))
+        own = np.zeros((g.num_nodes, len(used)), dtype=np.int32)  # one-hot: the node's type counts
+        cols = column[g.node_type]
+        mine = np.flatnonzero(cols >= 0)
+        own[mine, cols[mine]] = 1
         longest = np.zeros((g.num_nodes + 1, len(used)), dtype=np.int32)
-        for nodes in levels(g):
-            acc = reduce_over_args(g, nodes, longest, np.maximum)
-            cols = column[g.node_type[nodes]]
-            mine = np.flatnonzero(cols >= 0)
-            acc[mine, cols[mine]] += 1
-            longest[nodes] = acc
+        la = level_args(g)
+        for nodes, rows, starts in zip(la.nodes, la.rows, la.starts):
+            longest[nodes] = np.maximum.reduceat(longest[rows], starts, axis=0) + own[nodes]
         return unbatchable + int(longest.max(axis=0).sum())
     return graph.cached("lower_bound", compute)
 
@@ -153,6 +164,11 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
 
         width = int(words.max()) if n else 0
         total = int(col0[-1])
+        # Quadratic in the nodes of one type in one instance (a 40k-token sentence: 5 GB): refuse
+        # up front rather than run out of memory. Imported here: the limits import this package.
+        from ..runtime.limits import check_host_fits
+        check_host_fits(f"|F*_t| for a graph of {n} nodes (typewise, or FSM fallbacks)",
+                        "use --policy agenda, or smaller instances", bitsets=8 * (n + 1) * 2 * total + 8 * n * width)
         # `seen` and `shadowed` side by side, so that one reduction a level propagates both.
         bits = np.zeros((n + 1, 2 * total), dtype=np.uint64)
         near_words = np.zeros((n, width), dtype=np.uint64)
@@ -161,8 +177,9 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
         own_cols = np.where(own_valid, col0[types][:, None] + np.arange(width), 0)
         own_word = col0[types] + rank // 64
         own_bit = np.uint64(1) << (rank % 64).astype(np.uint64)
-        for nodes in levels(g):
-            acc = reduce_over_args(g, nodes, bits, np.bitwise_or)
+        la = level_args(g)
+        for nodes, rows, starts in zip(la.nodes, la.rows, la.starts):
+            acc = np.bitwise_or.reduceat(bits[rows], starts, axis=0)
             acc_seen, acc_shadowed = acc[:, :total], acc[:, total:]
             rows = np.broadcast_to(np.arange(len(nodes))[:, None], (len(nodes), width))
             valid = own_valid[nodes]

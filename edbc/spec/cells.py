@@ -14,27 +14,39 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from ..errors import SpecError
+from ..errors import SpecError, quoted
 from .ops import OPS, Operand, ShapeError
 from .program import F32, TOKEN, Op, Program, Shape, Value
 
 _ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
           ast.Mult: lambda a, b: a * b, ast.FloorDiv: lambda a, b: a // b}
+# Sizes, attributes and seeds are int64s in numpy and torch; larger values are refused where written.
+MAX_INT = 2**63 - 1
 
 
 def eval_dim(node: ast.AST, dims: dict[str, int]) -> int:
-    """Evaluate an integer expression over named dimensions; ValueError if it is not one."""
+    """Evaluate an integer expression over named dimensions; ValueError if it is not one, or if it
+    (or any part of it) leaves the int64 range."""
     if isinstance(node, ast.Constant) and type(node.value) is int:
-        return node.value
+        return _int64(node.value, node)
     if isinstance(node, ast.Name):
         if node.id not in dims:
             raise ValueError(f"unknown dimension '{node.id}'")
         return dims[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
-        return _ARITH[type(node.op)](eval_dim(node.left, dims), eval_dim(node.right, dims))
+        left, right = eval_dim(node.left, dims), eval_dim(node.right, dims)
+        if isinstance(node.op, ast.FloorDiv) and right == 0:
+            raise ValueError(f"'{quoted(ast.unparse(node))}' divides by zero")
+        return _int64(_ARITH[type(node.op)](left, right), node)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return -eval_dim(node.operand, dims)
-    raise ValueError(f"'{ast.unparse(node)}' is not an integer expression")
+    raise ValueError(f"'{quoted(ast.unparse(node))}' is not an integer expression")
+
+
+def _int64(value: int, node: ast.AST) -> int:
+    if abs(value) > MAX_INT:
+        raise ValueError(f"'{quoted(ast.unparse(node))}' is out of range; expected at most {MAX_INT}")
+    return value
 
 
 def eval_dim_text(text, dims: dict[str, int]) -> int:
@@ -42,12 +54,18 @@ def eval_dim_text(text, dims: dict[str, int]) -> int:
     if type(text) is int:
         return text
     if not isinstance(text, str):
-        raise ValueError(f"expected an integer or a dimension expression, got {text!r}")
+        raise ValueError("expected an integer or a dimension expression such as 4*hidden")
+    too_deep = f"'{quoted(text)}' is nested too deeply; expected an expression such as 4*hidden"
     try:
         node = ast.parse(text.strip(), mode="eval").body
-    except SyntaxError:
-        raise ValueError(f"'{text}' is not an integer expression") from None
-    return eval_dim(node, dims)
+    except (SyntaxError, ValueError):  # ValueError: a NUL byte, or an integer literal Python refuses
+        raise ValueError(f"'{quoted(text)}' is not an integer expression") from None
+    except (RecursionError, MemoryError):
+        raise ValueError(too_deep) from None
+    try:
+        return eval_dim(node, dims)
+    except RecursionError:
+        raise ValueError(too_deep) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +92,8 @@ class _CellBuilder:
         w = self.where
         prefix = f"cell '{self.cell}'"
         if w is not None:
-            prefix += f", op {self.op_index} `{w.text}`" if self.op_index else f", outputs: `{w.text}`"
+            text = quoted(w.text, 200)
+            prefix += f", op {self.op_index} `{text}`" if self.op_index else f", outputs: `{text}`"
         col = None
         if w is not None and w.column is not None:
             col = w.column + (getattr(node, "col_offset", 0) or 0)
@@ -95,9 +114,16 @@ class _CellBuilder:
     def statement(self, line: OpLine) -> None:
         self.where = line
         try:
+            self.assignment(line)
+        except (RecursionError, MemoryError):  # the parser and `call` recurse with the nesting
+            raise self.error("the op line is nested too deeply; expected `name = op(args)`") from None
+
+    def assignment(self, line: OpLine) -> None:
+        try:
             module = ast.parse(line.text.strip())
-        except SyntaxError as e:
-            raise self.error(f"not an op line ({e.msg}); expected `name = op(args)`") from None
+        except (SyntaxError, ValueError) as e:  # ValueError: an integer literal Python refuses
+            raise self.error(f"not an op line ({quoted(getattr(e, 'msg', None) or str(e))}); "
+                             "expected `name = op(args)`") from None
         if len(module.body) != 1 or not isinstance(module.body[0], ast.Assign) \
                 or len(module.body[0].targets) != 1:
             raise self.error("expected one assignment `name = op(args)` or `a, b = op(args)`")

@@ -15,13 +15,20 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import SpecError
-from .cells import OpLine, eval_dim_text, parse_cell
+from ..errors import InputError, LimitError, SpecError, quoted
+from ..inputs import out_of_memory, read_input_bytes, read_input_text
+from .cells import MAX_INT, OpLine, eval_dim_text, parse_cell
 from .model import INITS, ModelSpec, ParamSpec, RoleSpec, Source, VocabSpec
 from .program import Program, Shape
 from .structure import ANY, KINDS, KindDef, RoleDef, readout_role
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# The model's name names its policy files (`plans/<model>.op.policy.json`), so it must fit a file name.
+_MAX_MODEL_NAME = 100
+# A spec is a few hundred YAML values. These bounds stop alias bombs ("billion laughs") and nesting
+# that would exhaust Python's stack before the work grows with them; plans re-parse their spec here too.
+_MAX_YAML_VALUES = 50_000  # after aliases are expanded
+_MAX_YAML_DEPTH = 64
 _TOP_KEYS = ("model", "seed", "dims", "vocab", "params", "cells", "structure", "readout")
 _VOCAB_BUILDS = ("frequency", "hash")
 
@@ -37,44 +44,110 @@ class _Node:
         self.column = column
 
 
+def _error_at(mark: yaml.Mark | None, message: str, path: str | None) -> SpecError:
+    return SpecError(message, path=path, line=mark.line + 1 if mark else None,
+                     column=mark.column + 1 if mark else None)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses nesting deeper than `_MAX_YAML_DEPTH` (PyYAML's composer
+    recurses, so deep nesting would exhaust the stack) and whose integers fit an int64."""
+
+    def __init__(self, text: str, path: str | None):
+        super().__init__(text)
+        self.path = path
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > _MAX_YAML_DEPTH:
+                raise _error_at(self.peek_event().start_mark, f"YAML nested more than {_MAX_YAML_DEPTH} "
+                                "levels deep; a model spec needs a few", self.path)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_int64(self, node: yaml.ScalarNode) -> int:
+        # Checked before conversion: Python refuses ints of more than 4300 digits, and no spec
+        # field holds more than an int64.
+        value = None if sum(ch.isdigit() for ch in node.value) > 19 else self.construct_yaml_int(node)
+        if value is None or abs(value) > MAX_INT:
+            raise _error_at(node.start_mark, f"integer {quoted(node.value)} is out of range; "
+                            f"expected at most {MAX_INT}", self.path)
+        return value
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_int64)
+
+
 def _compose(text: str, path: str | None) -> _Node | None:
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text, path)
     try:
         root = loader.get_single_node()
+    except MemoryError:
+        raise out_of_memory(path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"YAML syntax error: {problem}", path=path,
-                        line=mark.line + 1 if mark else None,
-                        column=mark.column + 1 if mark else None) from None
+        raise _error_at(mark, f"YAML syntax error: {problem}", path) from None
     finally:
         loader.dispose()
-    return None if root is None else _convert(root, loader, path)
+    return None if root is None else _Converter(loader, path).convert(root)
 
 
-def _convert(node: yaml.Node, loader: yaml.SafeLoader, path: str | None) -> _Node:
-    line, col = node.start_mark.line + 1, node.start_mark.column + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, _Node] = {}
-        keys: dict[str, _Node] = {}
-        for k, v in node.value:
-            key = _convert(k, loader, path)
-            if not isinstance(key.value, (str, int)):
-                raise SpecError("mapping keys must be plain names", path=path,
-                                line=key.line, column=key.column)
-            name = str(key.value)
-            if name in out:
-                raise SpecError(f"key '{name}' appears twice in this mapping", path=path,
-                                line=key.line, column=key.column)
-            out[name] = _convert(v, loader, path)
-            keys[name] = key
-        return _Node(out, line, col)
-    if isinstance(node, yaml.SequenceNode):
-        return _Node([_convert(v, loader, path) for v in node.value], line, col)
-    try:
-        return _Node(loader.construct_object(node, deep=True), line, col)
-    except yaml.YAMLError as e:
-        raise SpecError(f"bad YAML value: {e}", path=path, line=line, column=col) from None
+class _Converter:
+    """Composed YAML nodes to `_Node`s. Aliases are expanded, within `_MAX_YAML_VALUES` values and
+    `_MAX_YAML_DEPTH` levels: an alias may repeat a large value many times, or contain itself."""
+
+    def __init__(self, loader: yaml.SafeLoader, path: str | None):
+        self.loader = loader
+        self.path = path
+        self.values_left = _MAX_YAML_VALUES
+
+    def fail(self, node: yaml.Node, message: str) -> SpecError:
+        return _error_at(node.start_mark, message, self.path)
+
+    def convert(self, node: yaml.Node, depth: int = 1) -> _Node:
+        self.values_left -= 1
+        if self.values_left < 0:
+            raise self.fail(node, f"the spec expands to more than {_MAX_YAML_VALUES} YAML values (aliases "
+                                  "repeat values); a model spec needs far fewer")
+        if depth > _MAX_YAML_DEPTH:
+            raise self.fail(node, f"YAML nested more than {_MAX_YAML_DEPTH} levels deep once aliases are "
+                                  "expanded (an alias inside itself?); a model spec needs a few")
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, _Node] = {}
+            for k, v in node.value:
+                key = self.convert(k, depth + 1)
+                if not isinstance(key.value, (str, int)):
+                    raise SpecError("mapping keys must be plain names", path=self.path,
+                                    line=key.line, column=key.column)
+                name = str(key.value)
+                if name in out:
+                    raise SpecError(f"key '{quoted(name)}' appears twice in this mapping", path=self.path,
+                                    line=key.line, column=key.column)
+                out[name] = self.convert(v, depth + 1)
+            return _Node(out, line, col)
+        if isinstance(node, yaml.SequenceNode):
+            return _Node([self.convert(v, depth + 1) for v in node.value], line, col)
+        try:
+            return _Node(self.loader.construct_object(node, deep=True), line, col)
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: a timestamp such as 2001-02-30
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise self.fail(node, f"bad YAML value '{quoted(node.value)}': {problem}") from None
+
+
+def _shown(value) -> str:
+    """A YAML value as an error shows it: short text quoted, containers by kind, never a Python repr."""
+    if isinstance(value, str):
+        return f"'{quoted(value)}'"
+    if isinstance(value, (bool, int, float)):
+        return quoted(str(value))
+    if value is None:
+        return "nothing"
+    return {list: "a list", dict: "a mapping"}.get(type(value), f"a YAML {type(value).__name__}")
 
 
 class _Checker:
@@ -107,12 +180,12 @@ class _Checker:
 
     def name(self, node: _Node, what: str) -> str:
         if not isinstance(node.value, str) or not _NAME.match(node.value):
-            raise self.fail(node, f"{what} must be a name (letters, digits, _), got {node.value!r}")
+            raise self.fail(node, f"{what} must be a name (letters, digits, _), got {_shown(node.value)}")
         return node.value
 
     def integer(self, node: _Node, what: str, minimum: int | None = None) -> int:
         if type(node.value) is not int:
-            raise self.fail(node, f"{what} must be an integer, got {node.value!r}")
+            raise self.fail(node, f"{what} must be an integer, got {_shown(node.value)}")
         if minimum is not None and node.value < minimum:
             raise self.fail(node, f"{what} must be at least {minimum}, got {node.value}")
         return node.value
@@ -135,14 +208,7 @@ class _Checker:
 
 def load_model(path: str | Path) -> ModelSpec:
     """Read and validate a model spec file."""
-    path = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError("no such model spec file", path=path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"cannot read model spec: {e}", path=path) from None
-    return parse_model(text, path)
+    return parse_model(read_input_text(path, "model spec", SpecError), str(path))
 
 
 def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] | None = None) -> ModelSpec:
@@ -159,6 +225,9 @@ def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] |
     top = c.mapping(root, "the model spec", _TOP_KEYS,
                     ("model", "dims", "params", "cells", "structure", "readout"))
     name = c.name(top["model"], "model")
+    if len(name) > _MAX_MODEL_NAME:
+        raise c.fail(top["model"], f"model: the name has {len(name)} characters; at most {_MAX_MODEL_NAME} "
+                                   "(it names the model's policy files)")
     seed = c.integer(top["seed"], "seed", 0) if "seed" in top else 0
 
     dims: dict[str, int] = {}
@@ -294,12 +363,12 @@ def _onnx_cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
     else:
         full = (Path(c.path).parent if c.path else Path(".")) / rel
         try:
-            data = full.read_bytes()
-        except FileNotFoundError:
-            raise c.fail(where, f"cells.{name}.onnx: no such file '{full}' (the path is relative to the "
+            data = read_input_bytes(full, "", SpecError)
+        except LimitError:
+            raise
+        except InputError as e:
+            raise c.fail(where, f"cells.{name}.onnx: {e.message} ('{full}': the path is relative to the "
                                 f"spec's folder)") from None
-        except OSError as e:
-            raise c.fail(where, f"cells.{name}.onnx: cannot read '{full}': {e.strerror}") from None
         label = str(full)
     from .onnx_cell import import_onnx_cell  # onnx is imported only by specs that need it
 
