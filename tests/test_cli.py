@@ -189,3 +189,11 @@ def test_sigint_during_train_policy_keeps_the_previous_policy(tmp_path):
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "Error: interrupted"
     assert out.read_text() == "previous policy"
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bench_out_naming_a_file_is_bad_usage(tmp_path):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me\n")
+    r = edbc("bench", "--out", target, "--models", "treelstm", "--batch-sizes", "1", "--no-dynet")
+    one_line_error(r, EXIT_USAGE, "--out", "not a directory")
+    assert target.read_text() == "keep me\n"

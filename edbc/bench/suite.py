@@ -214,6 +214,9 @@ def run_bench(models: list[str] | None = None, batch_sizes: str = "1,32,64,128",
     throughput.png to `out_dir` and return the markdown table."""
     import platform
 
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UsageError(f"--out {out_dir}: not a directory; expected a folder for results.md, results.json "
+                         "and throughput.png")
     require_plotting()  # before the run, not after it
     known = {w.model for w in WORKLOADS}
     models = models or [w.model for w in WORKLOADS]
@@ -245,7 +248,10 @@ def _label(source: str) -> str:
 
 def write_results(rows: list[Row], out_dir: Path, meta: dict) -> None:
     """JSON of every row, a markdown report and a throughput plot, each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out_dir}: cannot make the folder ({e.strerror})") from None
     payload = {"meta": meta, "rows": [dict(asdict(r), instances_per_s=r.instances_per_s) for r in rows]}
     write_atomic(out_dir / "results.json", (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
     write_atomic(out_dir / "results.md", markdown(rows, meta).encode())
