@@ -1,6 +1,3 @@
-import hashlib
-import json
-
 import pytest
 import torch
 
@@ -12,6 +9,7 @@ from edbc.plan.plan import MAGIC
 from edbc.runtime import Runtime
 
 from .conftest import TREELSTM
+from .forge import rewrite_header
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +45,7 @@ def test_plans_are_byte_identical_for_equal_inputs(plan, tmp_path):
 
 
 def _rewrite_header(data: bytes, change) -> bytes:
-    pos = len(MAGIC)
-    length = int(data[pos:pos + 12])
-    head = json.loads(data[pos + 13:pos + 13 + length])
-    head.pop("checksum")
-    change(head)
-    head["checksum"] = hashlib.sha256(artifact._canonical(head)).hexdigest()
-    text = artifact._canonical(head)
-    return MAGIC + f"{len(text):012d}\n".encode() + text + data[pos + 13 + length:]
+    return rewrite_header(data, MAGIC, change)
 
 
 def test_corrupt_truncated_and_foreign_versions_are_refused(plan, tmp_path):
