@@ -45,7 +45,7 @@ def compiled_cell_from_json(data, param_shapes: dict[str, Shape], path: str) -> 
         raise ArtifactError(f"corrupt compiled cell in the plan: {e}", path=path) from None
     s = data.get("schedule")
     need(type(s) is dict and type(s.get("lower_bound")) is int and type(s.get("exact")) is bool, "schedule")
-    batches = index_lists(s["batches"], "schedule", len(program.ops))
+    batches = index_lists(s.get("batches"), "schedule", len(program.ops))
     schedule = CellSchedule(tuple(tuple(b) for b in batches), s["lower_bound"], s["exact"])
     derived = data.get("derived")
     need(type(derived) is dict, "derived parameters")
