@@ -15,6 +15,15 @@ DEFAULT_MODEL = MODELS_DIR / "treelstm.yaml"
 PLANS_DIR = Path(os.environ.get("EDBC_PLANS_DIR", REPO_ROOT / "plans"))
 # Real data sets live beside the checkout and are read by path, never copied in.
 SHARED_DATA = Path(os.environ.get("EDBC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+# Its data sets by structure kind: (training, held-out, test) files under SHARED_DATA, None where a
+# set lacks the split (WikiNER has one file, kept for evaluation). The benchmarks, the scripts that
+# train the shipped policies and the tests all read this table.
+SHARED_SPLITS = {
+    "tree": ("sst/train.txt", "sst/dev.txt", "sst/test.txt"),
+    "lattice": ("lattice/train.txt", "lattice/dev.txt", "lattice/test.txt"),
+    "chain": (None, None, "wikiner/dev.txt"),
+}
+NO_SPLITS = (None, None, None)
 
 CHECK_TOLERANCE = 1e-4  # max |batched - reference| accepted by --check, in fp32
 DEFAULT_SYNTHETIC_INSTANCES = 256  # instances generated when no --data is given

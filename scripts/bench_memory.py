@@ -27,9 +27,8 @@ from edbc.graph import CELL, OP, graph_at  # noqa: E402
 from edbc.memory import PLANNERS  # noqa: E402
 from edbc.memory.operands import NO_STATS, memory_stats, never_views  # noqa: E402
 from edbc.schedule import schedule  # noqa: E402
-from edbc.settings import MODELS_DIR, SHARED_DATA  # noqa: E402
+from edbc.settings import MODELS_DIR, NO_SPLITS, SHARED_DATA, SHARED_SPLITS  # noqa: E402
 
-DATA = {"tree": "sst/test.txt", "lattice": "lattice/test.txt", "chain": "wikiner/dev.txt"}
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in names:
         spec, _ = load_spec(MODELS_DIR / f"{name}.yaml")
-        rel = DATA.get(spec.kind)
+        rel = SHARED_SPLITS.get(spec.kind, NO_SPLITS)[2]
         path = SHARED_DATA / rel if rel else None
         data = load_data(spec, str(path) if path is not None and path.exists() else None,
                          limit=args.batch_size * args.minibatches)

@@ -29,7 +29,7 @@ from edbc.policy.env import FrontierEnv  # noqa: E402
 from edbc.policy.fsm import Fsm, distil  # noqa: E402
 from edbc.policy.train import TrainSettings, evaluate, model_graph_sets, train_fsm  # noqa: E402
 from edbc.schedule import POLICIES  # noqa: E402
-from edbc.settings import MODELS_DIR, SHARED_DATA  # noqa: E402
+from edbc.settings import MODELS_DIR, SHARED_DATA, SHARED_SPLITS  # noqa: E402
 
 
 class Unmasked(FrontierEnv):
@@ -93,7 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec, _ = load_spec(MODELS_DIR / "lattice_lstm.yaml")
-    train, held = training_data(spec, str(SHARED_DATA / "lattice/train.txt"), str(SHARED_DATA / "lattice/dev.txt"))
+    train_split, dev_split, _ = SHARED_SPLITS[spec.kind]
+    train, held = training_data(spec, str(SHARED_DATA / train_split), str(SHARED_DATA / dev_split))
     graphs = model_graph_sets(spec, train.instances, held.instances, 64, args.granularity, args.seed)
     vocab = TypeVocab.of_graphs(graphs.train)
     base = {p: sum(POLICIES[p](g).num_batches for g in graphs.heldout) for p in ("agenda", "typewise")}

@@ -12,6 +12,7 @@ runs two at a time.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -19,27 +20,36 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = "../shared/data"
-SST = ["--data", f"{DATA}/sst/train.txt", "--heldout", f"{DATA}/sst/dev.txt"]
-LATTICE = ["--data", f"{DATA}/lattice/train.txt", "--heldout", f"{DATA}/lattice/dev.txt"]
+sys.path.insert(0, str(ROOT))
+
+from edbc.settings import NO_SPLITS, SHARED_DATA, SHARED_SPLITS  # noqa: E402
+
+DATA = os.path.relpath(SHARED_DATA, ROOT)  # as written in the shipped files: ../shared/data
 SYNTHETIC = ["--limit", "2048"]
 
-# model -> (data options, mini-batch size)
+# model -> (structure kind, mini-batch size)
 RUNS = {
-    "treelstm": (SST, 64),
-    "treegru": (SST, 64),
-    "mvrnn": (SST, 64),
-    "treelstm_onnx": (SST, 64),
-    "bilstm_tagger": (SYNTHETIC, 32),
-    "lstm_seq2seq": (SYNTHETIC, 64),
-    "lattice_lstm": (LATTICE, 64),
-    "lattice_gru": (LATTICE, 64),
-    "dag_rnn": (SYNTHETIC, 64),
+    "treelstm": ("tree", 64),
+    "treegru": ("tree", 64),
+    "mvrnn": ("tree", 64),
+    "treelstm_onnx": ("tree", 64),
+    "bilstm_tagger": ("chain", 32),
+    "lstm_seq2seq": ("seq2seq", 64),
+    "lattice_lstm": ("lattice", 64),
+    "lattice_gru": ("lattice", 64),
+    "dag_rnn": ("dag", 64),
 }
 
 
+def data_options(kind: str) -> list[str]:
+    """Train on the real training split and score on the dev split where the kind has both, else synthetic."""
+    train, dev, _ = SHARED_SPLITS.get(kind, NO_SPLITS)
+    return ["--data", f"{DATA}/{train}", "--heldout", f"{DATA}/{dev}"] if train and dev else SYNTHETIC
+
+
 def command(model: str, level: str) -> list[str]:
-    options, batch_size = RUNS[model]
+    kind, batch_size = RUNS[model]
+    options = data_options(kind)
     suffix = "" if level == "cell" else f".{level}"
     # Op-level graphs are ten times larger: evaluate every 4 updates instead of 2.
     return [sys.executable, "-m", "edbc", "train-policy", f"configs/models/{model}.yaml", *options,

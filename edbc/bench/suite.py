@@ -31,26 +31,31 @@ from ..errors import UsageError
 from ..memory import PLANNERS
 from ..runtime import Runtime
 from ..schedule import lower_bound
-from ..settings import MODELS_DIR, SHARED_DATA
+from ..settings import MODELS_DIR, NO_SPLITS, SHARED_DATA, SHARED_SPLITS
 from .baselines import BASELINES
 
 
 @dataclass(frozen=True)
 class Workload:
     model: str
-    data: str | None  # path under ../shared/data, None for synthetic
+    kind: str  # the model's structure kind, which picks its data in SHARED_SPLITS
     batch_size: int  # the batch size of the headline comparison
+
+    @property
+    def data(self) -> str | None:
+        """The test split under ../shared/data, None for synthetic."""
+        return SHARED_SPLITS.get(self.kind, NO_SPLITS)[2]
 
 
 # Held-out splits, as in the evaluation of method.md §5 (the tagger at B=32, as DyNet's figure).
 WORKLOADS = (
-    Workload("treelstm", "sst/test.txt", 64),
-    Workload("treegru", "sst/test.txt", 64),
-    Workload("mvrnn", "sst/test.txt", 64),
-    Workload("bilstm_tagger", "wikiner/dev.txt", 32),
-    Workload("lstm_seq2seq", None, 64),
-    Workload("lattice_lstm", "lattice/test.txt", 64),
-    Workload("lattice_gru", "lattice/test.txt", 64),
+    Workload("treelstm", "tree", 64),
+    Workload("treegru", "tree", 64),
+    Workload("mvrnn", "tree", 64),
+    Workload("bilstm_tagger", "chain", 32),
+    Workload("lstm_seq2seq", "seq2seq", 64),
+    Workload("lattice_lstm", "lattice", 64),
+    Workload("lattice_gru", "lattice", 64),
 )
 DYNET_MODELS = ("treelstm", "lattice_lstm", "bilstm_tagger")
 SYNTHETIC_INSTANCES = 512
