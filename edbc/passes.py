@@ -96,11 +96,10 @@ def run_passes(passes: tuple[Pass, ...], state, verify: bool = False, dump_after
 
 @dataclass(frozen=True)
 class CellState:
-    source: Program
+    program: Program  # the program as rewritten so far
     param_shapes: dict  # the model's parameters, and derived ones once folded
     memory: str
     batch_ops: bool = True  # False: one op an internal batch (the op-by-op baseline)
-    program: Program | None = None  # the program as rewritten so far
     derived: dict = field(default_factory=dict)
     schedule: CellSchedule | None = None
     plan: CellPlan | None = None

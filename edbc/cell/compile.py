@@ -19,7 +19,7 @@ def compile_cell(program: Program, param_shapes: dict[str, Shape], memory: str =
     for `memory` ("pq" or "none")."""
     from ..passes import CELL_PASSES, CellState, run_passes  # the pass list is kept with the graph level's
 
-    state = CellState(program, dict(param_shapes), memory, batch_ops, program)
+    state = CellState(program, dict(param_shapes), memory, batch_ops)
     state = run_passes(CELL_PASSES, state, verify, dump_after, dump)
     return CompiledCell(program, state.derived, state.plan)
 

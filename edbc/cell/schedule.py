@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import LimitError
-from ..spec.ops import OPS, is_alias, op_signature
+from ..spec.ops import OPS, computing_producers, is_alias, op_signature
 from ..spec.program import Program, Shape
 from .ir import CellSchedule
 
@@ -38,26 +38,16 @@ def schedule_program(program: Program, param_shapes: dict[str, Shape], batch_ops
     """The internal schedule of a cell: its computing ops (aliases are column ranges and run
     nowhere) in the fewest batches, or with `batch_ops=False` one op a batch, as an
     unbatched interpreter runs them. Batches hold program op indices."""
-    made_by = {v: j for j, op in enumerate(program.ops) for v in op.outs}
+    producer = computing_producers(program)
     compute = [j for j, op in enumerate(program.ops) if not is_alias(program, op)]
     index_of = {j: i for i, j in enumerate(compute)}
-
-    def producer(v: int) -> int | None:
-        """The computing op a value comes from, through slices; None for cell inputs."""
-        while v in made_by:
-            j = made_by[v]
-            if not is_alias(program, program.ops[j]):
-                return j
-            v = program.ops[j].args[0]
-        return None
-
     signatures: dict[tuple, int] = {}
     types, deps = [], []
     for j in compute:
         op = program.ops[j]
         types.append(signatures.setdefault(batching_signature(program, op, param_shapes), len(signatures)))
-        deps.append(tuple(sorted({index_of[p] for a in op.args if not isinstance(a, str)
-                                  for p in [producer(a)] if p is not None})))
+        deps.append(tuple(sorted({index_of[producer[a]] for a in op.args
+                                  if not isinstance(a, str) and a in producer})))
     sched = schedule_cell(deps, types if batch_ops else list(range(len(types))))
     return CellSchedule(tuple(tuple(compute[i] for i in b) for b in sched.batches), sched.lower_bound, sched.exact)
 

@@ -11,7 +11,7 @@ around it.
 from __future__ import annotations
 
 from ..errors import VerificationError
-from ..spec.ops import OPS, Operand, ShapeError, is_alias
+from ..spec.ops import OPS, Operand, ShapeError, computing_producers, is_alias
 from ..spec.program import Program, Shape, format_program
 from .ir import GATHER, CellPlan, CellSchedule
 
@@ -68,7 +68,7 @@ def verify_program(program: Program, param_shapes: dict[str, Shape]) -> None:
 
 def _check_batches(program: Program, batches, what: str) -> None:
     """Every computing op exactly once, batches of one kind, each op after the ops it reads."""
-    made_by = {v: j for j, op in enumerate(program.ops) for v in op.outs}
+    producer = computing_producers(program)
     done_at: dict[int, int] = {}
     for b, ops in enumerate(batches):
         if not ops:
@@ -82,9 +82,7 @@ def _check_batches(program: Program, batches, what: str) -> None:
                 _fail(program, j, f"{what} {b} mixes op kinds")
         for j in ops:
             for a in program.ops[j].args:
-                while not isinstance(a, str) and a in made_by and is_alias(program, program.ops[made_by[a]]):
-                    a = program.ops[made_by[a]].args[0]
-                if not isinstance(a, str) and a in made_by and done_at.get(made_by[a], b) >= b:
+                if not isinstance(a, str) and a in producer and done_at.get(producer[a], b) >= b:
                     _fail(program, j, f"runs in {what} {b}, before the op making value {a}")
         for j in ops:
             done_at[j] = b

@@ -66,6 +66,19 @@ def is_alias(program: Program, op: Op) -> bool:
     return alias is not None and alias(program.values[op.args[0]].shape)
 
 
+def computing_producers(program: Program) -> dict[int, int]:
+    """Value -> the op computing it, looking through aliases (a slice is its input's memory);
+    cell inputs, and slices of them, have none. Ops are taken in program order."""
+    producer: dict[int, int] = {}
+    for j, op in enumerate(program.ops):
+        if is_alias(program, op):
+            source = producer.get(op.args[0])
+            producer.update({v: source for v in op.outs if source is not None})
+        else:
+            producer.update({v: j for v in op.outs})
+    return producer
+
+
 def op_signature(program: Program, op: Op, param_key: Callable[[str], object] = lambda name: name) -> tuple:
     """Ops with equal signatures may run as one batch: kind, attributes, operand shapes and
     dtypes, and parameters as `param_key` sees them (by name across calls; inside a cell, by
