@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..cell.ir import CompiledCell
+from ..cell.ir import CompiledCell, Derived
 from ..errors import UsageError, VerificationError
 from ..graph.ir import Graph, csr_gather, csr_ptr
 from ..plan.plan import CompiledBatch
@@ -38,25 +38,63 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Runtime:
-    def __init__(self, spec: ModelSpec, device: str = "cpu"):
+    """A model's weights on a device, and the kernels of the compiled cells that run with them.
+
+    `weights` (parameter name -> tensor) may be changed in place, as an optimizer does, or entry
+    by entry: before each run, tables derived from them (folded embeddings, stacked weights) are
+    recomputed when a weight's version counter or identity has moved since they were made.
+    """
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", weights: dict[str, torch.Tensor] | None = None):
         self.spec = spec
         self.device = resolve_device(device)
         check_params_fit(spec, self.device)
-        self.weights = init_weights(spec, self.device)
+        if weights is None:
+            self.weights = init_weights(spec, self.device)
+        else:
+            self.weights = {name: weights[name].to(self.device, torch.float32) for name in spec.params}
+        self._derived: dict[str, torch.Tensor] = {}  # what cells derive from the weights, by name
+        self._recipes: dict[str, Derived] = {}
         self._kernels: dict[int, tuple[CompiledCell, Kernel]] = {}  # by the compiled cell's identity
+        self._seen = self._versions()
+
+    def _versions(self) -> tuple:
+        # An in-place update bumps a tensor's version counter; replacing an entry changes its identity.
+        return tuple((name, id(t), t._version) for name, t in self.weights.items())
+
+    def _bound(self) -> dict[str, torch.Tensor]:
+        return {**self.weights, **self._derived}
+
+    def _derive(self, name: str, d: Derived) -> None:
+        table = self.weights[d.table] @ self.weights[d.weight]
+        self._derived[name] = table + self.weights[d.bias] if d.bias else table
 
     def kernel(self, cell: CompiledCell) -> Kernel:
         """The kernel of a compiled cell, with this runtime's weights bound."""
         known = self._kernels.get(id(cell))
         if known is not None and known[0] is cell:
             return known[1]
+        self.refresh()
         for name, d in cell.derived.items():
-            if name not in self.weights:
-                table = self.weights[d.table] @ self.weights[d.weight]
-                self.weights[name] = table + self.weights[d.bias] if d.bias else table
-        k = Kernel(cell, self.weights)
+            if name not in self._derived:
+                self._recipes[name] = d
+                self._derive(name, d)
+        k = Kernel(cell, self._bound())
         self._kernels[id(cell)] = (cell, k)  # the entry keeps `cell` alive, so its id stays its own
         return k
+
+    def refresh(self) -> None:
+        """Recompute the derived tables and rebind every kernel if a weight changed since they were made."""
+        seen = self._versions()
+        if seen == self._seen:
+            return
+        self._seen = seen
+        with torch.no_grad():
+            for name, d in self._recipes.items():
+                self._derive(name, d)
+            bound = self._bound()
+            for _, k in self._kernels.values():
+                k.bind(bound)
 
     def prepare(self, compiled: CompiledBatch) -> "Executable":
         return Executable(self, compiled)
@@ -69,6 +107,7 @@ class Runtime:
 class Executable:
     def __init__(self, runtime: Runtime, compiled: CompiledBatch):
         device = runtime.device
+        self._runtime = runtime
         graph, schedule, layout = compiled.graph, compiled.schedule, compiled.layout
         self.graph = graph
         self.device = device
@@ -135,6 +174,7 @@ class Executable:
 
     def run(self) -> torch.Tensor:
         """Execute every batch; returns the results `[num_results, *shape]` in graph order."""
+        self._runtime.refresh()
         with torch.no_grad():
             for kernel, inputs, outputs in self._steps:
                 kernel([src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs],

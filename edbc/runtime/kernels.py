@@ -43,16 +43,22 @@ class Kernel:
     interpretation; results that are kernel outputs are written into them in place.
     """
 
-    __slots__ = ("program", "plan", "source", "_run")
+    __slots__ = ("program", "plan", "source", "_run", "_namespace")
 
     def __init__(self, cell: CompiledCell, weights: dict[str, torch.Tensor]):
-        """`weights` holds the model's parameters and the cell's derived ones (`bind_derived`)."""
+        """`weights` holds the model's parameters and the cell's derived ones."""
         self.program = program = cell.program
         self.plan = plan = cell.plan
         self.source, constants = _generate(program, plan, weights)
-        namespace = {"torch": torch, "F": F, "fast_tanh": fast_tanh, **constants}
-        exec(compile(self.source, f"<kernel {program.name}>", "exec"), namespace)
-        self._run = namespace["kernel"]
+        self._namespace = {"torch": torch, "F": F, "fast_tanh": fast_tanh, **constants}
+        exec(compile(self.source, f"<kernel {program.name}>", "exec"), self._namespace)
+        self._run = self._namespace["kernel"]
+
+    def bind(self, weights: dict[str, torch.Tensor]) -> None:
+        """Rebuild the constants (weights, stacked weights) from new weights. The source is the same:
+        it depends only on the plan, and reads its constants as globals at each call."""
+        _, constants = _generate(self.program, self.plan, weights)
+        self._namespace.update(constants)
 
     def __call__(self, inputs: list[torch.Tensor], out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """`inputs` in the program's input order; returns the program's outputs, written into
