@@ -22,25 +22,30 @@ import torch
 
 from .artifact import check_output, file_digest
 from .cell import CompiledCell, compile_cell, format_compiled_cell
-from .data import encode, read_instances, synthesize
+from .checkpoint import (Checkpoint, format_checkpoint, is_checkpoint, load_checkpoint, new_checkpoint,
+                         read_checkpoint, save_checkpoint)
+from .data import (TYPES, Vocab, build_labels, build_vocabs, default_labels, encode, parse_instances,
+                   read_instances, spec_vocabs, synthesize)
 from .data.typed_dag import read_typed_dag
-from .errors import EdbcError, SpecError, UsageError, VerificationError
+from .errors import ArtifactError, EdbcError, SpecError, UsageError, VerificationError
 from .graph import CELL, DAG, format_graph
 from .inputs import read_input_bytes, read_input_text
 from .memory import PLANNERS, format_layout
 from .memory.operands import MemoryStats, NO_STATS, format_memory, memory_stats
+from .outputs import check_output_path, split_by_instance, write_outputs
 from .passes import BATCH_PASSES, GRANULARITIES, PASS_NAMES, BatchState, CompileOptions, run_passes
 from .plan import CompiledBatch, Plan, format_plan, load_plan, save_plan
 from .plan.plan import MAGIC
 from .policy.resolve import POLICY_NAMES, BatchingPolicy, resolve_policy, shipped_policy_path
 from .runtime import Runtime
+from .runtime.weights import init_weights
 from .runtime.limits import check_minibatch_fits
 from .schedule import format_schedule, lower_bound, verify_schedule
-from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES
+from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES
 from .spec import ModelSpec, parse_model
 from .spec.program import Program
 
-__all__ = ["CompileOptions", "Compiler", "BatchingPolicy", "resolve_policy", "shipped_policy_path", "POLICY_NAMES",
+__all__ = ["Model", "load", "init_checkpoint", "CompileOptions", "Compiler", "BatchingPolicy", "resolve_policy", "shipped_policy_path", "POLICY_NAMES",
            "GRANULARITIES", "PASS_NAMES", "load_spec", "load_data", "training_data", "minibatches", "compile_batch",
            "compile_plan", "compile_to_file", "run", "run_plan", "run_target", "inspect", "memory_comparison",
            "schedule_files", "train_policy", "Dataset", "RunReport"]
@@ -60,8 +65,15 @@ def load_spec(path: str | Path | None = None) -> tuple[ModelSpec, str]:
     return parse_model(text, str(path)), text
 
 
-def load_data(spec: ModelSpec, data: str | None = None, limit: int | None = None, seed: int = 0) -> Dataset:
-    """Read `data` with the reader of the spec's structure kind, or generate synthetic instances."""
+def load_data(spec: ModelSpec, data: str | None = None, limit: int | None = None, seed: int = 0,
+              vocabs: dict[str, Vocab] | None = None) -> Dataset:
+    """Read `data` with the reader of the spec's structure kind, or generate synthetic instances, and
+    encode them with `vocabs` (a checkpoint's; default: the spec's hashed vocabularies)."""
+    raw, source, digest = _raw_data(spec, data, limit, seed)
+    return Dataset(encode(raw, spec_vocabs(spec) if vocabs is None else vocabs), source, digest)
+
+
+def _raw_data(spec: ModelSpec, data: str | None, limit: int | None, seed: int) -> tuple[list, str, str]:
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
     if data is None:
@@ -71,8 +83,7 @@ def load_data(spec: ModelSpec, data: str | None = None, limit: int | None = None
     else:
         raw = read_instances(spec.kind, data, limit)
         source, digest = str(data), file_digest(data)
-    instances, _ = encode(raw, spec.vocabs)
-    return Dataset(instances, source, digest)
+    return raw, source, digest
 
 
 def training_data(spec: ModelSpec, data: str | None = None, heldout: str | None = None, limit: int | None = None,
@@ -166,25 +177,30 @@ def compile_batch(spec: ModelSpec, instances: list, options: "CompileOptions | s
 
 def compile_plan(spec: ModelSpec, spec_text: str, dataset: Dataset, batch_size: int,
                  options: "CompileOptions | str | None" = None, seed: int = 0, verify: bool = True,
-                 dump_after: str | None = None, dump: Dump | None = None) -> Plan:
+                 dump_after: str | None = None, dump: Dump | None = None, weights_digest: str | None = None) -> Plan:
+    """A plan of `dataset`'s mini-batches. `weights_digest` names the checkpoint whose vocabularies
+    encoded the dataset: running the plan then needs that checkpoint."""
     compiler = Compiler(spec, _options(options), verify, dump_after, dump)
     batches = tuple(compiler.compile_batch(mb) for mb in minibatches(dataset.instances, batch_size))
     resolved = CompileOptions(compiler.policy.name, compiler.options.granularity, compiler.options.memory)
     return Plan(spec=spec, spec_text=spec_text, batches=batches, options=resolved, batch_size=batch_size, seed=seed,
-                data=dataset.source, data_digest=dataset.digest, policy_digest=compiler.policy.digest)
+                data=dataset.source, data_digest=dataset.digest, policy_digest=compiler.policy.digest,
+                weights_digest=weights_digest)
 
 
 def compile_to_file(model: str, output: str, data: str | None = None, limit: int | None = None,
                     batch_size: int | None = None, options: CompileOptions = CompileOptions(), seed: int = 0,
-                    dump_after: str | None = None, dump: Dump | None = None) -> Plan:
-    """`edbc compile`: compile mini-batches of the model at `model` and write the plan to `output`,
-    which may be none of the files it reads (spec, data, policy)."""
+                    dump_after: str | None = None, dump: Dump | None = None, weights: str | None = None) -> Plan:
+    """`edbc compile`: compile mini-batches of the model at `model` (its tokens encoded with the
+    vocabularies of the checkpoint `weights`, if given) and write the plan to `output`, which may be
+    none of the files it reads (spec, data, policy, checkpoint)."""
     spec, text = load_spec(model)
-    inputs = (model, data, resolve_policy(options.policy, spec, options.granularity).path)
+    inputs = (model, data, resolve_policy(options.policy, spec, options.granularity).path, weights)
     check_output(output, inputs)  # before the work, not after it
-    dataset = load_data(spec, data, limit, seed)
+    ckpt = load_checkpoint(weights, spec) if weights is not None else None
+    dataset = load_data(spec, data, limit, seed, ckpt.vocabs if ckpt else None)
     plan = compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, options,
-                        seed, True, dump_after, dump)
+                        seed, True, dump_after, dump, ckpt.digest if ckpt else None)
     save_plan(plan, output, inputs)
     return plan
 
@@ -212,6 +228,9 @@ class RunReport:
     nonfinite_reference: int = 0  # with check: reference values that are NaN or infinite
     per_minibatch_ms: list[float] = field(default_factory=list)
     phase_ms: dict[str, list[float]] = field(default_factory=dict)
+    weights_digest: str | None = None  # the checkpoint whose weights ran (None: the spec's seeded ones)
+    # With `keep_outputs`: each instance's readout rows, in input order (on the CPU).
+    outputs: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     @property
     def ms_per_minibatch(self) -> float:
@@ -239,6 +258,8 @@ class RunReport:
         }
         if self.policy_digest is not None:
             out["policy_digest"] = self.policy_digest
+        if self.weights_digest is not None:
+            out["weights_digest"] = self.weights_digest
         if self.max_abs_error is not None:
             out["max_abs_error"] = self.max_abs_error
             out["nonfinite_reference"] = self.nonfinite_reference
@@ -246,7 +267,9 @@ class RunReport:
         return out
 
     def add(self, compiled: CompiledBatch, phases: dict[str, float], out: torch.Tensor,
-            reference: torch.Tensor | None) -> None:
+            reference: torch.Tensor | None, keep_outputs: bool = False) -> None:
+        if keep_outputs:
+            self.outputs.extend(split_by_instance(compiled.cell_graph, out))
         stats = compiled.memory_stats()
         self.num_instances += compiled.cell_graph.num_instances
         self.num_minibatches += 1
@@ -289,30 +312,41 @@ def _reference(runtime: Runtime, compiled: CompiledBatch, out: torch.Tensor) -> 
 
 def run(spec: ModelSpec, dataset: Dataset, batch_size: int = DEFAULT_BATCH_SIZE,
         options: "CompileOptions | str | None" = None, device: str = "cpu", check: bool = False,
-        verify: bool = False) -> RunReport:
-    """Compile and execute every mini-batch of `dataset`, end to end, timing each."""
-    compiler = Compiler(spec, _options(options), verify)
-    runtime = Runtime(spec, device)
-    report = RunReport(spec.name, compiler.policy.name, compiler.options.granularity, compiler.options.memory,
-                       device, torch.get_num_threads(), batch_size, policy_digest=compiler.policy.digest)
-    for index, mb in enumerate(minibatches(dataset.instances, batch_size)):
-        phases: dict[str, float] = {}
-        compiled = compiler.compile_batch(mb, phases)
-        out = _execute(runtime, compiled, phases, index)
-        report.add(compiled, phases, out, _reference(runtime, compiled, out) if check else None)
-    return report
+        verify: bool = False, checkpoint: Checkpoint | None = None, keep_outputs: bool = False) -> RunReport:
+    """Compile and execute every mini-batch of `dataset`, end to end, timing each; with the
+    checkpoint's weights if given (`dataset` encoded with its vocabularies), else the spec's seeded
+    ones. `keep_outputs` keeps every instance's results in `RunReport.outputs`."""
+    model = Model(spec, checkpoint=checkpoint, device=device, options=_options(options))
+    return model.run(dataset, batch_size, check, verify, keep_outputs)
 
 
-def run_plan(plan: Plan, device: str = "cpu", check: bool = False) -> RunReport:
-    """Execute a compiled plan; timings cover execution only (compilation happened before)."""
-    runtime = Runtime(plan.spec, device)
+def run_plan(plan: Plan, device: str = "cpu", check: bool = False, checkpoint: Checkpoint | None = None,
+             keep_outputs: bool = False, path: str | None = None) -> RunReport:
+    """Execute a compiled plan; timings cover execution only (compilation happened before). A plan
+    compiled with a checkpoint runs with that checkpoint only (its tokens are that checkpoint's ids)."""
+    check_plan_weights(plan, checkpoint, path)
+    runtime = Runtime(plan.spec, device, checkpoint.weights if checkpoint else None)
     report = RunReport(plan.spec.name, plan.options.policy, plan.options.granularity, plan.options.memory, device,
-                       torch.get_num_threads(), plan.batch_size, policy_digest=plan.policy_digest)
+                       torch.get_num_threads(), plan.batch_size, policy_digest=plan.policy_digest,
+                       weights_digest=plan.weights_digest)
     for index, compiled in enumerate(plan.batches):
         phases: dict[str, float] = {}
         out = _execute(runtime, compiled, phases, index)
-        report.add(compiled, phases, out, _reference(runtime, compiled, out) if check else None)
+        report.add(compiled, phases, out, _reference(runtime, compiled, out) if check else None, keep_outputs)
     return report
+
+
+def check_plan_weights(plan: Plan, checkpoint: Checkpoint | None, path: str | None = None) -> None:
+    """A plan runs with the checkpoint it was compiled with, or, compiled without one, with none."""
+    if plan.weights_digest is None and checkpoint is not None:
+        raise UsageError("--weights: this plan was compiled without a checkpoint (its tokens are hashed ids); "
+                         "compile it with `edbc compile --weights` to run it with one", path=path)
+    if plan.weights_digest is not None and checkpoint is None:
+        raise UsageError(f"this plan was compiled with checkpoint {plan.weights_digest[:12]}; give it with "
+                         "--weights", path=path)
+    if plan.weights_digest is not None and checkpoint.digest != plan.weights_digest:
+        raise ArtifactError(f"this plan was compiled with checkpoint {plan.weights_digest[:12]}, not the one "
+                            f"given ({checkpoint.digest[:12]}); recompile it with this checkpoint", path=path)
 
 
 def is_plan(path: str) -> bool:
@@ -328,10 +362,17 @@ def is_plan(path: str) -> bool:
 def run_target(target: str | None = None, data: str | None = None, limit: int | None = None,
                batch_size: int | None = None, policy: str | None = None, granularity: str | None = None,
                memory: str | None = None, seed: int = 0, device: str = "cpu", check: bool = False,
-               verify: bool = False) -> tuple[RunReport, str]:
+               verify: bool = False, weights: str | None = None, output: str | None = None,
+               predict: bool = False) -> tuple[RunReport, str]:
     """`edbc run`: a compiled plan, or mini-batches of a model (default: the bundled TreeLSTM on
-    synthetic data). Returns the report and where the instances came from. Options left None
-    take their defaults; a plan fixed them when it was compiled."""
+    synthetic data), with the checkpoint `weights` if given. `output` receives every instance's
+    results in input order (with `predict`, their label names too). Returns the report and where
+    the instances came from. Options left None take their defaults; a plan fixed them when it was
+    compiled."""
+    if predict and output is None:
+        raise UsageError("--predict writes label names into the --output file; give --output")
+    if output is not None:
+        check_output_path(output, (target, data, weights))  # before the work, not after it
     if target is not None and is_plan(target):
         given = {"--data": data, "--limit": limit, "--batch-size": batch_size, "--policy": policy,
                  "--granularity": granularity, "--memory": memory}
@@ -339,12 +380,29 @@ def run_target(target: str | None = None, data: str | None = None, limit: int | 
         if fixed:
             raise UsageError(f"{', '.join(fixed)}: fixed when the plan was compiled; "
                              "give them to `edbc compile` instead")
-        return run_plan(load_plan(target), device, check), f"plan {target}"
-    options = CompileOptions(policy, granularity or CompileOptions.granularity, memory or CompileOptions.memory)
-    spec, _ = load_spec(target)
-    dataset = load_data(spec, data, limit, seed)
-    return run(spec, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, options, device, check,
-               verify), dataset.source
+        plan = load_plan(target)
+        ckpt = load_checkpoint(weights, plan.spec) if weights is not None else None
+        _check_predict(plan.spec, predict)
+        report = run_plan(plan, device, check, ckpt, output is not None, target)
+        spec, source = plan.spec, f"plan {target}"
+    else:
+        model = load(target, weights, device, policy, granularity or CELL, memory or DEFAULT_MEMORY)
+        _check_predict(model.spec, predict)
+        dataset = model.data(data, limit, seed)
+        report = model.run(dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, check, verify,
+                           output is not None)
+        spec, ckpt, source = model.spec, model.checkpoint, dataset.source
+    if output is not None:
+        labels = ckpt.labels if ckpt else default_labels(spec.classes)
+        write_outputs(output, spec, report.outputs, labels, predict, (target, data, weights))
+    return report, source
+
+
+def _check_predict(spec: ModelSpec, predict: bool) -> None:
+    readout = spec.cell_of("readout")
+    shape = readout.values[readout.outputs[0]].shape
+    if predict and len(shape) != 1:
+        raise UsageError(f"--predict: the readout's output is {list(shape)}; expected a vector of class scores")
 
 
 def memory_comparison(plan: Plan) -> dict[str, MemoryStats]:
@@ -368,11 +426,23 @@ def memory_comparison(plan: Plan) -> dict[str, MemoryStats]:
 DUMPS = ("graph", "schedule", "layout", "cells")
 
 
-def inspect(plan_path: str, dump: str | None = None, minibatch: int = 0) -> str:
+def inspect(plan_path: str, dump: str | None = None, minibatch: int = 0, weights: str | None = None) -> str:
     """`edbc inspect`: a plan's summary (sizes, batches against the lower bound, gathers under each
     memory mode), or one of its IRs in full: a mini-batch's graph, schedule or layout, or the
-    compiled cells its kernels run."""
+    compiled cells its kernels run. With `weights`, the checkpoint is checked against the plan and
+    summarised too; a checkpoint on its own is summarised."""
+    if not is_plan(plan_path) and is_checkpoint(plan_path):
+        if dump is not None or weights is not None:
+            raise UsageError("--dump and --weights inspect a plan; this is a checkpoint", path=plan_path)
+        return format_checkpoint(read_checkpoint(plan_path), plan_path)
     plan = load_plan(plan_path)
+    if weights is not None:
+        ckpt = load_checkpoint(weights, plan.spec)
+        check_plan_weights(plan, ckpt, plan_path)
+        if dump is None:
+            return "\n".join([format_plan(plan, plan_path), format_memory(memory_comparison(plan), plan.options.memory,
+                                                                         len(plan.batches)),
+                              format_checkpoint(ckpt, weights)])
     if dump is None:
         return format_plan(plan, plan_path) + "\n" + format_memory(memory_comparison(plan), plan.options.memory,
                                                                      len(plan.batches))
@@ -426,3 +496,115 @@ def train_policy(inputs: list[str], output: str, dag_files: bool = False, data: 
     train, held = training_data(spec, data, heldout[0] if heldout else None, limit, settings.seed)
     return train_model_policy(spec, train, held, batch_size, granularity, settings, output, checkpoint, resume,
                               progress, (model, data, *heldout))  # the outputs never overwrite these
+
+
+class Model:
+    """A model ready for use: its spec, its weights on a device, the vocabularies that turn text into
+    token ids and the names of its classes. Made by `load`; the CLI's `run` goes through it too.
+
+        model = edbc.load("configs/models/treelstm.yaml", weights="model.safetensors")
+        scores = model.predict(["(3 (2 a) (3 (2 good) (2 film)))"])   # one tensor per instance
+    """
+
+    def __init__(self, spec: ModelSpec, spec_text: str | None = None, checkpoint: Checkpoint | None = None,
+                 device: str = "cpu", options: CompileOptions = CompileOptions()):
+        self.spec = spec
+        self.spec_text = spec_text  # what plans embed; None: compile() is not available
+        self.checkpoint = checkpoint
+        self.options = options
+        self.vocabs = checkpoint.vocabs if checkpoint else spec_vocabs(spec)
+        self.labels = checkpoint.labels if checkpoint else default_labels(spec.classes)
+        self.runtime = Runtime(spec, device, checkpoint.weights if checkpoint else None)
+        self.compiler = Compiler(spec, options)
+
+    @property
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The parameters by name; change them in place (or entry by entry) and the next run sees it."""
+        return self.runtime.weights
+
+    def data(self, data: str | None = None, limit: int | None = None, seed: int = 0) -> Dataset:
+        """A data file read with the model's structure reader (default: synthetic instances), encoded."""
+        return load_data(self.spec, data, limit, seed, self.vocabs)
+
+    def instances(self, items) -> list:
+        """Encoded instances of `items`: a data file's path, or a list of instances given as text (a
+        tree's brackets, a sentence's tokens, a lattice's lines) or as `edbc.data` objects."""
+        if isinstance(items, (str, Path)):
+            return self.data(str(items)).instances
+        items = list(items)
+        kind = TYPES[self.spec.kind]
+        if all(isinstance(x, str) for x in items):
+            raw = parse_instances(self.spec.kind, items)
+        elif all(isinstance(x, kind) for x in items):
+            raw = items
+        else:
+            raise UsageError(f"expected a data file's path, or a list of instances as text or as "
+                             f"{kind.__name__} objects")
+        return encode(raw, self.vocabs)
+
+    def predict(self, items, batch_size: int = DEFAULT_BATCH_SIZE) -> list[torch.Tensor]:
+        """Each instance's readout rows (`[1, classes]` for a root readout, one row per node or token
+        otherwise), in the order given, on the CPU."""
+        return self.run(Dataset(self.instances(items), "given", "given"), batch_size, keep_outputs=True).outputs
+
+    def label_names(self, rows: torch.Tensor) -> list[str]:
+        """The label of each row: its argmax's name."""
+        return [self.labels[k] for k in rows.reshape(len(rows), -1).argmax(dim=1).tolist()]
+
+    def compile(self, items, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> Plan:
+        """A plan of `items` (as `instances` takes them), to save with `edbc.plan.save_plan` or run
+        with `run_plan`."""
+        if self.spec_text is None:
+            raise UsageError("this model was made without its spec's text, which a plan embeds; use edbc.load")
+        if isinstance(items, (str, Path)):
+            dataset = self.data(str(items))
+        else:
+            dataset = Dataset(self.instances(items), "given", "given")
+        return compile_plan(self.spec, self.spec_text, dataset, batch_size, self.options, seed,
+                            weights_digest=self.checkpoint.digest if self.checkpoint else None)
+
+    def run(self, dataset: Dataset, batch_size: int = DEFAULT_BATCH_SIZE, check: bool = False,
+            verify: bool = False, keep_outputs: bool = False) -> RunReport:
+        """Compile and execute `dataset` (encoded with this model's vocabularies) and report."""
+        compiler = self.compiler if not verify else Compiler(self.spec, self.options, verify)
+        runtime = self.runtime
+        report = RunReport(self.spec.name, compiler.policy.name, compiler.options.granularity,
+                           compiler.options.memory, runtime.device.type, torch.get_num_threads(), batch_size,
+                           policy_digest=compiler.policy.digest,
+                           weights_digest=self.checkpoint.digest if self.checkpoint else None)
+        for index, mb in enumerate(minibatches(dataset.instances, batch_size)):
+            phases: dict[str, float] = {}
+            compiled = compiler.compile_batch(mb, phases)
+            out = _execute(runtime, compiled, phases, index)
+            report.add(compiled, phases, out, _reference(runtime, compiled, out) if check else None, keep_outputs)
+        return report
+
+
+def load(spec: str | Path | None = None, weights: str | Path | None = None, device: str = "cpu",
+         policy: str | None = None, granularity: str = CELL, memory: str = DEFAULT_MEMORY) -> Model:
+    """The model of the spec at `spec` (default: the bundled TreeLSTM) with the checkpoint `weights`
+    (default: the spec's seeded weights, hashed vocabularies), compiling with the given policy,
+    granularity and memory mode."""
+    path = str(spec) if spec is not None else str(DEFAULT_MODEL)
+    model_spec, text = load_spec(path)
+    ckpt = load_checkpoint(str(weights), model_spec) if weights is not None else None
+    return Model(model_spec, text, ckpt, device, CompileOptions(policy, granularity, memory))
+
+
+def init_checkpoint(model: str | None, output: str, data: str | None = None, limit: int | None = None,
+                    seed: int = 0) -> Checkpoint:
+    """`edbc init`: a checkpoint of the model's initial weights (its initialisers and seeds), its
+    vocabularies built from the training data `data` (default: synthetic instances), its label names
+    from the data's labels; written atomically to `output`."""
+    path = str(model) if model is not None else str(DEFAULT_MODEL)
+    spec, _ = load_spec(path)
+    check_output(output, (path, data))
+    raw, source, digest = _raw_data(spec, data, limit, seed)
+    labels = build_labels([k for inst in raw for k in inst.label_texts()], spec.classes)
+    if isinstance(labels, str):
+        raise UsageError(f"{labels}; the spec's readout needs as many classes as the data has labels",
+                         path=data)
+    ckpt = new_checkpoint(spec, init_weights(spec), build_vocabs(spec, raw), labels,
+                          {"command": "init", "data": source, "data_digest": digest, "instances": len(raw)})
+    digest = save_checkpoint(ckpt, output, (path, data))
+    return Checkpoint(ckpt.model, ckpt.spec_digest, ckpt.weights, ckpt.vocabs, ckpt.labels, ckpt.provenance, digest)

@@ -126,48 +126,82 @@ def model_options(fn):
     return fn
 
 
+_weights_option = click.option("--weights", metavar="CKPT",
+                               help="Checkpoint (.safetensors from `edbc init`, `import-weights` or `train`): "
+                                    "its weights, vocabularies and label names. Default: the spec's seeded "
+                                    "initialisers and hashed vocabularies.")
+
+
 @main.command()
 @click.argument("target", required=False, metavar="[MODEL|PLAN]")
 @model_options
+@_weights_option
+@click.option("--output", metavar="FILE", help="Write every instance's results in input order, atomically: "
+                                               ".jsonl (one object per instance) or .safetensors.")
+@click.option("--predict", is_flag=True, help="With --output: also the argmax label names.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--check", is_flag=True, help="Compare with the unbatched reference (max abs error <= 1e-4).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
 @click.option("--verify", is_flag=True, help="Run the IR verifiers between passes.")
-def run(target, data, limit, batch_size, policy, granularity, memory, seed, device, check, as_json, threads, verify):
+def run(target, data, limit, batch_size, policy, granularity, memory, seed, weights, output, predict, device, check,
+        as_json, threads, verify):
     """Compile and execute mini-batches of MODEL (default: the bundled TreeLSTM on synthetic
     trees), or execute a compiled PLAN."""
     _set_threads(threads)
     report, source = api.run_target(target, data, limit, batch_size, policy, granularity, memory, seed, device,
-                                    check, verify)
-    return _print_report(report, source, as_json)
+                                    check, verify, weights, output, predict)
+    code = _print_report(report, source, as_json)
+    if output is not None:
+        click.echo(f"wrote {output}: {report.num_instances} instances", err=True)
+    return code
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--data", metavar="PATH", help="Training data: the vocabularies and label names are built from it "
+                                             "(default: synthetic instances).")
+@click.option("--limit", type=int, metavar="N", help="Use at most N instances.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of synthetic data.")
+@click.option("--output", "-o", required=True, metavar="CKPT", help="Checkpoint to write (.safetensors, atomically).")
+def init(model, data, limit, seed, output):
+    """Make a checkpoint of MODEL (default: the bundled TreeLSTM): vocabularies and label names from
+    training data, initial weights from the spec's initialisers."""
+    ckpt = api.init_checkpoint(model, output, data, limit, seed)
+    vocabs = ", ".join(f"{name} {'hashed' if v.hashed else f'{len(v.words) + 1} ids'}" for name, v in ckpt.vocabs.items())
+    click.echo(f"wrote {output}: {ckpt.model}, {len(ckpt.weights)} parameters, vocabularies {vocabs or 'none'}, "
+               f"{len(ckpt.labels)} labels", err=True)
 
 
 @main.command(name="compile")
 @click.argument("model")
 @model_options
+@_weights_option
 @click.option("--output", "-o", required=True, metavar="PLAN", help="Plan file to write (atomically).")
 @click.option("--dump-after", metavar="PASS",
               help="Print the IR after this pass (the first mini-batch's, and each cell's): "
                    + ", ".join(api.PASS_NAMES) + ".")
-def compile_cmd(model, data, limit, batch_size, policy, granularity, memory, seed, output, dump_after):
-    """Compile mini-batches of MODEL into a plan file (the IR verifiers run after every pass)."""
+def compile_cmd(model, data, limit, batch_size, policy, granularity, memory, seed, weights, output, dump_after):
+    """Compile mini-batches of MODEL into a plan file (the IR verifiers run after every pass). With
+    --weights, the tokens are the checkpoint's ids and the plan runs with that checkpoint only."""
     options = api.CompileOptions(policy, granularity or CELL, memory or api.CompileOptions.memory)
-    plan = api.compile_to_file(model, output, data, limit, batch_size, options, seed, dump_after, click.echo)
+    plan = api.compile_to_file(model, output, data, limit, batch_size, options, seed, dump_after, click.echo,
+                               weights)
     batches = sum(b.schedule.num_batches for b in plan.batches)
     click.echo(f"wrote {output}: {len(plan.batches)} mini-batches, {plan.num_instances} instances, "
                f"{batches} batches", err=True)
 
 
 @main.command()
-@click.argument("plan_path", metavar="PLAN")
+@click.argument("plan_path", metavar="PLAN|CKPT")
 @click.option("--dump", type=click.Choice(api.DUMPS),
               help="Print one IR in full: a mini-batch's graph, schedule or layout, or the compiled cells.")
 @click.option("--minibatch", type=int, default=0, show_default=True, help="Which mini-batch --dump prints.")
-def inspect(plan_path, dump, minibatch):
+@click.option("--weights", metavar="CKPT", help="Check that the plan runs with this checkpoint, and summarise it.")
+def inspect(plan_path, dump, minibatch, weights):
     """Summarise a plan: nodes, types, batches against the lower bound, sizes, gathers with
-    and without memory planning."""
-    click.echo(api.inspect(plan_path, dump, minibatch))
+    and without memory planning; or a checkpoint: model, parameters, vocabularies, labels."""
+    click.echo(api.inspect(plan_path, dump, minibatch, weights))
 
 
 @main.command(name="schedule")

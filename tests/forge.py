@@ -203,6 +203,75 @@ POLICY_FORGERIES = {
     "granularity_a_bool": (lambda d: d.update(granularity=True), "granularity is true; expected one of: cell, op, dag"),
 }
 
+# ---------------------------------------------------------------------------------------------
+# Forged model checkpoints (of tests/bad_inputs/checkpoints/tiny_tree.yaml, so that they stay small).
+
+TINY_SPEC = "tests/bad_inputs/checkpoints/tiny_tree.yaml"
+
+
+def tiny_checkpoint_bytes() -> bytes:
+    """`edbc init` of the tiny TreeLSTM on two trees, in memory (the same bytes every time)."""
+    from edbc.api import load_spec
+    from edbc.checkpoint import new_checkpoint
+    from edbc.checkpoint.file import encode_checkpoint
+    from edbc.data import build_vocabs, parse_ptb
+    from edbc.runtime.weights import init_weights
+
+    spec, _ = load_spec(TINY_SPEC)
+    trees = [parse_ptb("(3 (2 a) (3 (4 fine) (2 film)))"), parse_ptb("(1 (2 a) (1 bad))")]
+    return encode_checkpoint(new_checkpoint(spec, init_weights(spec), build_vocabs(spec, trees), None,
+                                            {"command": "init", "data": "two trees"}))
+
+
+def rewrite_checkpoint(data: bytes, change) -> bytes:
+    """`change(tensors, metadata)` on a checkpoint's parts, saved again as valid safetensors."""
+    from safetensors.torch import load, save
+
+    length = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8:8 + length])["__metadata__"]
+    tensors = load(data)
+    change(tensors, metadata)
+    return save(tensors, metadata)
+
+
+def _meta(key, value):
+    return lambda tensors, meta: meta.__setitem__(key, value)
+
+
+def _tensor(name, value):
+    def change(tensors, meta):
+        if value is None:
+            del tensors[name]
+        else:
+            tensors[name] = value(tensors[name]) if callable(value) else value
+    return change
+
+
+def _checkpoint_forgeries():
+    import torch
+
+    return {
+        "other_model": (_meta("model", "treegru"), "this checkpoint is for model 'treegru', not 'tiny_tree'"),
+        "other_spec_version": (_meta("spec", "0" * 64), "made for another version of model 'tiny_tree'"),
+        "format_other": (_meta("format", "edbc.plan"), "format is \"edbc.plan\"; expected \"edbc.checkpoint\""),
+        "version_2": (_meta("version", "2.0"), "version \"2.0\"; this edbc reads checkpoints of version 1.x"),
+        "missing_tensor": (_tensor("b_out", None), "parameter 'b_out' is missing"),
+        "extra_tensor": (_tensor("W_extra", torch.zeros(2)), "tensor 'W_extra' is no parameter of model"),
+        "transposed_tensor": (_tensor("W_out", lambda t: t.T.contiguous()),
+                              "parameter 'W_out' is float32[5, 4]; expected float32[4, 5]"),
+        "nan_tensor": (_tensor("U_l", lambda t: t.index_fill(0, torch.tensor([1]), float("nan"))),
+                       "parameter 'U_l' holds NaN or infinite values"),
+        "int_tensor": (_tensor("b_out", lambda t: t.to(torch.int32)), "parameter 'b_out' is int32[5]"),
+        "vocab_size": (_meta("vocabularies", '{"word":{"size":9,"words":["a"]}}'),
+                       "vocabulary 'word' has 9 ids; the spec gives 8"),
+        "vocab_not_strings": (_meta("vocabularies", '{"word":{"size":8,"words":[1,2]}}'),
+                              "vocabulary 'word': its words are not 7 or fewer distinct strings"),
+        "vocab_not_json": (_meta("vocabularies", "{word"), "vocabularies is not JSON"),
+        "labels_too_few": (_meta("labels", '["0","1"]'), "it names 2 labels; the readout has 5 classes"),
+        "labels_duplicate": (_meta("labels", '["0","0","1","2","3"]'), "labels: expected a list of distinct strings"),
+    }
+
+
 DEEP_JSON = b'{"format": "edbc.policy", "training": ' + b"[" * 5000 + b"]" * 5000 + b"}"
 HUGE_INTEGER_JSON = b'{"format": "edbc.policy", "version": "1.0", "seed": ' + b"9" * 5000 + b"}"
 
@@ -223,8 +292,21 @@ def write_corpus() -> None:
     (here / "policies" / "deep_nesting.json").write_bytes(DEEP_JSON)
     (here / "policies" / "huge_integer.json").write_bytes(HUGE_INTEGER_JSON)
     (here / "checkpoints").mkdir(exist_ok=True)
+    write_checkpoints(here / "checkpoints")
     (here / "checkpoints" / "old_format_pickle.ckpt").write_bytes(
         old_checkpoint_with_payload("/tmp/edbc-bad-input-unpickled"))
+
+
+def write_checkpoints(folder) -> None:
+    """The tiny model's checkpoint and its forgeries (`python -c "from tests.forge import *;
+    write_checkpoints(Path('tests/bad_inputs/checkpoints'))"` rewrites just these)."""
+    tiny = tiny_checkpoint_bytes()
+    (folder / "tiny_tree.safetensors").write_bytes(tiny)
+    for name, (change, _) in _checkpoint_forgeries().items():
+        (folder / f"forged_{name}.safetensors").write_bytes(rewrite_checkpoint(tiny, change))
+    (folder / "truncated.safetensors").write_bytes(tiny[:len(tiny) // 2])
+    (folder / "header_length_huge.safetensors").write_bytes(b"\xff" * 8 + tiny[8:])
+    (folder / "header_not_json.safetensors").write_bytes(b"\x04" + b"\x00" * 7 + b"{abc" + tiny[8:])
 
 
 # The plan forgeries of the corpus: those that apply to a cell-level plan.

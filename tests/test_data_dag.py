@@ -3,7 +3,7 @@ import json
 import pytest
 
 from edbc.api import load_data, load_spec
-from edbc.data import encode
+from edbc.data import encode, spec_vocabs
 from edbc.data.dag import format_dag, parse_dag, read_dags
 from edbc.errors import DataError
 from edbc.graph import build_graph, verify_graph
@@ -27,7 +27,7 @@ def test_parse_and_format_roundtrip():
 
 
 def test_graph_of_a_dag(dag_rnn):
-    (inst,), _ = encode([parse_dag(LINE)], dag_rnn.vocabs)
+    (inst,) = encode([parse_dag(LINE)], spec_vocabs(dag_rnn))
     g = build_graph(dag_rnn, [inst])
     verify_graph(g)
     assert [g.types[t].name for t in g.node_type] == ["word_cell", "word_cell", "binary_cell", "unary_cell",

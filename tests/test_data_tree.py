@@ -99,7 +99,7 @@ def test_hash_vocab_is_stable_and_in_range():
 
 def test_encode_fills_token_ids_at_leaves():
     trees = [parse_ptb("(1 (2 a) (2 b))"), parse_ptb("(2 a)")]
-    encoded, vocabs = encode(trees, {"word": VocabSpec("word", 8, "frequency")})
+    encoded = encode(trees, {"word": build_vocab(VocabSpec("word", 8, "frequency"), ["a", "b"])})
     assert encoded[0].tokens.tolist() == [1, 2, -1]
     assert encoded[1].tokens.tolist() == [1]
 

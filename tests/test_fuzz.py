@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edbc.api import load_spec
-from edbc.data import encode
+from edbc.data import encode, spec_vocabs
 from edbc.data.chain import read_sequences
 from edbc.data.dag import read_dags
 from edbc.data.lattice import read_lattices
@@ -56,7 +56,7 @@ def survives(tmp_path_factory, text: str, read, model: str | None = None) -> Non
         instances = read(str(path))
         if model is not None:
             spec = MODELS[model]
-            build_graph(spec, encode(instances, spec.vocabs)[0])
+            build_graph(spec, encode(instances, spec_vocabs(spec)))
     except EdbcError:
         pass
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edbc.data import encode, parse_ptb
+from edbc.data import build_vocabs, encode, parse_ptb
 from edbc.data.typed_dag import format_typed_dag, parse_typed_dag
 from edbc.errors import DataError, VerificationError
 from edbc.graph import CELL, OP, Graph, build_graph, format_graph, lower_to_ops, verify_graph
@@ -10,7 +10,7 @@ from edbc.graph import CELL, OP, Graph, build_graph, format_graph, lower_to_ops,
 @pytest.fixture
 def two_trees(treelstm):
     trees = [parse_ptb("(1 (2 a) (3 (2 b) (2 c)))"), parse_ptb("(2 a)")]
-    return encode(trees, treelstm.vocabs)[0]
+    return encode(trees, build_vocabs(treelstm, trees))  # "a" is the most frequent word: id 1
 
 
 def test_cell_graph_of_two_trees(treelstm, two_trees):

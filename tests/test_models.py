@@ -10,7 +10,7 @@ from edbc.api import CompileOptions, compile_batch, load_data, load_spec
 from edbc.data.chain import Sequence
 from edbc.data.lattice import Lattice
 from edbc.data.pairs import Pair
-from edbc.data import encode
+from edbc.data import encode, spec_vocabs
 from edbc.graph import CELL, OP, build_graph, verify_graph
 from edbc.memory import PLANNERS
 from edbc.runtime import Runtime
@@ -57,7 +57,7 @@ def _spec(name):
 
 def test_chain_links_forward_backward_and_input():
     spec = load_spec(Path(__file__).parent / "fixtures" / "chain_with_input.yaml")[0]
-    (seq,), _ = encode([Sequence(("a", "b", "c"))], spec.vocabs)
+    (seq,) = encode([Sequence(("a", "b", "c"))], spec_vocabs(spec))
     g = build_graph(spec, [seq])
     verify_graph(g)
     names = [g.types[t].name for t in g.node_type]
@@ -71,7 +71,7 @@ def test_chain_links_forward_backward_and_input():
 
 def test_seq2seq_decoder_starts_from_the_last_encoder_step():
     spec = _spec("lstm_seq2seq")
-    (pair,), _ = encode([Pair(("a", "b"), ("x", "y", "z"))], spec.vocabs)
+    (pair,) = encode([Pair(("a", "b"), ("x", "y", "z"))], spec_vocabs(spec))
     g = build_graph(spec, [pair])
     verify_graph(g)
     assert g.args(0) == [(-1, 0), (-1, 0)] and g.args(1) == [(0, 0), (0, 1)]
@@ -83,7 +83,7 @@ def test_lattice_arcs_are_folded_into_node_states():
     spec = _spec("lattice_gru")
     lat = Lattice(3, np.zeros(3, dtype=np.int32), np.array([0, 1, 0], dtype=np.int32),
                   np.array([1, 2, 2], dtype=np.int32), np.array([True, True, False]), ("c1", "c2", "w"))
-    (lat,), _ = encode([lat], spec.vocabs)
+    (lat,) = encode([lat], spec_vocabs(spec))
     g = build_graph(spec, [lat])
     verify_graph(g)
     # node 1: its char arc (%0); node 2: char arc (%1), word arc from node 0 (%2), merge (%3)

@@ -31,6 +31,9 @@ class Sequence:
     def token_fields(self) -> dict[str, list[str]]:
         return {"word": list(self.words)}
 
+    def label_texts(self) -> list[str]:
+        return list(self.tags or ())
+
     def encode(self, ids: dict) -> "Sequence":
         word_id = ids["word"]
         return replace(self, tokens=np.array([word_id(w) for w in self.words], dtype=np.int32))

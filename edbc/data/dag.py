@@ -45,6 +45,9 @@ class DagInstance:
     def token_fields(self) -> dict[str, list[str]]:
         return {f: [v for v in vals if v is not None] for f, vals in self.values.items()}
 
+    def label_texts(self) -> list[str]:
+        return []  # DAG instances carry no labels
+
     def encode(self, ids: dict) -> "DagInstance":
         tokens = {f: np.array([-1 if v is None else ids[f](v) for v in vals], dtype=np.int64)
                   for f, vals in self.values.items() if f in ids}

@@ -15,6 +15,7 @@ as listed.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass, replace
 
@@ -42,6 +43,9 @@ class Lattice:
         return {"char": [label for label, c in zip(self.labels, self.arc_char) if c],
                 "word": [label for label, c in zip(self.labels, self.arc_char) if not c]}
 
+    def label_texts(self) -> list[str]:
+        return [str(t) for t in self.tags.tolist()]
+
     def encode(self, ids: dict) -> "Lattice":
         char_id, word_id = ids["char"], ids["word"]
         tokens = [char_id(label) if c else word_id(label) for label, c in zip(self.labels, self.arc_char.tolist())]
@@ -51,12 +55,14 @@ class Lattice:
 class _Cursor:
     """Integers of a file with their positions, read in order with line discipline."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str | None, text: str | None = None):
+        """The integers of the file at `path`, or of `text` (`path` then only names it in errors)."""
         self.path = path
         self.fields: list[tuple[str, int, int]] = []
         lineno = None
+        lines = read_lines(path) if text is None else io.StringIO(text, newline=None)
         try:
-            for lineno, line in enumerate(read_lines(path), start=1):
+            for lineno, line in enumerate(lines, start=1):
                 self.fields.extend((m.group(), lineno, m.start() + 1) for m in _FIELD.finditer(line))
         except MemoryError:
             self.fields = []
@@ -113,6 +119,17 @@ def read_lattices(path: str, limit: int | None = None) -> list[Lattice]:
     if not out:
         raise DataError("no lattices in the file", path=path)
     return out
+
+
+def parse_lattice(text: str, path: str | None = None) -> Lattice:
+    """One lattice given on its own, without the count line: its node count, tag line and arc lines."""
+    c = _Cursor(path, text)
+    if not c.fields:
+        raise DataError("empty lattice; expected its node count, its tags and one arc line a node", path=path)
+    lattice = _lattice(c, 0)
+    if c.pos < len(c.fields):
+        raise c.fail("extra data after the lattice")
+    return lattice
 
 
 def _lattice(c: _Cursor, k: int) -> Lattice:

@@ -26,6 +26,9 @@ class Pair:
     def token_fields(self) -> dict[str, list[str]]:
         return {"source": list(self.source), "target": list(self.target)}
 
+    def label_texts(self) -> list[str]:
+        return []  # the readout scores target words, named by the target vocabulary
+
     def encode(self, ids: dict) -> "Pair":
         src, tgt = ids["source"], ids["target"]
         return replace(self, source_tokens=np.array([src(w) for w in self.source], dtype=np.int32),

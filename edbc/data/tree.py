@@ -36,6 +36,10 @@ class Tree:
     def token_fields(self) -> dict[str, list[str]]:
         return {"word": [w for w in self.words if w is not None]}
 
+    def label_texts(self) -> list[str]:
+        """The labels a label vocabulary is built from: every node's that is an integer."""
+        return [str(k) for k in self.labels.tolist() if k >= 0]
+
     def encode(self, ids: dict[str, "callable"]) -> "Tree":
         word_id = ids["word"]
         tokens = np.array([-1 if w is None else word_id(w) for w in self.words], dtype=np.int32)

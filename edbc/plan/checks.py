@@ -48,8 +48,9 @@ def check_plan_header(head: dict, arrays: dict[str, np.ndarray], path: str) -> N
     inputs = expect(head.get("inputs"), dict, "inputs", fail)
     for key in ("spec", "data"):
         expect(inputs.get(key), str, f"inputs.{key}", fail)
-    if inputs.get("policy") is not None:
-        expect(inputs["policy"], str, "inputs.policy", fail)
+    for key in ("policy", "weights"):
+        if inputs.get(key) is not None:
+            expect(inputs[key], str, f"inputs.{key}", fail)
     for key in ("data", "policy"):
         expect(head.get(key), str, key, fail)
     granularity = _one_of(head.get("granularity"), (CELL, OP), "granularity", fail)

@@ -38,7 +38,9 @@ FORMAT = "edbc.plan"
 # 1.1: the spec's files embedded as parts "files/<path as written in the spec>"
 # 1.2: the compiled cells ("cells"), each mini-batch naming the one of each node type ("cells" per batch);
 #      a plan without them (1.0, 1.1) has its cells compiled when it is loaded
-VERSION = (1, 2)
+# 1.3: "inputs.weights", the checkpoint whose vocabularies encoded the tokens (plans without it encoded
+#      them with hashed vocabularies, or, before 1.3, with vocabularies built from their data file)
+VERSION = (1, 3)
 _FILES = "files/"
 _VERSIONS = ("edbc", "torch")  # header fields that say which tools wrote the plan, not what it holds
 
@@ -76,6 +78,7 @@ class Plan:
     data: str  # where the instances came from: a path, or "synthetic"
     data_digest: str
     policy_digest: str | None = None  # checksum of the policy file whose FSM made the schedules
+    weights_digest: str | None = None  # the checkpoint whose vocabularies encoded the tokens, which runs it
 
     @property
     def num_instances(self) -> int:
@@ -161,6 +164,8 @@ def _encode_plan(plan: Plan) -> tuple[dict, dict[str, np.ndarray]]:
     inputs = {"spec": plan.spec.digest, "data": plan.data_digest}
     if plan.policy_digest is not None:
         inputs["policy"] = plan.policy_digest
+    if plan.weights_digest is not None:
+        inputs["weights"] = plan.weights_digest
     header = {
         "edbc": __version__, "torch": torch.__version__.split("+")[0], "seed": plan.seed,
         "inputs": inputs,
@@ -233,7 +238,8 @@ def load_plan(path: str) -> Plan:
         options = CompileOptions(head["policy"], head["granularity"], head["memory"])
         plan = Plan(spec=spec, spec_text=head["spec_text"], batches=tuple(batches), options=options,
                     batch_size=int(head["batch_size"]), seed=int(head["seed"]), data=head["data"],
-                    data_digest=head["inputs"]["data"], policy_digest=head["inputs"].get("policy"))
+                    data_digest=head["inputs"]["data"], policy_digest=head["inputs"].get("policy"),
+                    weights_digest=head["inputs"].get("weights"))
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ArtifactError(f"corrupt plan: missing or malformed field ({e})", path=path) from None
     except UsageError as e:  # compile options the plan names that this edbc does not know
@@ -254,6 +260,8 @@ def format_plan(plan: Plan, path: str | None = None) -> str:
         f"  policy       {plan.options.policy} at {plan.options.granularity} level, memory {plan.options.memory}"
         + (f" (policy file {plan.policy_digest[:12]}, "
            f"{sum(b.fsm_fallbacks for b in plan.batches)} FSM fallbacks)" if plan.policy_digest else ""),
+        "  weights      " + (f"checkpoint {plan.weights_digest[:12]} (run it with --weights)"
+                              if plan.weights_digest else "the spec's seeded initialisers"),
         f"  mini-batches {len(plan.batches)}",
         f"  nodes        {nodes}",
         f"  batches      {batches} (lower bound {bound})",

@@ -104,8 +104,26 @@ class ModelSpec:
 
     @property
     def digest(self) -> str:
-        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return _digest(self.canonical())
+
+    @property
+    def shape_digest(self) -> str:
+        """What a checkpoint must match: the model without how its parameters are initialised (a
+        checkpoint brings their values), so that a changed `std` or seed keeps its checkpoints."""
+        canonical = self.canonical()
+        del canonical["seed"]
+        canonical["params"] = {k: list(p.shape) for k, p in self.params.items()}
+        return _digest(canonical)
+
+    @property
+    def classes(self) -> int:
+        """The width of the readout's first output: its classes, where it scores labels."""
+        readout = self.cell_of("readout")
+        return readout.values[readout.outputs[0]].shape[-1]
 
     def cell_of(self, role: str) -> Program:
         return self.cells[self.roles[role].cell]
+
+
+def _digest(canonical: dict) -> str:
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
