@@ -25,38 +25,37 @@ from ..spec.model import ModelSpec
 
 
 class TreeLSTM(nn.Module):
-    """configs/models/treelstm.yaml: the binary (N-ary, N = 2) TreeLSTM in the layout of DGL's SST
-    example, run node by node. Gates i, o, u from `W_iou` (leaves) or `U_iou` over [h_l, h_r]
-    (internal nodes) plus the shared bias `b_iou`; forget gates f_l, f_r from `U_f`."""
+    """configs/models/treelstm.yaml: the binary (N-ary, N = 2) TreeLSTM of Tai et al., run node by
+    node. A leaf's gates i, o, u come from its word; an internal node's gates i, f_l, f_r, o, u from
+    one linear layer over its children's states [h_l, h_r]."""
 
     def __init__(self, vocab: int, embed: int, hidden: int, classes: int):
         super().__init__()
         self.embedding = nn.Embedding(vocab, embed)
-        self.W_iou = nn.Linear(embed, 3 * hidden, bias=False)
-        self.U_iou = nn.Linear(2 * hidden, 3 * hidden, bias=False)
-        self.b_iou = nn.Parameter(torch.zeros(3 * hidden).uniform_(-0.1, 0.1))
-        self.U_f = nn.Linear(2 * hidden, 2 * hidden)
-        self.linear = nn.Linear(hidden, classes)
+        self.leaf = nn.Linear(embed, 3 * hidden)
+        self.node = nn.Linear(2 * hidden, 5 * hidden)
+        self.out = nn.Linear(hidden, classes)
 
     def tree(self, tree) -> torch.Tensor:
         """The root's log-probabilities `[1, classes]`."""
         left, right = tree.left.tolist(), tree.right.tolist()
-        x = self.embedding(torch.as_tensor(np.maximum(tree.tokens, 0), dtype=torch.long,
-                                           device=self.b_iou.device))
+        # Leaves read only their word: all of them at once; then the internal nodes one by one.
+        leaves = np.flatnonzero(tree.left < 0)
+        words = torch.as_tensor(tree.tokens[leaves], dtype=torch.long, device=self.out.weight.device)
+        i, o, u = torch.chunk(self.leaf(self.embedding(words)), 3, dim=1)
+        leaf_c = torch.sigmoid(i) * torch.tanh(u)
+        leaf_h = torch.sigmoid(o) * torch.tanh(leaf_c)
         h: list = [None] * len(left)
         c: list = [None] * len(left)
+        for k, v in enumerate(leaves.tolist()):
+            h[v], c[v] = leaf_h[k:k + 1], leaf_c[k:k + 1]
         for v in range(len(left)):
-            if left[v] < 0:
-                i, o, u = torch.chunk(self.W_iou(x[v:v + 1]) + self.b_iou, 3, dim=1)
-                c[v] = torch.sigmoid(i) * torch.tanh(u)
-            else:
+            if left[v] >= 0:
                 a, b = left[v], right[v]
-                children = torch.cat([h[a], h[b]], dim=1)
-                i, o, u = torch.chunk(self.U_iou(children) + self.b_iou, 3, dim=1)
-                f_l, f_r = torch.chunk(torch.sigmoid(self.U_f(children)), 2, dim=1)
-                c[v] = torch.sigmoid(i) * torch.tanh(u) + f_l * c[a] + f_r * c[b]
-            h[v] = torch.sigmoid(o) * torch.tanh(c[v])
-        return torch.log_softmax(self.linear(h[-1]), dim=1)
+                i, f_l, f_r, o, u = torch.chunk(self.node(torch.cat([h[a], h[b]], dim=1)), 5, dim=1)
+                c[v] = torch.sigmoid(i) * torch.tanh(u) + torch.sigmoid(f_l) * c[a] + torch.sigmoid(f_r) * c[b]
+                h[v] = torch.sigmoid(o) * torch.tanh(c[v])
+        return torch.log_softmax(self.out(h[-1]), dim=1)
 
     def forward(self, trees: list) -> torch.Tensor:
         return torch.cat([self.tree(t) for t in trees])
