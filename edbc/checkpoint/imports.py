@@ -418,11 +418,11 @@ class _Reader:
             if size % expr.chunks:
                 raise self.fail(f"{_base(expr)} is {_fmt(value.shape)}: chunks: {expr.chunks} does not divide its "
                                 f"dimension {expr.dim} ({size}) (parameter {param}{self.at(param)})")
-            pieces = torch.split(value, size // expr.chunks, dim=dim)
-            value = torch.cat([pieces[k] for k in expr.take], dim=dim)
+            step = size // expr.chunks
+            value = torch.cat([value.narrow(dim, k * step, step) for k in expr.take], dim=dim)
         if expr.transpose:
             if value.dim() < 2:
-                raise self.fail(f"{_base(expr)} is {_fmt(value.shape)}: a 1-D tensor cannot be transposed "
+                raise self.fail(f"{_base(expr)} is {_fmt(value.shape)}: a {value.dim()}-D tensor cannot be transposed "
                                 f"(parameter {param}{self.at(param)}); drop transpose: true")
             value = value.transpose(-2, -1)
         return value
