@@ -15,6 +15,7 @@ EXIT_INPUT = 3
 EXIT_VERIFY = 4
 EXIT_ARTIFACT = 5
 EXIT_LIMIT = 6
+EXIT_WEIGHTS = 7
 
 
 class EdbcError(Exception):
@@ -67,6 +68,10 @@ class DataError(InputError):
     """A data file (trees, sequences, lattices, typed DAGs) is malformed."""
 
 
+class MappingError(InputError):
+    """A weight mapping file is malformed, or names a parameter the model lacks."""
+
+
 class VerificationError(EdbcError):
     """An IR verifier failed, or batched results differ from the reference."""
 
@@ -77,6 +82,13 @@ class ArtifactError(EdbcError):
     """A plan or policy file is corrupt, truncated, of an unknown version or for another model."""
 
     exit_code = EXIT_ARTIFACT
+
+
+class WeightsError(EdbcError):
+    """Weights do not fit the model: a tensor missing, extra, mis-shaped, not floating point or
+    not finite."""
+
+    exit_code = EXIT_WEIGHTS
 
 
 class LimitError(EdbcError):

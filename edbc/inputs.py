@@ -17,6 +17,8 @@ from pathlib import Path
 from .errors import InputError, LimitError
 from .settings import MAX_INPUT_BYTES_VAR, max_input_bytes
 
+# Sizes, attributes and seeds are int64s in numpy and torch; larger values are refused where written.
+MAX_INT = 2**63 - 1
 # No edbc field holds more than an int64; longer JSON integers are refused unread.
 _MAX_INT_DIGITS = 19
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

@@ -11,6 +11,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(os.environ.get("EDBC_CONFIG_DIR", REPO_ROOT / "configs"))
 MODELS_DIR = CONFIG_DIR / "models"
 DEFAULT_MODEL = MODELS_DIR / "treelstm.yaml"
+# How the state_dicts of the PyTorch modules of edbc.bench.torch_models map to the bundled models.
+MAPPINGS_DIR = CONFIG_DIR / "mappings"
 # Shipped policy files, `<model>.policy.json` (cell level) and `<model>.op.policy.json`.
 PLANS_DIR = Path(os.environ.get("EDBC_PLANS_DIR", REPO_ROOT / "plans"))
 # Real data sets live beside the checkout and are read by path, never copied in.

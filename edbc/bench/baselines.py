@@ -1,49 +1,38 @@
 """Hand-written PyTorch baselines: what a user would write without edbc.
 
-Each reads the weights edbc draws for the same spec (`Runtime.weights`), so
-outputs are compared before anything is timed. Tree models run one node at a
-time with plain torch ops on one-row tensors; chain models use
-`torch.nn.LSTM` over packed sequences, the usual way to batch them by hand.
-Every `__call__` takes encoded instances and returns the readout rows in
-edbc's result order.
+The TreeLSTM, the BiLSTM tagger and the seq2seq model are the PyTorch modules
+of `torch_models`; edbc runs the weights imported from their state_dicts
+(`make_baseline`). The TreeGRU and the MV-RNN read the weights edbc draws for
+the same spec (`Runtime.weights`). Tree models run one node at a time with
+plain torch ops on one-row tensors; chain models use `torch.nn.LSTM` over
+packed sequences, the usual way to batch them by hand. Every baseline takes
+encoded instances and returns the readout rows in edbc's result order.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
+
+from ..checkpoint import import_weights, read_mapping
+from ..settings import MAPPINGS_DIR
+from ..spec.model import ModelSpec
+from .torch_models import BiLSTMTagger, Seq2Seq, TreeLSTM, build_module
 
 
-class PerNodeTreeLSTM:
-    """configs/models/treelstm.yaml, node by node."""
+class _PerNode:
+    """A tree model node by node, reading edbc's weights."""
 
     def __init__(self, weights: dict[str, torch.Tensor]):
         self.w = weights
 
     def tree(self, left, right, tokens) -> torch.Tensor:
-        w = self.w
-        h: list = [None] * len(left)
-        c: list = [None] * len(left)
-        for v in range(len(left)):
-            if left[v] < 0:
-                x = w["E"][tokens[v]].unsqueeze(0)
-                i, o, u = torch.chunk(x @ w["W_leaf"] + w["b_leaf"], 3, dim=1)
-                c[v] = torch.sigmoid(i) * torch.tanh(u)
-            else:
-                a, b = left[v], right[v]
-                gates = h[a] @ w["U_l"] + h[b] @ w["U_r"] + w["b_node"]
-                i, f_l, f_r, o, u = torch.chunk(gates, 5, dim=1)
-                c[v] = (torch.sigmoid(i) * torch.tanh(u) + torch.sigmoid(f_l) * c[a]
-                        + torch.sigmoid(f_r) * c[b])
-            h[v] = torch.sigmoid(o) * torch.tanh(c[v])
-        return torch.log_softmax(h[-1] @ w["W_out"] + w["b_out"], dim=1)
+        raise NotImplementedError
 
     def __call__(self, trees) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([self.tree(t.left.tolist(), t.right.tolist(), t.tokens.tolist()) for t in trees])
+        return torch.cat([self.tree(t.left.tolist(), t.right.tolist(), t.tokens.tolist()) for t in trees])
 
 
-class PerNodeTreeGRU(PerNodeTreeLSTM):
+class PerNodeTreeGRU(_PerNode):
     """configs/models/treegru.yaml, node by node."""
 
     def tree(self, left, right, tokens) -> torch.Tensor:
@@ -60,7 +49,7 @@ class PerNodeTreeGRU(PerNodeTreeLSTM):
         return torch.log_softmax(h[-1] @ w["W_out"] + w["b_out"], dim=1)
 
 
-class PerNodeMVRNN(PerNodeTreeLSTM):
+class PerNodeMVRNN(_PerNode):
     """configs/models/mvrnn.yaml, node by node."""
 
     def tree(self, left, right, tokens) -> torch.Tensor:
@@ -79,79 +68,33 @@ class PerNodeMVRNN(PerNodeTreeLSTM):
         return torch.log_softmax(vec[-1] @ w["W_out"] + w["b_out"], dim=0).unsqueeze(0)
 
 
-def _lstm_gates_to_torch(weight: torch.Tensor) -> torch.Tensor:
-    """Our gate columns (i, f, o, u) as torch.nn.LSTM's rows (i, f, g, o)."""
-    i, f, o, u = torch.chunk(weight, 4, dim=-1)
-    return torch.cat([i, f, u, o], dim=-1).T.contiguous()
-
-
-def _set_lstm(lstm: torch.nn.LSTM, suffix: str, w_ih, w_hh, bias) -> None:
-    getattr(lstm, f"weight_ih_l0{suffix}").copy_(_lstm_gates_to_torch(w_ih))
-    getattr(lstm, f"weight_hh_l0{suffix}").copy_(_lstm_gates_to_torch(w_hh))
-    getattr(lstm, f"bias_ih_l0{suffix}").copy_(_lstm_gates_to_torch(bias.unsqueeze(0)).squeeze(1))
-    getattr(lstm, f"bias_hh_l0{suffix}").zero_()
-
-
-def _pack(token_lists: list[torch.Tensor], table: torch.Tensor):
-    lengths = torch.tensor([len(t) for t in token_lists])
-    padded = pad_sequence(token_lists, batch_first=True)
-    x = torch.nn.functional.embedding(padded, table)
-    return pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False), lengths
-
-
-def _valid(padded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Rows of a [B, T, ...] tensor at valid positions, sequence by sequence."""
-    mask = torch.arange(padded.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-    return padded[mask]
-
-
-class PackedBiLSTMTagger:
-    """configs/models/bilstm_tagger.yaml with one bidirectional torch.nn.LSTM over packed sentences."""
-
-    def __init__(self, weights: dict[str, torch.Tensor]):
-        self.w = weights
-        hidden = weights["Uf"].shape[0]
-        self.lstm = torch.nn.LSTM(weights["E"].shape[1], hidden, batch_first=True, bidirectional=True)
-        with torch.no_grad():
-            _set_lstm(self.lstm, "", weights["Wf"], weights["Uf"], weights["bf"])
-            _set_lstm(self.lstm, "_reverse", weights["Wb"], weights["Ub"], weights["bb"])
-        self.out = torch.cat([weights["O_f"], weights["O_b"]], dim=0)
-
-    def __call__(self, sentences) -> torch.Tensor:
-        with torch.no_grad():
-            packed, lengths = _pack([torch.as_tensor(s.tokens, dtype=torch.long) for s in sentences], self.w["E"])
-            states, _ = self.lstm(packed)
-            states, _ = pad_packed_sequence(states, batch_first=True)
-            return torch.log_softmax(_valid(states, lengths) @ self.out + self.w["b_out"], dim=1)
-
-
-class PackedSeq2Seq:
-    """configs/models/lstm_seq2seq.yaml with torch.nn.LSTM encoder and decoder over packed sentences."""
-
-    def __init__(self, weights: dict[str, torch.Tensor]):
-        self.w = weights
-        hidden = weights["Ue"].shape[0]
-        self.encoder = torch.nn.LSTM(weights["E_src"].shape[1], hidden, batch_first=True)
-        self.decoder = torch.nn.LSTM(weights["E_tgt"].shape[1], hidden, batch_first=True)
-        with torch.no_grad():
-            _set_lstm(self.encoder, "", weights["We"], weights["Ue"], weights["be"])
-            _set_lstm(self.decoder, "", weights["Wd"], weights["Ud"], weights["bd"])
-
-    def __call__(self, pairs) -> torch.Tensor:
-        with torch.no_grad():
-            src, _ = _pack([torch.as_tensor(p.source_tokens, dtype=torch.long) for p in pairs], self.w["E_src"])
-            _, state = self.encoder(src)
-            tgt, lengths = _pack([torch.as_tensor(p.target_tokens, dtype=torch.long) for p in pairs], self.w["E_tgt"])
-            states, _ = self.decoder(tgt, state)
-            states, _ = pad_packed_sequence(states, batch_first=True)
-            return torch.log_softmax(_valid(states, lengths) @ self.w["W_out"] + self.w["b_out"], dim=1)
-
-
-# Model -> (label, baseline class).
+# Model -> (label, baseline): a PyTorch module of `torch_models` (its weights imported into edbc's
+# through its mapping), or a class reading edbc's weights.
 BASELINES = {
-    "treelstm": ("PyTorch per node", PerNodeTreeLSTM),
+    "treelstm": ("PyTorch per node", TreeLSTM),
     "treegru": ("PyTorch per node", PerNodeTreeGRU),
     "mvrnn": ("PyTorch per node", PerNodeMVRNN),
-    "bilstm_tagger": ("torch.nn.LSTM packed", PackedBiLSTMTagger),
-    "lstm_seq2seq": ("torch.nn.LSTM packed", PackedSeq2Seq),
+    "bilstm_tagger": ("torch.nn.LSTM packed", BiLSTMTagger),
+    "lstm_seq2seq": ("torch.nn.LSTM packed", Seq2Seq),
 }
+
+
+def make_baseline(spec: ModelSpec, weights: dict[str, torch.Tensor], seed: int = 0):
+    """The baseline of `spec`'s model as a function of encoded instances, computing the same model
+    as `weights` (a runtime's parameters, on its device). A module baseline is built from `seed`
+    and its state_dict imported into `weights`, replacing them: do it before the runtime makes
+    its first kernel, which caches tables derived from the weights."""
+    _, baseline = BASELINES[spec.name]
+    if not issubclass(baseline, torch.nn.Module):
+        return baseline(weights)
+    module = build_module(spec, seed)
+    mapping = read_mapping(MAPPINGS_DIR / f"{spec.name}.yaml")
+    imported = import_weights(spec, module.state_dict(), mapping, source=f"{baseline.__name__}.state_dict()")
+    device = next(iter(weights.values())).device
+    weights.update({name: value.to(device) for name, value in imported.items()})
+    module.to(device).eval()
+
+    def run(instances: list) -> torch.Tensor:
+        with torch.no_grad():
+            return module(instances)
+    return run

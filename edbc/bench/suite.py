@@ -32,7 +32,7 @@ from ..memory import PLANNERS
 from ..runtime import Runtime
 from ..schedule import lower_bound
 from ..settings import MODELS_DIR, NO_SPLITS, SHARED_DATA, SHARED_SPLITS
-from .baselines import BASELINES
+from .baselines import BASELINES, make_baseline
 
 
 @dataclass(frozen=True)
@@ -132,11 +132,9 @@ def time_edbc(spec, source: str, batches: list, policy: str, memory: str, runtim
     )
 
 
-def time_baseline(spec, source: str, batches: list, runtime: Runtime, samples: int = 20) -> Row | None:
-    if spec.name not in BASELINES:
-        return None
-    name, cls = BASELINES[spec.name]
-    baseline = cls(runtime.weights)
+def time_baseline(spec, source: str, batches: list, baseline, samples: int = 20) -> Row:
+    """Time `baseline` (`baselines.make_baseline`) on the same mini-batches as edbc."""
+    name, _ = BASELINES[spec.name]
     for mb in batches:
         baseline(mb)
     times = []
@@ -200,10 +198,13 @@ def run_suite(models: list[str], batch_sizes: list[int], policies: list[str], me
             if not batches:
                 continue
             runtime = Runtime(spec)
+            # Before edbc runs: a module baseline replaces the runtime's weights with its own.
+            baseline = make_baseline(spec, runtime.weights, spec.seed) if spec.name in BASELINES else None
             for policy in policies:
                 for memory in memories:
                     add(time_edbc(spec, source, batches, policy, memory, runtime, granularity, samples))
-            add(time_baseline(spec, source, batches, runtime, samples))
+            if baseline is not None:
+                add(time_baseline(spec, source, batches, baseline, samples))
             if dynet and w.model in DYNET_MODELS:
                 for autobatch in (1, 0):
                     add(time_dynet(spec, w, size, runtime, autobatch, len(batches), samples, threads))

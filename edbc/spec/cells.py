@@ -15,13 +15,12 @@ import ast
 from dataclasses import dataclass
 
 from ..errors import SpecError, quoted
+from ..inputs import MAX_INT
 from .ops import OPS, Operand, ShapeError
 from .program import F32, TOKEN, Op, Program, Shape, Value
 
 _ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
           ast.Mult: lambda a, b: a * b, ast.FloorDiv: lambda a, b: a // b}
-# Sizes, attributes and seeds are int64s in numpy and torch; larger values are refused where written.
-MAX_INT = 2**63 - 1
 
 
 def eval_dim(node: ast.AST, dims: dict[str, int]) -> int:

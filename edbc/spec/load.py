@@ -8,189 +8,35 @@ the spec), imported by `onnx_cell`.
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
-
-from ..errors import InputError, LimitError, SpecError, quoted
-from ..inputs import out_of_memory, read_input_bytes, read_input_text
-from .cells import MAX_INT, OpLine, eval_dim_text, parse_cell
+from ..errors import InputError, LimitError, SpecError
+from ..inputs import read_input_bytes, read_input_text
+from ..yaml_input import NAME as _NAME, Checker, Node, compose
+from .cells import OpLine, eval_dim_text, parse_cell
 from .model import INITS, ModelSpec, ParamSpec, RoleSpec, Source, VocabSpec
 from .program import Program, Shape
 from .structure import ANY, KINDS, KindDef, RoleDef, readout_role
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # The model's name names its policy files (`plans/<model>.op.policy.json`), so it must fit a file name.
 _MAX_MODEL_NAME = 100
-# A spec is a few hundred YAML values. These bounds stop alias bombs ("billion laughs") and nesting
-# that would exhaust Python's stack before the work grows with them; plans re-parse their spec here too.
-_MAX_YAML_VALUES = 50_000  # after aliases are expanded
-_MAX_YAML_DEPTH = 64
 _TOP_KEYS = ("model", "seed", "dims", "vocab", "params", "cells", "structure", "readout")
 _VOCAB_BUILDS = ("frequency", "hash")
 
 
-class _Node:
-    """A composed YAML value with its position (1-based line and column)."""
-
-    __slots__ = ("value", "line", "column")
-
-    def __init__(self, value, line: int, column: int):
-        self.value = value
-        self.line = line
-        self.column = column
+def _compose(text: str, path: str | None) -> Node | None:
+    return compose(text, path, SpecError, "spec", "a model spec")
 
 
-def _error_at(mark: yaml.Mark | None, message: str, path: str | None) -> SpecError:
-    return SpecError(message, path=path, line=mark.line + 1 if mark else None,
-                     column=mark.column + 1 if mark else None)
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader whose composer refuses nesting deeper than `_MAX_YAML_DEPTH` (PyYAML's composer
-    recurses, so deep nesting would exhaust the stack) and whose integers fit an int64."""
-
-    def __init__(self, text: str, path: str | None):
-        super().__init__(text)
-        self.path = path
-        self.depth = 0
-
-    def compose_node(self, parent, index):
-        self.depth += 1
-        try:
-            if self.depth > _MAX_YAML_DEPTH:
-                raise _error_at(self.peek_event().start_mark, f"YAML nested more than {_MAX_YAML_DEPTH} "
-                                "levels deep; a model spec needs a few", self.path)
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-    def construct_int64(self, node: yaml.ScalarNode) -> int:
-        # Checked before conversion: Python refuses ints of more than 4300 digits, and no spec
-        # field holds more than an int64.
-        value = None if sum(ch.isdigit() for ch in node.value) > 19 else self.construct_yaml_int(node)
-        if value is None or abs(value) > MAX_INT:
-            raise _error_at(node.start_mark, f"integer {quoted(node.value)} is out of range; "
-                            f"expected at most {MAX_INT}", self.path)
-        return value
-
-
-_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_int64)
-
-
-def _compose(text: str, path: str | None) -> _Node | None:
-    loader = _BoundedLoader(text, path)
-    try:
-        root = loader.get_single_node()
-    except MemoryError:
-        raise out_of_memory(path) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise _error_at(mark, f"YAML syntax error: {problem}", path) from None
-    finally:
-        loader.dispose()
-    return None if root is None else _Converter(loader, path).convert(root)
-
-
-class _Converter:
-    """Composed YAML nodes to `_Node`s. Aliases are expanded, within `_MAX_YAML_VALUES` values and
-    `_MAX_YAML_DEPTH` levels: an alias may repeat a large value many times, or contain itself."""
-
-    def __init__(self, loader: yaml.SafeLoader, path: str | None):
-        self.loader = loader
-        self.path = path
-        self.values_left = _MAX_YAML_VALUES
-
-    def fail(self, node: yaml.Node, message: str) -> SpecError:
-        return _error_at(node.start_mark, message, self.path)
-
-    def convert(self, node: yaml.Node, depth: int = 1) -> _Node:
-        self.values_left -= 1
-        if self.values_left < 0:
-            raise self.fail(node, f"the spec expands to more than {_MAX_YAML_VALUES} YAML values (aliases "
-                                  "repeat values); a model spec needs far fewer")
-        if depth > _MAX_YAML_DEPTH:
-            raise self.fail(node, f"YAML nested more than {_MAX_YAML_DEPTH} levels deep once aliases are "
-                                  "expanded (an alias inside itself?); a model spec needs a few")
-        line, col = node.start_mark.line + 1, node.start_mark.column + 1
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, _Node] = {}
-            for k, v in node.value:
-                key = self.convert(k, depth + 1)
-                if not isinstance(key.value, (str, int)):
-                    raise SpecError("mapping keys must be plain names", path=self.path,
-                                    line=key.line, column=key.column)
-                name = str(key.value)
-                if name in out:
-                    raise SpecError(f"key '{quoted(name)}' appears twice in this mapping", path=self.path,
-                                    line=key.line, column=key.column)
-                out[name] = self.convert(v, depth + 1)
-            return _Node(out, line, col)
-        if isinstance(node, yaml.SequenceNode):
-            return _Node([self.convert(v, depth + 1) for v in node.value], line, col)
-        try:
-            return _Node(self.loader.construct_object(node, deep=True), line, col)
-        except (yaml.YAMLError, ValueError) as e:  # ValueError: a timestamp such as 2001-02-30
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise self.fail(node, f"bad YAML value '{quoted(node.value)}': {problem}") from None
-
-
-def _shown(value) -> str:
-    """A YAML value as an error shows it: short text quoted, containers by kind, never a Python repr."""
-    if isinstance(value, str):
-        return f"'{quoted(value)}'"
-    if isinstance(value, (bool, int, float)):
-        return quoted(str(value))
-    if value is None:
-        return "nothing"
-    return {list: "a list", dict: "a mapping"}.get(type(value), f"a YAML {type(value).__name__}")
-
-
-class _Checker:
-    """Validation helpers that raise `SpecError` at a node's position."""
+class _Checker(Checker):
+    """The shared checks raising `SpecError`, and a spec's dimensions and shapes."""
 
     def __init__(self, path: str | None):
-        self.path = path
+        super().__init__(path, SpecError)
 
-    def fail(self, node: _Node | None, message: str) -> SpecError:
-        return SpecError(message, path=self.path,
-                         line=node.line if node else None, column=node.column if node else None)
-
-    def mapping(self, node: _Node, what: str, allowed: tuple[str, ...] | None = None,
-                required: tuple[str, ...] = ()) -> dict[str, _Node]:
-        if not isinstance(node.value, dict):
-            raise self.fail(node, f"{what} must be a mapping")
-        if allowed is not None:
-            for key, v in node.value.items():
-                if key not in allowed:
-                    raise self.fail(v, f"{what}: unknown key '{key}'; expected one of: {', '.join(allowed)}")
-        for key in required:
-            if key not in node.value:
-                raise self.fail(node, f"{what}: missing key '{key}'")
-        return node.value
-
-    def sequence(self, node: _Node, what: str) -> list[_Node]:
-        if not isinstance(node.value, list):
-            raise self.fail(node, f"{what} must be a list")
-        return node.value
-
-    def name(self, node: _Node, what: str) -> str:
-        if not isinstance(node.value, str) or not _NAME.match(node.value):
-            raise self.fail(node, f"{what} must be a name (letters, digits, _), got {_shown(node.value)}")
-        return node.value
-
-    def integer(self, node: _Node, what: str, minimum: int | None = None) -> int:
-        if type(node.value) is not int:
-            raise self.fail(node, f"{what} must be an integer, got {_shown(node.value)}")
-        if minimum is not None and node.value < minimum:
-            raise self.fail(node, f"{what} must be at least {minimum}, got {node.value}")
-        return node.value
-
-    def dim(self, node: _Node, dims: dict[str, int], what: str) -> int:
+    def dim(self, node: Node, dims: dict[str, int], what: str) -> int:
         try:
             value = eval_dim_text(node.value, dims)
         except ValueError as e:
@@ -199,7 +45,7 @@ class _Checker:
             raise self.fail(node, f"{what} must be positive, got {value}")
         return value
 
-    def shape(self, node: _Node, dims: dict[str, int], what: str) -> Shape:
+    def shape(self, node: Node, dims: dict[str, int], what: str) -> Shape:
         items = self.sequence(node, what)
         if not items:
             raise self.fail(node, f"{what} must list at least one dimension")
@@ -232,7 +78,7 @@ def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] |
 
     dims: dict[str, int] = {}
     for key, node in c.mapping(top["dims"], "dims").items():
-        c.name(_Node(key, node.line, node.column), "a dimension name")
+        c.name(Node(key, node.line, node.column), "a dimension name")
         dims[key] = c.dim(node, dims, f"dims.{key}")
 
     params = _params(c, top["params"], dims, seed)
@@ -254,7 +100,7 @@ def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] |
                                      f"expected one of: {', '.join(KINDS)}")
     kind = KINDS[kind_name]
     roles: dict[str, RoleSpec] = {}
-    role_nodes: dict[str, _Node] = {}
+    role_nodes: dict[str, Node] = {}
     for key, node in struct.items():
         if key == "kind":
             continue
@@ -287,10 +133,10 @@ def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] |
                      cells=cells, kind=kind.name, roles=roles, files=used_files)
 
 
-def _params(c: _Checker, node: _Node, dims: dict[str, int], seed: int) -> dict[str, ParamSpec]:
+def _params(c: _Checker, node: Node, dims: dict[str, int], seed: int) -> dict[str, ParamSpec]:
     out: dict[str, ParamSpec] = {}
     for key, pnode in c.mapping(node, "params").items():
-        c.name(_Node(key, pnode.line, pnode.column), "a parameter name")
+        c.name(Node(key, pnode.line, pnode.column), "a parameter name")
         if key in dims:
             raise c.fail(pnode, f"parameter '{key}' has the name of a dimension")
         f = c.mapping(pnode, f"params.{key}", ("shape", "init", "std", "scale", "seed"), ("shape",))
@@ -318,10 +164,10 @@ def _params(c: _Checker, node: _Node, dims: dict[str, int], seed: int) -> dict[s
     return out
 
 
-def _cell_inputs(c: _Checker, name: str, node: _Node, dims: dict[str, int]) -> list[tuple[str, Shape | None]]:
+def _cell_inputs(c: _Checker, name: str, node: Node, dims: dict[str, int]) -> list[tuple[str, Shape | None]]:
     inputs: list[tuple[str, Shape | None]] = []
     for key, inode in c.mapping(node, f"cells.{name}.inputs").items():
-        c.name(_Node(key, inode.line, inode.column), f"cells.{name}.inputs: an input name")
+        c.name(Node(key, inode.line, inode.column), f"cells.{name}.inputs: an input name")
         if inode.value == "token":
             inputs.append((key, None))
         elif isinstance(inode.value, list):
@@ -331,9 +177,9 @@ def _cell_inputs(c: _Checker, name: str, node: _Node, dims: dict[str, int]) -> l
     return inputs
 
 
-def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
+def _cell(c: _Checker, name: str, node: Node, dims: dict[str, int],
           params: dict[str, Shape]) -> Program:
-    c.name(_Node(name, node.line, node.column), "a cell name")
+    c.name(Node(name, node.line, node.column), "a cell name")
     f = c.mapping(node, f"cells.{name}", ("inputs", "ops", "outputs"), ("inputs", "ops", "outputs"))
     inputs = _cell_inputs(c, name, f["inputs"], dims)
     lines = []
@@ -346,10 +192,10 @@ def _cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
     return parse_cell(name, inputs, lines, outputs, params, dims, c.path)
 
 
-def _onnx_cell(c: _Checker, name: str, node: _Node, dims: dict[str, int],
+def _onnx_cell(c: _Checker, name: str, node: Node, dims: dict[str, int],
                files: Mapping[str, bytes] | None) -> tuple[Program, dict[str, ParamSpec], str, bytes]:
     """A cell given as an ONNX file; `inputs:` and `outputs:`, if given, must match its graph."""
-    c.name(_Node(name, node.line, node.column), "a cell name")
+    c.name(Node(name, node.line, node.column), "a cell name")
     f = c.mapping(node, f"cells.{name}", ("onnx", "inputs", "outputs"))
     where = f["onnx"]
     rel = where.value
@@ -394,7 +240,7 @@ def _format_inputs(inputs: list[tuple[str, Shape | None]]) -> str:
     return ", ".join(f"{n}: {'token' if s is None else list(s)}" for n, s in inputs)
 
 
-def _role(c: _Checker, role: str, node: _Node, role_def: RoleDef, cells: dict[str, Program],
+def _role(c: _Checker, role: str, node: Node, role_def: RoleDef, cells: dict[str, Program],
           at: str | None = None) -> RoleSpec:
     what = "readout" if role == "readout" else f"structure.{role}"
     f = c.mapping(node, what, ("cell", "bind", "at") if role == "readout" else ("cell", "bind"),
@@ -439,7 +285,7 @@ def _role(c: _Checker, role: str, node: _Node, role_def: RoleDef, cells: dict[st
     return RoleSpec(role, cell_name, tuple(sources), at)
 
 
-def _check_neighbors(c: _Checker, role: str, spec: RoleSpec, node: _Node, kind: KindDef,
+def _check_neighbors(c: _Checker, role: str, spec: RoleSpec, node: Node, kind: KindDef,
                      roles: dict[str, RoleSpec], cells: dict[str, Program], at_role: str | None) -> None:
     """Every role that can fill a neighbour must have the bound output, with the input's shape.
 
@@ -473,8 +319,8 @@ def _check_neighbors(c: _Checker, role: str, spec: RoleSpec, node: _Node, kind: 
                                     f"{list(other.output_shapes[slot])}")
 
 
-def _vocabs(c: _Checker, node: _Node | None, dims: dict[str, int], roles: dict[str, RoleSpec],
-            cells: dict[str, Program], params: dict[str, ParamSpec], root: _Node) -> dict[str, VocabSpec]:
+def _vocabs(c: _Checker, node: Node | None, dims: dict[str, int], roles: dict[str, RoleSpec],
+            cells: dict[str, Program], params: dict[str, ParamSpec], root: Node) -> dict[str, VocabSpec]:
     entries = c.mapping(node, "vocab") if node is not None else {}
     vocabs: dict[str, VocabSpec] = {}
     for key, vnode in entries.items():
