@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +22,10 @@ import torch
 
 from .artifact import check_output, file_digest
 from .cell import CompiledCell, compile_cell, format_compiled_cell
-from .checkpoint import (Checkpoint, format_checkpoint, is_checkpoint, load_checkpoint, new_checkpoint,
-                         read_checkpoint, save_checkpoint)
+from .checkpoint import (Checkpoint, format_checkpoint, import_weights, is_checkpoint, load_checkpoint,
+                         new_checkpoint, read_checkpoint, read_mapping, read_state_dict, save_checkpoint)
 from .data import (TYPES, Vocab, build_labels, build_vocabs, default_labels, encode, parse_instances,
-                   read_instances, spec_vocabs, synthesize)
+                   read_instances, read_labels, read_vocab, spec_vocabs, synthesize)
 from .data.typed_dag import read_typed_dag
 from .errors import ArtifactError, EdbcError, SpecError, UsageError, VerificationError
 from .graph import CELL, DAG, format_graph
@@ -45,7 +45,7 @@ from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAU
 from .spec import ModelSpec, parse_model
 from .spec.program import Program
 
-__all__ = ["Model", "load", "init_checkpoint", "CompileOptions", "Compiler", "BatchingPolicy", "resolve_policy", "shipped_policy_path", "POLICY_NAMES",
+__all__ = ["Model", "load", "init_checkpoint", "import_checkpoint", "CompileOptions", "Compiler", "BatchingPolicy", "resolve_policy", "shipped_policy_path", "POLICY_NAMES",
            "GRANULARITIES", "PASS_NAMES", "load_spec", "load_data", "training_data", "minibatches", "compile_batch",
            "compile_plan", "compile_to_file", "run", "run_plan", "run_target", "inspect", "memory_comparison",
            "schedule_files", "train_policy", "Dataset", "RunReport"]
@@ -598,13 +598,65 @@ def init_checkpoint(model: str | None, output: str, data: str | None = None, lim
     from the data's labels; written atomically to `output`."""
     path = str(model) if model is not None else str(DEFAULT_MODEL)
     spec, _ = load_spec(path)
-    check_output(output, (path, data))
+    inputs = (path, data)
+    check_output(output, inputs)
     raw, source, digest = _raw_data(spec, data, limit, seed)
+    vocabs, labels = _vocabs_and_labels(spec, raw, {}, None, data)
+    ckpt = new_checkpoint(spec, init_weights(spec), vocabs, labels,
+                          {"command": "init", "data": source, "data_digest": digest, "instances": len(raw)})
+    return _saved(ckpt, output, inputs)
+
+
+def import_checkpoint(model: str, state_dict: str, output: str, mapping: str | None = None,
+                      data: str | None = None, vocab_files: dict[str, str] | None = None,
+                      labels_file: str | None = None, limit: int | None = None) -> Checkpoint:
+    """`edbc import-weights`: a checkpoint of the weights of a PyTorch state_dict (`torch.save` or
+    safetensors), mapped onto the spec's parameters by `mapping` (default: by name). Its vocabularies
+    are word lists (`vocab_files`: field -> file, line i = id i) or built from the training data
+    `data` as `edbc init` builds them; its label names a list (`labels_file`) or from `data`."""
+    spec, _ = load_spec(model)
+    vocab_files = dict(vocab_files or {})
+    for name in vocab_files:
+        if name not in spec.vocabs:
+            raise UsageError(f"--vocab {name}=...: model '{spec.name}' has no token field '{name}'; its fields "
+                             f"are: {', '.join(spec.vocabs) or 'none'}")
+    inputs = (model, state_dict, mapping, data, labels_file, *vocab_files.values())
+    check_output(output, inputs)
+    weights = import_weights(spec, read_state_dict(state_dict), read_mapping(mapping) if mapping else None,
+                             source=state_dict)
+    raw = read_instances(spec.kind, data, limit) if data is not None else None
+    vocabs, labels = _vocabs_and_labels(spec, raw, vocab_files, labels_file, data)
+    provenance = {"command": "import-weights", "state_dict": state_dict, "state_dict_digest": file_digest(state_dict),
+                  "mapping": mapping or "by name"}
+    if data is not None:
+        provenance.update(data=data, data_digest=file_digest(data), instances=len(raw))
+    return _saved(new_checkpoint(spec, weights, vocabs, labels, provenance), output, inputs)
+
+
+def _vocabs_and_labels(spec: ModelSpec, raw: list | None, vocab_files: dict[str, str], labels_file: str | None,
+                       data: str | None) -> tuple[dict[str, Vocab], tuple[str, ...]]:
+    """A checkpoint's vocabularies: word lists where given, else built from the raw training instances
+    (`build: hash` fields hash); and its label names: a list, the training labels, or the classes."""
+    built = build_vocabs(spec, raw) if raw is not None else spec_vocabs(spec)
+    vocabs = {}
+    for name, v in spec.vocabs.items():
+        if name in vocab_files:
+            vocabs[name] = read_vocab(vocab_files[name], v)
+        elif raw is None and v.build == "frequency":
+            raise UsageError(f"vocabulary '{name}' is built from training data (build: frequency): give --data "
+                             f"TRAIN to build it as `edbc init` does, or --vocab {name}=FILE (one word a line, "
+                             "line i is id i)")
+        else:
+            vocabs[name] = built[name]
+    if labels_file is not None:
+        return vocabs, read_labels(labels_file, spec.classes)
+    if raw is None:
+        return vocabs, default_labels(spec.classes)
     labels = build_labels([k for inst in raw for k in inst.label_texts()], spec.classes)
     if isinstance(labels, str):
-        raise UsageError(f"{labels}; the spec's readout needs as many classes as the data has labels",
-                         path=data)
-    ckpt = new_checkpoint(spec, init_weights(spec), build_vocabs(spec, raw), labels,
-                          {"command": "init", "data": source, "data_digest": digest, "instances": len(raw)})
-    digest = save_checkpoint(ckpt, output, (path, data))
-    return Checkpoint(ckpt.model, ckpt.spec_digest, ckpt.weights, ckpt.vocabs, ckpt.labels, ckpt.provenance, digest)
+        raise UsageError(f"{labels}; the spec's readout needs as many classes as the data has labels", path=data)
+    return vocabs, labels
+
+
+def _saved(ckpt: Checkpoint, output: str, inputs) -> Checkpoint:
+    return replace(ckpt, digest=save_checkpoint(ckpt, output, inputs))

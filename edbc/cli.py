@@ -173,6 +173,32 @@ def init(model, data, limit, seed, output):
                f"{len(ckpt.labels)} labels", err=True)
 
 
+@main.command(name="import-weights")
+@click.argument("model")
+@click.argument("state_dict", metavar="STATE_DICT")
+@click.option("--map", "mapping", metavar="MAP.yaml", help="Where each parameter comes from: renames, sums, "
+                                                          "concatenations, chunks, transposes (default: by name).")
+@click.option("--data", metavar="PATH", help="Training data: vocabularies and label names built from it, as "
+                                             "`edbc init` builds them.")
+@click.option("--vocab", "vocabs", multiple=True, metavar="FIELD=FILE",
+              help="A token field's vocabulary: one word a line, the word on line i has id i (0: unknown).")
+@click.option("--labels", "labels", metavar="FILE", help="Label names, one a line, class 0 first.")
+@click.option("--limit", type=int, metavar="N", help="Use at most N instances of --data.")
+@click.option("--output", "-o", required=True, metavar="CKPT", help="Checkpoint to write (.safetensors, atomically).")
+def import_weights(model, state_dict, mapping, data, vocabs, labels, limit, output):
+    """Make a checkpoint of MODEL from a PyTorch STATE_DICT (torch.save'd, read weights-only; or
+    .safetensors)."""
+    files = {}
+    for entry in vocabs:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--vocab {entry}: expected FIELD=FILE")
+        files[name] = path
+    ckpt = api.import_checkpoint(model, state_dict, output, mapping, data, files, labels, limit)
+    click.echo(f"wrote {output}: {ckpt.model}, {len(ckpt.weights)} parameters from {state_dict}, "
+               f"{len(ckpt.labels)} labels", err=True)
+
+
 @main.command(name="compile")
 @click.argument("model")
 @model_options

@@ -272,6 +272,44 @@ def _checkpoint_forgeries():
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# State dicts for `edbc import-weights` (of the tiny TreeLSTM, its parameters by their own names).
+
+def _torch_bytes(obj) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write_state_dicts(folder) -> None:
+    """Broken or hostile state_dicts of the tiny TreeLSTM (cases.yaml says what each must be
+    answered with)."""
+    import torch
+
+    from edbc.api import load_spec
+    from edbc.runtime.weights import init_weights
+
+    spec, _ = load_spec(TINY_SPEC)
+    good = init_weights(spec)
+    folder.mkdir(exist_ok=True)
+    whole = _torch_bytes(good)
+    files = {
+        "tiny_tree.pt": whole,
+        "truncated.pt": whole[:len(whole) // 2],
+        "code_payload.pt": _torch_bytes({"E": _Command("touch /tmp/edbc-bad-input-unpickled")}),
+        "nested.pt": _torch_bytes({"model": good, "epoch": 3}),
+        "missing_tensor.pt": _torch_bytes({k: v for k, v in good.items() if k != "b_out"}),
+        "extra_tensor.pt": _torch_bytes(dict(good, step=torch.zeros(3))),
+        "transposed.pt": _torch_bytes(dict(good, W_out=good["W_out"].T.contiguous())),
+        "integer_tensor.pt": _torch_bytes(dict(good, b_out=good["b_out"].to(torch.int64))),
+        "nan.pt": _torch_bytes(dict(good, U_l=torch.full_like(good["U_l"], float("nan")))),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
 DEEP_JSON = b'{"format": "edbc.policy", "training": ' + b"[" * 5000 + b"]" * 5000 + b"}"
 HUGE_INTEGER_JSON = b'{"format": "edbc.policy", "version": "1.0", "seed": ' + b"9" * 5000 + b"}"
 
@@ -293,6 +331,7 @@ def write_corpus() -> None:
     (here / "policies" / "huge_integer.json").write_bytes(HUGE_INTEGER_JSON)
     (here / "checkpoints").mkdir(exist_ok=True)
     write_checkpoints(here / "checkpoints")
+    write_state_dicts(here / "state_dicts")
     (here / "checkpoints" / "old_format_pickle.ckpt").write_bytes(
         old_checkpoint_with_payload("/tmp/edbc-bad-input-unpickled"))
 

@@ -22,7 +22,7 @@ def test_the_corpus_is_large_and_covers_every_reader():
     assert len(CASES) >= 50
     folders = {c["file"].split("/")[0] for c in CASES}
     assert {"specs", "trees", "lattices", "sequences", "pairs", "dags", "typed", "onnx", "plans",
-            "policies", "checkpoints"} <= folders
+            "policies", "checkpoints", "state_dicts", "mappings"} <= folders
     assert all((HERE / c["file"]).exists() for c in CASES)
 
 

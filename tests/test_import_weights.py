@@ -14,7 +14,7 @@ import torch
 from edbc.api import compile_batch, load_spec
 from edbc.bench.torch_models import build_module
 from edbc.checkpoint import Mapping, import_weights, parse_mapping, read_mapping, read_state_dict
-from edbc.data import encode, read_instances, synthesize
+from edbc.data import encode, read_instances, spec_vocabs, synthesize
 from edbc.errors import EXIT_ARTIFACT, EXIT_INPUT, EXIT_WEIGHTS, ArtifactError, MappingError, WeightsError
 from edbc.runtime import Runtime
 from edbc.settings import MAPPINGS_DIR, MODELS_DIR, SHARED_SPLITS
@@ -56,9 +56,8 @@ def imported(request, tmp_path_factory):
 
 
 def _max_error(spec, module, weights, raw: list) -> float:
-    instances = encode(raw, spec.vocabs)[0]
-    runtime = Runtime(spec)
-    runtime.weights.update(weights)  # before the first kernel, which caches derived tables
+    instances = encode(raw, spec_vocabs(spec))
+    runtime = Runtime(spec, weights=weights)
     out = runtime.prepare(compile_batch(spec, instances)).run()
     with torch.no_grad():
         expected = module(instances)

@@ -100,7 +100,7 @@ def test_benchmark_baselines_compute_the_same_model(name):
     spec = _spec(name)
     data = load_data(spec, None, limit=5, seed=3).instances
     runtime = Runtime(spec)
-    baseline = make_baseline(spec, runtime.weights)  # before the first kernel: it may replace the weights
+    baseline = make_baseline(spec, runtime.weights)  # may replace the weights
     c = compile_batch(spec, data, "agenda")
     out = runtime.prepare(c).run()
     assert (out - baseline(data)).abs().max().item() <= 1e-4

@@ -10,11 +10,12 @@ from safetensors import safe_open
 
 import edbc
 from edbc.api import compile_batch, init_checkpoint, load, load_spec, run_target
+from edbc.bench.torch_models import build_module
 from edbc.checkpoint import load_checkpoint
-from edbc.data import build_labels
+from edbc.data import build_labels, synthesize
 from edbc.errors import EXIT_ARTIFACT, EXIT_USAGE, ArtifactError, UsageError
 from edbc.runtime import Runtime
-from edbc.settings import MODELS_DIR, SHARED_SPLITS
+from edbc.settings import MAPPINGS_DIR, MODELS_DIR, SHARED_SPLITS
 
 from .conftest import TREELSTM, shared
 from .test_cli import edbc as run_cli, one_line_error
@@ -168,7 +169,7 @@ def test_predict_takes_a_path_text_or_instances_and_refuses_anything_else(tmp_pa
 def test_lattice_instances_are_given_as_their_lines():
     model = load(MODELS_DIR / "lattice_lstm.yaml", policy="agenda")
     (rows,) = model.predict(["3\n0 3 0\n0\n1 0 5\n2 1 6 0 7\n"])
-    assert rows.shape == (3, model.spec.classes)
+    assert rows.shape == (2, model.spec.classes)  # nodes 1 and 2: the start node has no state to tag
 
 
 def test_output_and_predict_are_checked_before_the_run(tmp_path):
@@ -190,3 +191,38 @@ def test_init_on_sst_and_run_on_its_test_split(tmp_path):
     assert len(out.read_text().splitlines()) == 40
     with pytest.raises(ArtifactError, match="not 'treegru'"):
         load(MODELS_DIR / "treegru.yaml", weights=ckpt)
+
+
+def _write(instances, kind: str, path) -> None:
+    if kind == "tree":
+        path.write_text("\n".join(t.to_ptb() for t in instances) + "\n")
+    else:
+        path.write_text("\n".join(" ".join(f"{w}|{t}" for w, t in zip(s.words, s.tags)) for s in instances) + "\n")
+
+
+@pytest.mark.parametrize("model", ["treelstm", "bilstm_tagger"])
+def test_a_pytorch_module_imported_with_the_cli_runs_as_itself(tmp_path, model):
+    """module -> torch.save -> `edbc import-weights` -> `edbc run --weights --output`: the file holds
+    the module's outputs (the tagger's vocabulary given as a word list, the tree's built from data)."""
+    spec_path = MODELS_DIR / f"{model}.yaml"
+    spec, _ = load_spec(spec_path)
+    data = tmp_path / "data.txt"
+    _write(synthesize(spec, 12, seed=3), spec.kind, data)
+    module = build_module(spec, seed=4).eval()
+    torch.save(module.state_dict(), tmp_path / "module.pt")
+    if model == "treelstm":
+        vocab = ["--data", data]
+    else:
+        (tmp_path / "words.txt").write_text("\n".join(f"w{k}" for k in range(40)) + "\n")
+        vocab = ["--vocab", f"word={tmp_path / 'words.txt'}"]
+    ckpt = tmp_path / "model.safetensors"
+    assert run_cli("import-weights", spec_path, tmp_path / "module.pt", "--map", MAPPINGS_DIR / f"{model}.yaml",
+                   *vocab, "-o", ckpt).exit_code == 0
+    out = tmp_path / "out.jsonl"
+    assert run_cli("run", spec_path, "--weights", ckpt, "--data", data, "--output", out).exit_code == 0
+    written = torch.cat([torch.tensor(json.loads(line)["logits"]).reshape(-1, spec.classes)
+                         for line in out.read_text().splitlines()])
+    with torch.no_grad():
+        expected = module(load(spec_path, weights=ckpt).instances(data))
+    assert (written - expected).abs().max() <= 1e-5
+    assert load_checkpoint(str(ckpt), spec).provenance["command"] == "import-weights"

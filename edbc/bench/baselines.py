@@ -82,8 +82,7 @@ BASELINES = {
 def make_baseline(spec: ModelSpec, weights: dict[str, torch.Tensor], seed: int = 0):
     """The baseline of `spec`'s model as a function of encoded instances, computing the same model
     as `weights` (a runtime's parameters, on its device). A module baseline is built from `seed`
-    and its state_dict imported into `weights`, replacing them: do it before the runtime makes
-    its first kernel, which caches tables derived from the weights."""
+    and its state_dict imported into `weights`, replacing them (the runtime sees the change)."""
     _, baseline = BASELINES[spec.name]
     if not issubclass(baseline, torch.nn.Module):
         return baseline(weights)

@@ -8,7 +8,8 @@ from .dag import DagInstance, parse_dag, read_dags, synthetic_dags
 from .lattice import Lattice, parse_lattice, read_lattices, synthetic_lattices
 from .pairs import Pair, parse_pair, read_pairs, synthetic_pairs
 from .tree import Tree, parse_ptb, read_trees, synthetic_trees
-from .vocab import Vocab, build_labels, build_vocab, build_vocabs, default_labels, encode, spec_vocabs
+from .vocab import (Vocab, build_labels, build_vocab, build_vocabs, default_labels, encode, read_labels, read_vocab,
+                    spec_vocabs)
 
 # Structure kind -> reader(path, limit) and generator(n, seed, spec).
 READERS = {"tree": read_trees, "chain": read_sequences, "seq2seq": read_pairs,
@@ -39,5 +40,5 @@ def synthesize(spec, n: int, seed: int = 0) -> list:
 
 __all__ = ["Tree", "Sequence", "Pair", "Lattice", "DagInstance", "parse_ptb", "read_trees",
            "synthetic_trees", "Vocab", "build_vocab", "build_vocabs", "spec_vocabs", "build_labels",
-           "default_labels", "encode", "read_instances", "parse_instances", "synthesize", "TYPES",
+           "default_labels", "read_vocab", "read_labels", "encode", "read_instances", "parse_instances", "synthesize", "TYPES",
            "READERS", "GENERATORS"]

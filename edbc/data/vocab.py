@@ -12,8 +12,9 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..errors import DataError, quoted
 from ..spec.model import ModelSpec, VocabSpec
-from .text import is_integer
+from .text import is_integer, read_lines
 
 UNKNOWN = 0
 
@@ -92,3 +93,38 @@ def build_labels(labels: list[str], classes: int) -> tuple[str, ...] | str:
         return f"the data has {len(counts)} distinct labels, more than the readout's {classes} classes"
     ranked = tuple(sorted(counts, key=lambda k: (-counts[k], k)))
     return ranked + tuple(f"<unused {k}>" for k in range(len(ranked), classes))
+
+
+def read_word_list(path: str, what: str, limit: int) -> tuple[str, ...]:
+    """A file of one word (or label) a line, at most `limit` of them, distinct and non-empty; blanks
+    around a line are kept out. Errors name the file and line."""
+    words: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(read_lines(path, f"{what} list"), start=1):
+        word = line.rstrip("\r\n")
+        if not word.strip(" \t"):
+            raise DataError(f"line {lineno} is blank; expected one {what} a line", path=path, line=lineno)
+        if word in seen:
+            raise DataError(f"'{quoted(word)}' appears twice (first on line {seen[word]}); expected distinct "
+                            f"{what}s", path=path, line=lineno)
+        seen[word] = lineno
+        words.append(word)
+        if len(words) > limit:
+            raise DataError(f"more than {limit} {what}s; the model has room for {limit}", path=path, line=lineno)
+    if not words:
+        raise DataError(f"empty; expected one {what} a line", path=path)
+    return tuple(words)
+
+
+def read_vocab(path: str, spec: VocabSpec) -> Vocab:
+    """A vocabulary given as a word list: the word on line i has id i, id 0 is the unknown word."""
+    return Vocab(spec.field, spec.size, read_word_list(path, "word", spec.size - 1))
+
+
+def read_labels(path: str, classes: int) -> tuple[str, ...]:
+    """Label names, class 0 on the first line; exactly one per class."""
+    labels = read_word_list(path, "label", classes)
+    if len(labels) != classes:
+        raise DataError(f"{len(labels)} labels; the readout has {classes} classes, one label a line",
+                        path=path)
+    return labels
