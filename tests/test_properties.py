@@ -3,9 +3,10 @@
 Each example writes a model spec with random cells (random ops, shapes and
 parameters) as YAML, parses it, generates random DAG instances for it, and
 checks that under every policy, granularity and memory mode the IR verifiers
-pass and the batched results equal the unbatched reference.
+pass and the batched results (and gradients) equal the unbatched reference.
 """
 
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,8 +14,12 @@ from edbc.api import CompileOptions, compile_batch, load_data
 from edbc.graph import CELL, OP
 from edbc.memory import PLANNERS
 from edbc.runtime import Runtime
+from edbc.runtime.module import WeightsModule
+from edbc.runtime.reference import reference_outputs
 from edbc.schedule import POLICIES
 from edbc.spec import parse_model
+
+from .test_gradients import relative_error
 
 EXAMPLES = 200
 
@@ -94,17 +99,30 @@ def random_models(draw) -> str:
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_models(), st.integers(1, 4), st.integers(0, 2 ** 16))
 def test_random_models_batched_equal_reference(text, instances, seed):
+    """Results under every policy, granularity and memory mode; gradients under one policy (drawn by
+    the seed) at each granularity and memory mode, to keep the test's time."""
     spec = parse_model(text, "random.yaml")
     data = load_data(spec, None, limit=instances, seed=seed).instances
     runtime = Runtime(spec)
-    ref = None
+    params = list(WeightsModule(runtime).parameters())
+    ref = ref_grads = None
     for granularity in (CELL, OP):
         for policy in POLICIES:
             for memory in PLANNERS:
                 c = compile_batch(spec, data, CompileOptions(policy, granularity, memory), verify=True)
-                out = runtime.prepare(c).run()
+                executable = runtime.prepare(c)
+                out = executable.run()
                 if ref is None:
                     ref = runtime.reference(c.cell_graph)
+                    weight = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed))
+                    with torch.enable_grad():
+                        ref_grads = torch.autograd.grad((reference_outputs(c.cell_graph, runtime.weights) * weight)
+                                                        .sum(), params, allow_unused=True)
                 assert out.shape == ref.shape
                 error = (out - ref).abs().max().item()
                 assert error <= 1e-4, (policy, granularity, memory, error, text)
+                if policy == list(POLICIES)[seed % len(POLICIES)]:
+                    grads = torch.autograd.grad((executable.forward() * weight).sum(), params, allow_unused=True)
+                    for name, g, r in zip(runtime.weights, grads, ref_grads):
+                        r = torch.zeros_like(g) if r is None else r
+                        assert relative_error(g, r) <= 1e-4, (name, policy, granularity, memory, text)

@@ -26,7 +26,7 @@ from .limits import check_params_fit
 from .reference import reference_outputs
 from .weights import init_weights
 
-_VIEW, _GATHER = 0, 1
+_VIEW, _GATHER, _BROADCAST = 0, 1, 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,7 +52,8 @@ class Runtime:
         if weights is None:
             self.weights = init_weights(spec, self.device)
         else:
-            self.weights = {name: weights[name].to(self.device, torch.float32) for name in spec.params}
+            # Copies: training updates them in place, and the given tensors (a checkpoint's) stay as they are.
+            self.weights = {name: weights[name].to(self.device, torch.float32, copy=True) for name in spec.params}
         self._derived: dict[str, torch.Tensor] = {}  # what cells derive from the weights, by name
         self._recipes: dict[str, Derived] = {}
         self._kernels: dict[int, tuple[CompiledCell, Kernel]] = {}  # by the compiled cell's identity
@@ -62,12 +63,12 @@ class Runtime:
         # An in-place update bumps a tensor's version counter; replacing an entry changes its identity.
         return tuple((name, id(t), t._version) for name, t in self.weights.items())
 
-    def _bound(self) -> dict[str, torch.Tensor]:
-        return {**self.weights, **self._derived}
-
-    def _derive(self, name: str, d: Derived) -> None:
-        table = self.weights[d.table] @ self.weights[d.weight]
-        self._derived[name] = table + self.weights[d.bias] if d.bias else table
+    def bound(self, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """What kernels bind: the weights and the tables derived from them (made now from `weights`
+        when given, e.g. autograd leaves; else this runtime's, kept up to date by `refresh`)."""
+        if weights is None:
+            return {**self.weights, **self._derived}
+        return {**weights, **{name: _derive(d, weights) for name, d in self._recipes.items()}}
 
     def kernel(self, cell: CompiledCell) -> Kernel:
         """The kernel of a compiled cell, with this runtime's weights bound."""
@@ -78,8 +79,8 @@ class Runtime:
         for name, d in cell.derived.items():
             if name not in self._derived:
                 self._recipes[name] = d
-                self._derive(name, d)
-        k = Kernel(cell, self._bound())
+                self._derived[name] = _derive(d, self.weights)
+        k = Kernel(cell, self.bound())
         self._kernels[id(cell)] = (cell, k)  # the entry keeps `cell` alive, so its id stays its own
         return k
 
@@ -91,8 +92,8 @@ class Runtime:
         self._seen = seen
         with torch.no_grad():
             for name, d in self._recipes.items():
-                self._derive(name, d)
-            bound = self._bound()
+                self._derived[name] = _derive(d, self.weights)
+            bound = self.bound()
             for _, k in self._kernels.values():
                 k.bind(bound)
 
@@ -102,6 +103,11 @@ class Runtime:
     def reference(self, cell_graph: Graph) -> torch.Tensor:
         with torch.no_grad():
             return reference_outputs(cell_graph, self.weights, self.device)
+
+
+def _derive(d: Derived, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    table = weights[d.table] @ weights[d.weight]
+    return table + weights[d.bias] if d.bias else table
 
 
 class Executable:
@@ -133,6 +139,7 @@ class Executable:
         tokens = _token_inputs(graph, schedule, device)
         zeros = {}
         steps = []
+        adjoints = []  # per batch, where its gradients go: see `backward`
         out_arena = layout.value_arena.tolist()
         out_row = layout.value_row.tolist()
         for b, t in enumerate(schedule.batch_type.tolist()):
@@ -141,7 +148,8 @@ class Executable:
             i = entry[b]
             token = tokens.get(b, ())
             n_token = 0
-            for is_token, shape in signatures[t]:
+            reads = []  # (input position, arena, how, first row, gather rows) of each float input read from an arena
+            for position, (is_token, shape) in enumerate(signatures[t]):
                 if is_token:
                     inputs.append((_VIEW, token[n_token]))
                     n_token += 1
@@ -155,21 +163,32 @@ class Executable:
                         arena = zeros[shape] = torch.zeros((1,) + shape, device=device)
                 if kind == table.VIEW_CODE:
                     inputs.append((_VIEW, arena[first:first + k]))
+                    how = _VIEW
                 elif kind == table.BROADCAST_CODE:
                     inputs.append((_VIEW, arena[first:first + 1].expand((k,) + shape)))
+                    how = _BROADCAST
                 else:
-                    inputs.append((_GATHER, (arena, gather_rows[gather_ptr[i]:gather_ptr[i + 1]])))
+                    rows = gather_rows[gather_ptr[i]:gather_ptr[i + 1]]
+                    inputs.append((_GATHER, (arena, rows)))
+                    how = _GATHER
+                if a >= 0:
+                    reads.append((position, a, how, first, rows if how == _GATHER else None))
                 i += 1
             v = int(first_value[b])
-            outputs = [self.arenas[out_arena[v + s]][out_row[v + s]:out_row[v + s] + k] for s in range(n_outputs[t])]
+            written = [(out_arena[v + s], out_row[v + s]) for s in range(n_outputs[t])]
+            outputs = [self.arenas[a][row:row + k] for a, row in written]
             steps.append((kernels[t], tuple(inputs), outputs))
+            adjoints.append((k, tuple(reads), tuple(written)))
         self._steps = tuple(steps)
+        self._adjoints = tuple(adjoints)
+        self._kernels = tuple({id(k): k for k in kernels if k is not None}.values())
 
         out_values = graph.value_ptr[graph.out_node] + graph.out_slot
         out_arena = np.unique(layout.value_arena[out_values])
         if len(out_arena) != 1:
             raise VerificationError("the results are spread over several arenas")
-        self._result_arena = self.arenas[int(out_arena[0])]
+        self._result_index = int(out_arena[0])
+        self._result_arena = self.arenas[self._result_index]
         self._result_rows = torch.as_tensor(layout.value_row[out_values], dtype=torch.long, device=device)
 
     def run(self) -> torch.Tensor:
@@ -180,6 +199,70 @@ class Executable:
                 kernel([src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs],
                        outputs)
             return torch.index_select(self._result_arena, 0, self._result_rows)
+
+    def forward(self) -> torch.Tensor:
+        """`run`, as a node of the autograd graph: `loss.backward()` on what it returns fills the
+        `.grad` of the runtime's weights (which must then require grad: `nn.Parameter`s)."""
+        return _PlanFunction.apply(self, *self._runtime.weights.values())
+
+    def backward(self, grad_results: torch.Tensor) -> list[torch.Tensor]:
+        """The gradient of every weight (in `Runtime.weights` order), given the results' gradient,
+        after `run`: batch by batch in reverse schedule order, with the forward's batching and layout.
+
+        Gradient arenas mirror the arenas: a batch reads its outputs' gradients as the same rows its
+        forward wrote (views), recomputes its kernel on its inputs (which the arenas still hold) with
+        autograd, and adds its inputs' gradients where it read them: onto the rows of a view, summed
+        into a broadcast row, scattered (`index_add_`) for a gather. The kernels' constants (weights,
+        stacked weights, folded tables) are autograd leaves while it runs, their gradients summed over
+        every batch and taken back to the weights once at the end."""
+        runtime = self._runtime
+        grads = [torch.zeros_like(a) for a in self.arenas]
+        grads[self._result_index].index_add_(0, self._result_rows, grad_results.to(self.device))
+        with torch.enable_grad():
+            weights = {name: w.detach().requires_grad_() for name, w in runtime.weights.items()}
+            bound = runtime.bound(weights)
+            leaves = [pair for k in self._kernels for pair in k.bind_leaves(bound)]
+            try:
+                for (kernel, inputs, _), (k, reads, written) in zip(reversed(self._steps), reversed(self._adjoints)):
+                    xs = [src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs]
+                    for position, *_ in reads:
+                        xs[position] = xs[position].detach().requires_grad_()
+                    outs = kernel(xs)
+                    pairs = [(o, grads[a][row:row + k]) for o, (a, row) in zip(outs, written) if o.requires_grad]
+                    torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+                    for position, a, how, first, rows in reads:
+                        g = xs[position].grad
+                        if g is None:  # an input the cell does not use
+                            continue
+                        if g.untyped_storage().data_ptr() == grads[a].untyped_storage().data_ptr():
+                            g = g.clone()  # an op that passes its gradient through (a slice) hands back our rows
+                        if how == _VIEW:
+                            grads[a][first:first + k] += g
+                        elif how == _BROADCAST:
+                            grads[a][first] += g.sum(0)
+                        else:
+                            grads[a].index_add_(0, rows, g)
+                made = [(made, leaf.grad) for made, leaf in leaves if leaf.grad is not None]
+                if made:
+                    torch.autograd.backward([m for m, _ in made], [g for _, g in made])
+            finally:
+                plain = runtime.bound()
+                for k in self._kernels:
+                    k.bind(plain)
+        return [w.grad if w.grad is not None else torch.zeros_like(w) for w in weights.values()]
+
+
+class _PlanFunction(torch.autograd.Function):
+    """A compiled mini-batch's results as a function of the model's weights."""
+
+    @staticmethod
+    def forward(ctx, executable: Executable, *weights: torch.Tensor) -> torch.Tensor:
+        ctx.executable = executable
+        return executable.run()
+
+    @staticmethod
+    def backward(ctx, grad_results: torch.Tensor):
+        return (None, *ctx.executable.backward(grad_results))
 
 
 def _token_inputs(graph: Graph, schedule: Schedule, device) -> dict[int, list[torch.Tensor]]:

@@ -22,7 +22,8 @@ from ..spec.program import Program, affine_terms
 def fast_tanh(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """tanh(x) = 2·sigmoid(2x) - 1: on large CPU tensors torch's tanh takes ~5x sigmoid's time
     (measured on this build), so four cheap calls beat one; small tensors keep tanh."""
-    if x.numel() < _TANH_SPLIT or x.device.type != "cpu":
+    # Under autograd the in-place tail would overwrite the sigmoid's output its backward needs.
+    if x.numel() < _TANH_SPLIT or x.device.type != "cpu" or x.requires_grad:
         return torch.tanh(x, out=out) if out is not None else torch.tanh(x)
     y = torch.mul(x, 2, out=out) if out is not None else x * 2
     return y.sigmoid_().mul_(2).sub_(1)
@@ -59,6 +60,20 @@ class Kernel:
         it depends only on the plan, and reads its constants as globals at each call."""
         _, constants = _generate(self.program, self.plan, weights)
         self._namespace.update(constants)
+
+    def bind_leaves(self, weights: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Bind constants made from `weights` (which autograd tracks) as autograd leaves of their own,
+        so that many calls sum their gradients before one pass takes them back to `weights`. Returns
+        (constant as made, its leaf) pairs; `bind` restores plain constants."""
+        _, constants = _generate(self.program, self.plan, weights)
+        pairs = []
+        for name, value in constants.items():
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                leaf = value.detach().requires_grad_()
+                pairs.append((value, leaf))
+                constants[name] = leaf
+        self._namespace.update(constants)
+        return pairs
 
     def __call__(self, inputs: list[torch.Tensor], out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """`inputs` in the program's input order; returns the program's outputs, written into
@@ -201,8 +216,9 @@ def _call(program: Program, op, args: list[str], m: int, flat: bool, weights, st
             first = f"torch.mm({x}, {w}{out})" if bias is None else f"torch.addmm({bias}, {x}, {w}{out})"
             return first + "".join(f".addmm_({args[i]}, {args[i + 1]})" for i in pairs[1:])
         weight = torch.cat([_param(step.operands[i + 1], weights, m, False) for i in pairs], dim=-2)
-        fused = constant(_stacked_affine(weight))
-        return f"{fused}([{', '.join(args[i] for i in pairs)}], {bias if bias is not None else 'None'})"
+        # The stacked weight is a constant of its own, so that rebinding (and autograd) can reach it.
+        fused = constant(_stacked_affine(weight.dim() == 3))
+        return f"{fused}({constant(weight)}, [{', '.join(args[i] for i in pairs)}], {bias if bias is not None else 'None'})"
     if op.kind == "embed" and m == 1:
         return f"torch.index_select({args[0]}, 0, {args[1]}{out})"
     if op.kind == "sum" and flat and len(args) > 1:
@@ -216,12 +232,11 @@ def _call(program: Program, op, args: list[str], m: int, flat: bool, weights, st
     return f"{call}[0]" if len(op.outs) == 1 else call
 
 
-def _stacked_affine(weight: torch.Tensor):
+def _stacked_affine(per_op: bool):
     """x1·W1 + x2·W2 + b over `[k, m, in]` operands with per-op weights `[m, in, out]` (or one
     shared `[in, out]`): one batched matmul of the concatenated inputs."""
-    per_op = weight.dim() == 3
 
-    def run(xs: list[torch.Tensor], bias) -> torch.Tensor:
+    def run(weight: torch.Tensor, xs: list[torch.Tensor], bias) -> torch.Tensor:
         x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=-1)
         y = torch.bmm(x.transpose(0, 1), weight).transpose(0, 1) if per_op else x @ weight
         return y if bias is None else y + bias
