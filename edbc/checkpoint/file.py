@@ -11,6 +11,8 @@ The tensors are the spec's parameters by name (fp32). The safetensors metadata
     vocabularies   JSON: field -> {"size": N, "words": [word of id 1, word of id 2, ...] or null
                    for crc32 buckets}
     labels         JSON: the readout's class names, class 0 first
+    dims           JSON: dimensions set over the spec's own (`--set dims.vocab=20000`), {} if none;
+                   the spec is read with them wherever the checkpoint is used
     provenance     JSON: which edbc made it, how (init, import-weights, train) and from what
 
 Nothing in a checkpoint is code: safetensors holds raw tensors, the rest is
@@ -24,7 +26,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,6 +51,7 @@ class Checkpoint:
     labels: tuple[str, ...]
     provenance: dict
     digest: str | None = None  # sha256 of the file it was read from (None until saved or loaded)
+    dims: dict[str, int] = field(default_factory=dict)  # dimensions set over the spec's (--set)
 
     def check_spec(self, spec: ModelSpec, path: str | None = None) -> None:
         """Refuse a checkpoint of another model, or of another version of this one."""
@@ -67,7 +70,7 @@ def encode_checkpoint(ckpt: Checkpoint) -> bytes:
         "format": FORMAT, "version": f"{VERSION[0]}.{VERSION[1]}", "model": ckpt.model, "spec": ckpt.spec_digest,
         "vocabularies": _json({name: {"size": v.size, "words": None if v.words is None else list(v.words)}
                                for name, v in ckpt.vocabs.items()}),
-        "labels": _json(list(ckpt.labels)),
+        "labels": _json(list(ckpt.labels)), "dims": _json(ckpt.dims),
         "provenance": _json(dict(ckpt.provenance, edbc=__version__)),
     }
     return save({k: t.detach().to("cpu", torch.float32).contiguous() for k, t in ckpt.weights.items()}, metadata)
@@ -84,9 +87,11 @@ def load_checkpoint(path: str, spec: ModelSpec) -> Checkpoint:
     """Read the checkpoint at `path` and check it against `spec`: the model, its shape digest, every
     parameter present with its shape and finite values, vocabularies of the spec's fields and sizes,
     one label name per class."""
-    path = str(path)
-    data = read_input_bytes(path, "checkpoint", ArtifactError)
-    ckpt = decode_checkpoint(data, path)
+    return check_checkpoint(read_checkpoint(path), spec, str(path))
+
+
+def check_checkpoint(ckpt: Checkpoint, spec: ModelSpec, path: str | None = None) -> Checkpoint:
+    """`ckpt` if it fits `spec` (read with the checkpoint's dims), else an `ArtifactError`."""
     ckpt.check_spec(spec, path)
     _check_weights(ckpt.weights, spec, path)
     fail = _failer(path)
@@ -164,19 +169,25 @@ def decode_checkpoint(data: bytes, path: str) -> Checkpoint:
                 fail(f"vocabulary '{name}': its words are not {size - 1} or fewer distinct strings")
             words = tuple(words)
         vocabs[name] = Vocab(name, size, words)
+    dims = _meta_json(meta, "dims", dict, fail) if "dims" in meta else {}
+    for name, value in dims.items():
+        expect_int(value, f"dims.{name}", fail, low=1)
     labels = _meta_json(meta, "labels", list, fail)
     if not all(type(x) is str for x in labels) or len(set(labels)) != len(labels):
         fail("labels: expected a list of distinct strings")
     return Checkpoint(expect(meta.get("model"), str, "model", fail), expect(meta.get("spec"), str, "spec", fail),
                       tensors, vocabs, tuple(labels), _meta_json(meta, "provenance", dict, fail),
-                      hashlib.sha256(data).hexdigest())
+                      hashlib.sha256(data).hexdigest(), dims)
 
 
 def new_checkpoint(spec: ModelSpec, weights: dict[str, torch.Tensor], vocabs: dict[str, Vocab],
-                   labels: tuple[str, ...] | None, provenance: dict) -> Checkpoint:
+                   labels: tuple[str, ...] | None, provenance: dict, dims: dict[str, int] | None = None) -> Checkpoint:
+    """A checkpoint of `spec` (read with `dims` set over its own)."""
+    weights = {k: weights[k].detach().to("cpu", torch.float32) for k in weights}
     _check_weights(weights, spec, None)
     return Checkpoint(spec.name, spec.shape_digest, {k: weights[k] for k in spec.params}, vocabs,
-                      labels if labels is not None else default_labels(spec.classes), provenance)
+                      labels if labels is not None else default_labels(spec.classes), provenance, None,
+                      dict(dims or {}))
 
 
 def _check_weights(weights: dict[str, torch.Tensor], spec: ModelSpec, path: str | None) -> None:

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 
 from ..artifact import _canonical, expect, expect_int, expect_ints, show
-from ..errors import ArtifactError, InputError, VerificationError
+from ..errors import ArtifactError, InputError, UsageError, VerificationError
 from ..graph.ir import CELL, OP, Graph
 from ..graph.lower import lower_to_ops, single_op_program
 from ..memory.planner import PLANNERS
@@ -51,6 +51,8 @@ def check_plan_header(head: dict, arrays: dict[str, np.ndarray], path: str) -> N
     for key in ("policy", "weights"):
         if inputs.get(key) is not None:
             expect(inputs[key], str, f"inputs.{key}", fail)
+    for name, value in expect(head.get("dims", {}), dict, "dims", fail).items():
+        expect_int(value, f"dims.{name}", fail, low=1)
     for key in ("data", "policy"):
         expect(head.get(key), str, key, fail)
     granularity = _one_of(head.get("granularity"), (CELL, OP), "granularity", fail)
@@ -112,11 +114,12 @@ def _one_of(value, allowed: tuple[str, ...], what: str, fail) -> str:
     return value
 
 
-def parse_embedded_spec(text: str, path: str, files: dict[str, bytes]) -> ModelSpec:
-    """The plan's spec, validated like any spec; a fault is the plan's (exit 5), at its line and column."""
+def parse_embedded_spec(text: str, path: str, files: dict[str, bytes], dims: dict[str, int] | None = None) -> ModelSpec:
+    """The plan's spec (with the dimensions it was compiled with), validated like any spec; a fault is
+    the plan's (exit 5), at its line and column."""
     try:
-        return parse_model(text, path=f"{path} (embedded spec)", files=files)
-    except InputError as e:
+        return parse_model(text, path=f"{path} (embedded spec)", files=files, dims=dims)
+    except (InputError, UsageError) as e:
         raise ArtifactError(e.message, path=e.path, line=e.line, column=e.column) from None
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -39,7 +39,8 @@ FORMAT = "edbc.plan"
 # 1.2: the compiled cells ("cells"), each mini-batch naming the one of each node type ("cells" per batch);
 #      a plan without them (1.0, 1.1) has its cells compiled when it is loaded
 # 1.3: "inputs.weights", the checkpoint whose vocabularies encoded the tokens (plans without it encoded
-#      them with hashed vocabularies, or, before 1.3, with vocabularies built from their data file)
+#      them with hashed vocabularies, or, before 1.3, with vocabularies built from their data file);
+#      "dims", the dimensions the embedded spec was compiled with where they differ from its text
 VERSION = (1, 3)
 _FILES = "files/"
 _VERSIONS = ("edbc", "torch")  # header fields that say which tools wrote the plan, not what it holds
@@ -79,6 +80,7 @@ class Plan:
     data_digest: str
     policy_digest: str | None = None  # checksum of the policy file whose FSM made the schedules
     weights_digest: str | None = None  # the checkpoint whose vocabularies encoded the tokens, which runs it
+    dims: dict[str, int] = field(default_factory=dict)  # dimensions set over the spec text's (--set)
 
     @property
     def num_instances(self) -> int:
@@ -173,6 +175,8 @@ def _encode_plan(plan: Plan) -> tuple[dict, dict[str, np.ndarray]]:
         "granularity": plan.options.granularity, "memory": plan.options.memory, "batch_size": plan.batch_size,
         "minibatches": batches, "cells": cell_records,
     }
+    if plan.dims:
+        header["dims"] = plan.dims
     return header, arrays
 
 
@@ -202,7 +206,7 @@ def load_plan(path: str) -> Plan:
     check_plan_header(head, arrays, path)
     try:
         files = {k[len(_FILES):]: v.tobytes() for k, v in arrays.items() if k.startswith(_FILES)}
-        spec = parse_embedded_spec(head["spec_text"], path, files)
+        spec = parse_embedded_spec(head["spec_text"], path, files, head.get("dims"))
         if spec.digest != head["inputs"]["spec"]:
             raise ArtifactError("the embedded spec does not match the spec the plan was compiled for",
                                 path=path)
@@ -239,7 +243,7 @@ def load_plan(path: str) -> Plan:
         plan = Plan(spec=spec, spec_text=head["spec_text"], batches=tuple(batches), options=options,
                     batch_size=int(head["batch_size"]), seed=int(head["seed"]), data=head["data"],
                     data_digest=head["inputs"]["data"], policy_digest=head["inputs"].get("policy"),
-                    weights_digest=head["inputs"].get("weights"))
+                    weights_digest=head["inputs"].get("weights"), dims=dict(head.get("dims", {})))
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ArtifactError(f"corrupt plan: missing or malformed field ({e})", path=path) from None
     except UsageError as e:  # compile options the plan names that this edbc does not know

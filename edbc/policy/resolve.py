@@ -63,12 +63,16 @@ def check_policy_name(policy: "str | BatchingPolicy | None") -> None:
 def resolve_policy(policy: "str | BatchingPolicy | None", spec: ModelSpec | None,
                    granularity: str) -> BatchingPolicy:
     """`policy` is a name of `POLICY_NAMES`, a policy file's path, or None: `fsm` where a policy
-    is shipped for the model and granularity, else `agenda`. `spec` None means bare typed DAGs."""
+    is shipped for the model and granularity, else `agenda`; `typewise` where the shipped policy was
+    trained for another version of the spec (other dimensions, a readout reading elsewhere), as its
+    table is of no use then. `spec` None means bare typed DAGs."""
     if isinstance(policy, BatchingPolicy):
         return policy
     check_policy_name(policy)
     if policy is None:
         shipped = spec is not None and shipped_policy_path(spec.name, granularity).exists()
+        if shipped and _load_policy(shipped_policy_path(spec.name, granularity)).spec_digest != spec.digest:
+            return BatchingPolicy("typewise")
         policy = "fsm" if shipped else "agenda"
     if policy in POLICIES or policy == "optimal":
         return BatchingPolicy(policy)

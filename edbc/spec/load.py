@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import InputError, LimitError, SpecError
+from ..errors import InputError, LimitError, SpecError, UsageError
 from ..inputs import read_input_bytes, read_input_text
 from ..yaml_input import NAME as _NAME, Checker, Node, compose
 from .cells import OpLine, eval_dim_text, parse_cell
@@ -57,13 +57,17 @@ def load_model(path: str | Path) -> ModelSpec:
     return parse_model(read_input_text(path, "model spec", SpecError), str(path))
 
 
-def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] | None = None) -> ModelSpec:
+def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] | None = None,
+                dims: Mapping[str, int] | None = None) -> ModelSpec:
     """Parse and validate a model spec.
 
     Files the spec refers to (ONNX cells) are read relative to `path`'s folder,
     or, when `files` is given, taken from it by the path written in the spec
-    (how a plan, which embeds them, loads its spec).
+    (how a plan, which embeds them, loads its spec). `dims` overrides dimensions
+    of the spec's `dims:` (`edbc train --set dims.vocab=20000`); later dimensions
+    that use them follow.
     """
+    overrides = dict(dims or {})
     c = _Checker(path)
     root = _compose(text, path)
     if root is None:
@@ -79,7 +83,10 @@ def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] |
     dims: dict[str, int] = {}
     for key, node in c.mapping(top["dims"], "dims").items():
         c.name(Node(key, node.line, node.column), "a dimension name")
-        dims[key] = c.dim(node, dims, f"dims.{key}")
+        dims[key] = overrides.pop(key) if key in overrides else c.dim(node, dims, f"dims.{key}")
+    if overrides:
+        raise UsageError(f"--set dims.{next(iter(overrides))}: the spec has no such dimension; its dimensions are: "
+                         f"{', '.join(dims)}", path=path)
 
     params = _params(c, top["params"], dims, seed)
     param_shapes = {k: p.shape for k, p in params.items()}

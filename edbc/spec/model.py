@@ -109,10 +109,12 @@ class ModelSpec:
     @property
     def shape_digest(self) -> str:
         """What a checkpoint must match: the model without how its parameters are initialised (a
-        checkpoint brings their values), so that a changed `std` or seed keeps its checkpoints."""
+        checkpoint brings their values), so that a changed `std` or seed keeps its checkpoints, and
+        without where its readout reads (the same weights score a tree's root or every node)."""
         canonical = self.canonical()
         del canonical["seed"]
         canonical["params"] = {k: list(p.shape) for k, p in self.params.items()}
+        canonical["roles"]["readout"][2] = None  # where the readout reads: training may read more places
         return _digest(canonical)
 
     @property
