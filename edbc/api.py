@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,8 +22,9 @@ import torch
 
 from .artifact import check_output, file_digest
 from .cell import CompiledCell, compile_cell, format_compiled_cell
-from .checkpoint import (Checkpoint, format_checkpoint, import_weights, is_checkpoint, load_checkpoint,
-                         new_checkpoint, read_checkpoint, read_mapping, read_state_dict, save_checkpoint)
+from .checkpoint import (Checkpoint, check_checkpoint, format_checkpoint, import_weights, is_checkpoint,
+                         load_checkpoint, new_checkpoint, read_checkpoint, read_mapping, read_state_dict,
+                         save_checkpoint)
 from .data import (TYPES, Vocab, build_labels, build_vocabs, default_labels, encode, parse_instances,
                    read_instances, read_labels, read_vocab, spec_vocabs, synthesize)
 from .data.typed_dag import read_typed_dag
@@ -38,6 +39,7 @@ from .plan import CompiledBatch, Plan, format_plan, load_plan, save_plan
 from .plan.plan import MAGIC
 from .policy.resolve import POLICY_NAMES, BatchingPolicy, resolve_policy, shipped_policy_path
 from .runtime import Runtime
+from .runtime.module import WeightsModule
 from .runtime.weights import init_weights
 from .runtime.limits import check_minibatch_fits
 from .schedule import format_schedule, lower_bound, verify_schedule
@@ -45,7 +47,7 @@ from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAU
 from .spec import ModelSpec, parse_model
 from .spec.program import Program
 
-__all__ = ["Model", "load", "init_checkpoint", "import_checkpoint", "CompileOptions", "Compiler", "BatchingPolicy", "resolve_policy", "shipped_policy_path", "POLICY_NAMES",
+__all__ = ["Model", "load", "init_checkpoint", "import_checkpoint", "train_model", "eval_model", "CompileOptions", "Compiler", "BatchingPolicy", "resolve_policy", "shipped_policy_path", "POLICY_NAMES",
            "GRANULARITIES", "PASS_NAMES", "load_spec", "load_data", "training_data", "minibatches", "compile_batch",
            "compile_plan", "compile_to_file", "run", "run_plan", "run_target", "inspect", "memory_comparison",
            "schedule_files", "train_policy", "Dataset", "RunReport"]
@@ -58,11 +60,27 @@ class Dataset:
     digest: str  # sha256 of the data file, or "synthetic:<seed>:<n>"
 
 
-def load_spec(path: str | Path | None = None) -> tuple[ModelSpec, str]:
-    """A model spec and its text; the bundled TreeLSTM when `path` is None."""
+def load_spec(path: str | Path | None = None, dims: dict[str, int] | None = None) -> tuple[ModelSpec, str]:
+    """A model spec and its text; the bundled TreeLSTM when `path` is None. `dims` are set over the
+    spec's own dimensions."""
     path = Path(path) if path is not None else DEFAULT_MODEL
     text = read_input_text(path, "model spec", SpecError)
-    return parse_model(text, str(path)), text
+    return parse_model(text, str(path), dims=dims), text
+
+
+def load_model_files(model: str | Path | None, weights: str | Path | None = None,
+                     dims: dict[str, int] | None = None) -> tuple[ModelSpec, str, Checkpoint | None]:
+    """A spec, its text and the checkpoint `weights` (if given), the spec read with the dimensions the
+    checkpoint was made with (`edbc train --set`) and any `dims` given, which must agree with them."""
+    ckpt = read_checkpoint(str(weights)) if weights is not None else None
+    merged = dict(ckpt.dims) if ckpt else {}
+    for name, value in (dims or {}).items():
+        if merged.get(name, value) != value:
+            raise UsageError(f"--set dims.{name}={value}: the checkpoint was made with dims.{name}={merged[name]}",
+                             path=str(weights))
+        merged[name] = value
+    spec, text = load_spec(model, merged)
+    return spec, text, check_checkpoint(ckpt, spec, str(weights)) if ckpt else None
 
 
 def load_data(spec: ModelSpec, data: str | None = None, limit: int | None = None, seed: int = 0,
@@ -122,7 +140,7 @@ class Compiler:
     """
 
     def __init__(self, spec: ModelSpec, options: CompileOptions = CompileOptions(), verify: bool = False,
-                 dump_after: str | None = None, dump: Dump | None = None):
+                 dump_after: str | None = None, dump: Dump | None = None, fold: bool = True):
         if dump_after is not None and dump_after not in PASS_NAMES:
             raise UsageError(f"--dump-after: unknown pass '{dump_after}'; expected one of: {', '.join(PASS_NAMES)}")
         self.spec = spec
@@ -131,6 +149,7 @@ class Compiler:
         self.verify = verify
         self.dump_after = dump_after
         self.dump = dump
+        self.fold = fold  # False for training: see `compile_cell`
         self.param_shapes = {name: p.shape for name, p in spec.params.items()}
         self._cells: dict[Program, CompiledCell] = {}
         self._cells_by_id: dict[int, tuple[Program, CompiledCell]] = {}
@@ -145,7 +164,7 @@ class Compiler:
         cell = self._cells.get(program)
         if cell is None:
             cell = self._cells[program] = compile_cell(program, self.param_shapes, self.options.memory, True,
-                                                       self.verify, self.dump_after, self.dump)
+                                                       self.verify, self.dump_after, self.dump, self.fold)
         self._cells_by_id[id(program)] = (program, cell)
         return cell
 
@@ -177,7 +196,8 @@ def compile_batch(spec: ModelSpec, instances: list, options: "CompileOptions | s
 
 def compile_plan(spec: ModelSpec, spec_text: str, dataset: Dataset, batch_size: int,
                  options: "CompileOptions | str | None" = None, seed: int = 0, verify: bool = True,
-                 dump_after: str | None = None, dump: Dump | None = None, weights_digest: str | None = None) -> Plan:
+                 dump_after: str | None = None, dump: Dump | None = None, weights_digest: str | None = None,
+                 dims: dict[str, int] | None = None) -> Plan:
     """A plan of `dataset`'s mini-batches. `weights_digest` names the checkpoint whose vocabularies
     encoded the dataset: running the plan then needs that checkpoint."""
     compiler = Compiler(spec, _options(options), verify, dump_after, dump)
@@ -185,7 +205,7 @@ def compile_plan(spec: ModelSpec, spec_text: str, dataset: Dataset, batch_size: 
     resolved = CompileOptions(compiler.policy.name, compiler.options.granularity, compiler.options.memory)
     return Plan(spec=spec, spec_text=spec_text, batches=batches, options=resolved, batch_size=batch_size, seed=seed,
                 data=dataset.source, data_digest=dataset.digest, policy_digest=compiler.policy.digest,
-                weights_digest=weights_digest)
+                weights_digest=weights_digest, dims=dict(dims or {}))
 
 
 def compile_to_file(model: str, output: str, data: str | None = None, limit: int | None = None,
@@ -194,13 +214,12 @@ def compile_to_file(model: str, output: str, data: str | None = None, limit: int
     """`edbc compile`: compile mini-batches of the model at `model` (its tokens encoded with the
     vocabularies of the checkpoint `weights`, if given) and write the plan to `output`, which may be
     none of the files it reads (spec, data, policy, checkpoint)."""
-    spec, text = load_spec(model)
+    spec, text, ckpt = load_model_files(model, weights)
     inputs = (model, data, resolve_policy(options.policy, spec, options.granularity).path, weights)
     check_output(output, inputs)  # before the work, not after it
-    ckpt = load_checkpoint(weights, spec) if weights is not None else None
     dataset = load_data(spec, data, limit, seed, ckpt.vocabs if ckpt else None)
     plan = compile_plan(spec, text, dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, options,
-                        seed, True, dump_after, dump, ckpt.digest if ckpt else None)
+                        seed, True, dump_after, dump, ckpt.digest if ckpt else None, ckpt.dims if ckpt else None)
     save_plan(plan, output, inputs)
     return plan
 
@@ -507,7 +526,7 @@ class Model:
     """
 
     def __init__(self, spec: ModelSpec, spec_text: str | None = None, checkpoint: Checkpoint | None = None,
-                 device: str = "cpu", options: CompileOptions = CompileOptions()):
+                 device: str = "cpu", options: CompileOptions = CompileOptions(), training: bool = False):
         self.spec = spec
         self.spec_text = spec_text  # what plans embed; None: compile() is not available
         self.checkpoint = checkpoint
@@ -515,7 +534,16 @@ class Model:
         self.vocabs = checkpoint.vocabs if checkpoint else spec_vocabs(spec)
         self.labels = checkpoint.labels if checkpoint else default_labels(spec.classes)
         self.runtime = Runtime(spec, device, checkpoint.weights if checkpoint else None)
-        self.compiler = Compiler(spec, options)
+        # Training keeps embeddings unfolded: a folded table costs a pass over the vocabulary a step.
+        self.compiler = Compiler(spec, options, fold=not training)
+        self._module = None
+
+    def module(self) -> torch.nn.Module:
+        """The weights as `nn.Parameter`s of a `torch.nn.Module` (made once; the runtime then holds
+        the same tensors), for `torch.optim`; `module(runtime.prepare(compiled))` is differentiable."""
+        if self._module is None:
+            self._module = WeightsModule(self.runtime)
+        return self._module
 
     @property
     def weights(self) -> dict[str, torch.Tensor]:
@@ -561,7 +589,8 @@ class Model:
         else:
             dataset = Dataset(self.instances(items), "given", "given")
         return compile_plan(self.spec, self.spec_text, dataset, batch_size, self.options, seed,
-                            weights_digest=self.checkpoint.digest if self.checkpoint else None)
+                            weights_digest=self.checkpoint.digest if self.checkpoint else None,
+                            dims=self.checkpoint.dims if self.checkpoint else None)
 
     def run(self, dataset: Dataset, batch_size: int = DEFAULT_BATCH_SIZE, check: bool = False,
             verify: bool = False, keep_outputs: bool = False) -> RunReport:
@@ -585,9 +614,7 @@ def load(spec: str | Path | None = None, weights: str | Path | None = None, devi
     """The model of the spec at `spec` (default: the bundled TreeLSTM) with the checkpoint `weights`
     (default: the spec's seeded weights, hashed vocabularies), compiling with the given policy,
     granularity and memory mode."""
-    path = str(spec) if spec is not None else str(DEFAULT_MODEL)
-    model_spec, text = load_spec(path)
-    ckpt = load_checkpoint(str(weights), model_spec) if weights is not None else None
+    model_spec, text, ckpt = load_model_files(spec, weights)
     return Model(model_spec, text, ckpt, device, CompileOptions(policy, granularity, memory))
 
 
@@ -660,3 +687,64 @@ def _vocabs_and_labels(spec: ModelSpec, raw: list | None, vocab_files: dict[str,
 
 def _saved(ckpt: Checkpoint, output: str, inputs) -> Checkpoint:
     return replace(ckpt, digest=save_checkpoint(ckpt, output, inputs))
+
+
+def _training_instances(spec: ModelSpec, data: str | None, heldout: str | None, limit: int | None,
+                        seed: int) -> tuple[list, list, str, str]:
+    """Raw training and held-out instances and what they are (for the resume check). Without
+    `heldout`, the last 10% of the training instances are held out."""
+    raw, source, digest = _raw_data(spec, data, limit, seed)
+    if heldout is not None:
+        held, _, held_digest = _raw_data(spec, heldout, None, seed)
+        return raw, held, digest, held_digest
+    if len(raw) < 2:
+        raise UsageError(f"{source}: holding out 10% needs at least 2 instances; give --heldout")
+    cut = len(raw) - max(len(raw) // 10, 1)
+    return raw[:cut], raw[cut:], digest, f"{digest} (last 10%)"
+
+
+def train_model(model: str | None, data: str | None, output: str, heldout: str | None = None,
+                weights: str | None = None, settings=None, dims: dict[str, int] | None = None,
+                limit: int | None = None, resume: bool = False, policy: str | None = None,
+                on_step=None, on_epoch=None):
+    """`edbc train`: train the model at `model` (default: the bundled TreeLSTM) through compiled plans
+    from the checkpoint `weights` (default: a fresh one, as `edbc init` makes it from `data`), keeping
+    the best checkpoint by held-out accuracy at `output`. Returns every epoch's figures."""
+    from .train import TrainSettings, train, with_readout_at
+
+    settings = settings or TrainSettings()
+    settings.check()
+    path = str(model) if model is not None else str(DEFAULT_MODEL)
+    spec, text, ckpt = load_model_files(path, weights, dims)
+    inputs = (path, data, heldout, weights)
+    check_output(output, inputs)
+    raw, held, digest, held_digest = _training_instances(spec, data, heldout, limit, settings.seed)
+    dims = dict(ckpt.dims) if ckpt else dict(dims or {})
+    if ckpt is None:
+        vocabs, labels = _vocabs_and_labels(spec, raw, {}, None, data)
+        ckpt = new_checkpoint(spec, init_weights(spec), vocabs, labels, {"command": "init"}, dims)
+    if settings.loss_at is not None:
+        spec = with_readout_at(spec, settings.loss_at)
+    trained = Model(spec, text, ckpt, options=CompileOptions(policy), training=True)
+    run = {"model": spec.digest, "data": digest, "heldout": held_digest, "weights": ckpt.digest, "dims": dims,
+           "settings": {k: v for k, v in asdict(settings).items() if k != "epochs"}}
+
+    def save(target: str, m: Model, extra: dict) -> None:
+        provenance = {"command": "train", "data": data or "synthetic", "data_digest": digest, **extra}
+        save_checkpoint(new_checkpoint(m.spec, m.weights, m.vocabs, m.labels, provenance, dims), target, inputs)
+
+    return train(trained, trained.instances(raw), trained.instances(held), settings, output, run, resume, save,
+                 on_step, on_epoch)
+
+
+def eval_model(model: str | None, weights: str, data: str | None = None, limit: int | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> dict[str, float]:
+    """`edbc eval`: the loss and accuracies of a checkpoint on labelled data (a tree model is scored
+    at every node, so that root and all-node accuracy both come out)."""
+    from .train import Batches, score, with_readout_at
+
+    spec, text, ckpt = load_model_files(str(model) if model is not None else str(DEFAULT_MODEL), weights)
+    if spec.kind == "tree":
+        spec = with_readout_at(spec, "nodes")
+    m = Model(spec, text, ckpt)
+    return score(m, Batches(m, m.data(data, limit, seed).instances, batch_size, None))

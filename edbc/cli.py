@@ -18,7 +18,8 @@ from . import api
 from .errors import EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
 from .graph import CELL
 from .policy.encoding import DEFAULT_ENCODING, ENCODINGS
-from .policy.train import TrainSettings
+from .policy.train import TrainSettings as PolicySettings
+from .train.loop import OPTIMIZERS, TrainSettings
 from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_THREADS
 
 
@@ -284,10 +285,10 @@ class _ProgressBar:
 @click.option("--encoding", type=click.Choice(ENCODINGS), default=DEFAULT_ENCODING, show_default=True,
               help="Frontier state: types by ready count (sorted), the set of types, or the set plus the "
                    "largest.")
-@click.option("--timesteps", type=int, default=TrainSettings().timesteps, show_default=True,
+@click.option("--timesteps", type=int, default=PolicySettings().timesteps, show_default=True,
               help="Environment steps to train for (fewer when the early stop is reached).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds sampling, environments and network.")
-@click.option("--eval-every", type=int, default=TrainSettings().eval_every, show_default=True, metavar="K",
+@click.option("--eval-every", type=int, default=PolicySettings().eval_every, show_default=True, metavar="K",
               help="PPO updates between greedy evaluations of the distilled table on the held-out graphs.")
 @click.option("--checkpoint", metavar="PATH", help="Checkpoint written after every evaluation "
                                                    "(default: OUTPUT with .ckpt for .json).")
@@ -297,7 +298,7 @@ def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularit
                  eval_every, checkpoint, resume, output):
     """Train the FSM batching policy of MODEL (default: the bundled TreeLSTM) with reinforcement
     learning, distil it into a table and write the policy file."""
-    settings = TrainSettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every)
+    settings = PolicySettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every)
     bar = _ProgressBar("training")
     try:
         policy = api.train_policy(list(inputs), output, dag_files, data, list(heldout), limit, batch_size,
@@ -310,6 +311,100 @@ def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularit
                f"({policy.fsm.encoding} encoding), {policy.training['timesteps_trained']} timesteps\n"
                f"  held-out batches   {f['batches']} (lower bound {f['lower_bound']}, {f['ratio']:.3f}x; "
                f"{baselines}), {f['fallbacks']} FSM fallbacks over {f['graphs']} graphs")
+
+
+def _dims(sets: tuple[str, ...]) -> dict[str, int]:
+    """`--set dims.NAME=N` options as {NAME: N}."""
+    out = {}
+    for entry in sets:
+        key, sep, value = entry.partition("=")
+        name = key.removeprefix("dims.")
+        if not sep or not key.startswith("dims.") or not name or not value.isdigit() or int(value) < 1:
+            raise UsageError(f"--set {entry}: expected dims.NAME=N with N a positive integer")
+        out[name] = int(value)
+    return out
+
+
+_set_option = click.option("--set", "sets", multiple=True, metavar="dims.NAME=N",
+                           help="Set a dimension of the spec (e.g. dims.vocab=20000); recorded in the checkpoint.")
+
+
+@main.command(name="train")
+@click.argument("model", required=False)
+@click.option("--data", metavar="PATH", help="Training data (default: synthetic instances).")
+@click.option("--heldout", metavar="PATH", help="Held-out data that picks the best checkpoint "
+                                                "(default: the last 10% of the training data).")
+@_weights_option
+@click.option("--epochs", type=int, default=TrainSettings().epochs, show_default=True)
+@click.option("--batch-size", "-b", type=int, default=TrainSettings().batch_size, show_default=True)
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=TrainSettings().optimizer,
+              show_default=True)
+@click.option("--lr", type=float, default=TrainSettings().lr, show_default=True, help="Learning rate.")
+@click.option("--weight-decay", type=float, default=TrainSettings().weight_decay, show_default=True)
+@click.option("--loss-at", metavar="PLACE", help="Where the loss reads labels: the readout's places of the "
+                                                "structure (root or nodes for a tree; default: the spec's).")
+@click.option("--limit", type=int, metavar="N", help="Use at most N training instances.")
+@click.option("--policy", metavar="NAME|PATH", help="Batching policy (default as for `edbc run`).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the mini-batches and their order.")
+@_set_option
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every epoch) on stdout.")
+@click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
+@click.option("--output", "-o", required=True, metavar="CKPT", help="Best checkpoint (.safetensors, atomically).")
+def train_cmd(model, data, heldout, weights, epochs, batch_size, optimizer, lr, weight_decay, loss_at, limit,
+              policy, seed, sets, resume, as_json, threads, output):
+    """Train MODEL (default: the bundled TreeLSTM) through compiled plans; keep the best checkpoint
+    by held-out accuracy, the last one, its metrics and what --resume needs beside OUTPUT."""
+    from tqdm import tqdm
+
+    _set_threads(threads)
+    settings = TrainSettings(epochs, batch_size, optimizer, lr, weight_decay, seed, loss_at)
+    bar = tqdm(total=0, unit="batch", disable=not sys.stderr.isatty(), leave=False, file=sys.stderr)
+
+    def on_step(epoch, step, steps, loss):
+        if step == 1:
+            bar.reset(total=steps)
+            bar.set_description(f"epoch {epoch}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def on_epoch(e, improved):
+        if as_json:
+            return
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in e.heldout.items() if k.endswith("accuracy") or k == "f1")
+        bar.write(f"epoch {e.epoch}: train loss {e.train_loss:.4f}, held-out {figures}, {e.instances_per_s:.0f} "
+                  f"instances/s, compile {e.compile_s:.1f} s, execute {e.execute_s:.1f} s"
+                  + (" (best)" if improved else ""), file=sys.stderr)
+
+    try:
+        epochs_done = api.train_model(model, data, output, heldout, weights, settings, _dims(sets), limit, resume,
+                                      policy, on_step, on_epoch)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps({"output": output, "epochs": [vars(e) for e in epochs_done]}, sort_keys=True))
+    else:
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.command(name="eval")
+@click.argument("model", required=False)
+@click.option("--weights", required=True, metavar="CKPT", help="The checkpoint to score.")
+@click.option("--data", metavar="PATH", help="Labelled data (default: synthetic instances).")
+@click.option("--limit", type=int, metavar="N", help="Use at most N instances.")
+@click.option("--batch-size", "-b", type=int, default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
+def eval_cmd(model, weights, data, limit, batch_size, as_json, threads):
+    """Score a checkpoint of MODEL on labelled data: loss and accuracies (for trees at the root and
+    at every node, and binary at the root with neutral removed; for tags, entity F1)."""
+    _set_threads(threads)
+    figures = api.eval_model(model, weights, data, limit, batch_size)
+    if as_json:
+        click.echo(json.dumps(figures, sort_keys=True))
+    else:
+        click.echo("\n".join(f"{k:<22} {v:.4f}" if isinstance(v, float) else f"{k:<22} {v}"
+                             for k, v in figures.items()))
 
 
 def _csv(text: str) -> list[str]:

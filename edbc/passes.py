@@ -100,12 +100,15 @@ class CellState:
     param_shapes: dict  # the model's parameters, and derived ones once folded
     memory: str
     batch_ops: bool = True  # False: one op an internal batch (the op-by-op baseline)
+    fold: bool = True  # False: fold_embeddings leaves the program as it is (training)
     derived: dict = field(default_factory=dict)
     schedule: CellSchedule | None = None
     plan: CellPlan | None = None
 
 
 def _fold_embeddings(s: CellState) -> CellState:
+    if not s.fold:
+        return s
     program, derived = fold_embeddings(s.program, s.param_shapes)
     shapes = dict(s.param_shapes, **{name: d.shape for name, d in derived.items()})
     return replace(s, program=program, derived=dict(s.derived, **derived), param_shapes=shapes)

@@ -1,0 +1,268 @@
+"""Training through compiled plans: `edbc train` and `edbc eval`.
+
+Mini-batches keep their composition across epochs (the instances are shuffled
+once, with the seed; each epoch shuffles the order of the mini-batches), so each
+is compiled once, on first use, and its plan (and prepared executable) reused:
+epochs after the first pay no graph, schedule or memory-planning cost. A step
+runs the plan's forward as an autograd node (`Executable.forward`), the loss is
+the mean negative log-likelihood of the labelled readout rows, and any
+`torch.optim` optimizer updates the model's `nn.Parameter`s in place (the
+runtime sees the update before the next forward).
+
+Files, all written atomically:
+
+    OUTPUT                       the best checkpoint so far by held-out accuracy
+    <OUTPUT stem>.last.safetensors  the latest epoch's checkpoint
+    <OUTPUT stem>.resume.safetensors  what `--resume` continues from: weights, optimizer
+                                 state (tensors) and the run (JSON metadata)
+    <OUTPUT stem>.metrics.jsonl  one line per epoch
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..artifact import file_digest, write_atomic
+from ..errors import ArtifactError, UsageError
+from ..inputs import load_json, read_input_bytes
+from ..outputs import split_by_instance
+from ..plan.plan import CompiledBatch
+from .targets import evaluate, readout_targets
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+RESUME_FORMAT = "edbc.train-state"
+RESUME_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 10
+    batch_size: int = 25
+    optimizer: str = "adagrad"
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    seed: int = 0
+    loss_at: str | None = None  # where the readout reads while training (None: the spec's place)
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"--optimizer {self.optimizer}: expected one of: {', '.join(OPTIMIZERS)}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise UsageError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+
+
+@dataclass
+class Epoch:
+    epoch: int
+    train_loss: float
+    heldout: dict[str, float]
+    instances_per_s: float
+    compile_s: float
+    execute_s: float
+    selection: float  # the held-out figure the best checkpoint is chosen by
+
+
+@dataclass
+class TrainState:
+    """What `--resume` needs besides the weights and the optimizer's tensors."""
+
+    run: dict  # settings, data digests, model: must match to resume
+    epoch: int = 0  # epochs done
+    best: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+class Batches:
+    """A dataset's mini-batches, each compiled and prepared once, with its targets in result order."""
+
+    def __init__(self, model, instances: list, batch_size: int, seed: int | None):
+        order = np.arange(len(instances)) if seed is None else np.random.default_rng(seed).permutation(len(instances))
+        self.model = model
+        self.groups = [[instances[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+        self._prepared: dict[int, tuple] = {}
+        self.compile_s = 0.0
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def get(self, index: int):
+        """(compiled mini-batch, executable, targets in result order, per-instance targets)."""
+        known = self._prepared.get(index)
+        if known is None:
+            t0 = time.perf_counter()
+            group = self.groups[index]
+            compiled: CompiledBatch = self.model.compiler.compile_batch(group)
+            executable = self.model.runtime.prepare(compiled)
+            per_instance = readout_targets(self.model.spec, group, self.model.labels)
+            graph = compiled.cell_graph
+            owner = graph.instance[graph.out_node]
+            targets = np.empty(len(owner), dtype=np.int64)
+            targets[np.argsort(owner, kind="stable")] = np.concatenate(per_instance) if per_instance else []
+            known = self._prepared[index] = (compiled, executable, torch.as_tensor(targets), per_instance)
+            self.compile_s += time.perf_counter() - t0
+        return known
+
+
+def loss_of(results: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean negative log-likelihood of the labelled rows (target -1: no label)."""
+    return F.nll_loss(results, targets.to(results.device), ignore_index=-1)
+
+
+def score(model, batches: Batches) -> dict[str, float]:
+    """Loss and accuracies of the model on every mini-batch of `batches` (forward only)."""
+    instances, rows, targets = [], [], []
+    for index in range(len(batches)):
+        compiled, executable, _, per_instance = batches.get(index)
+        rows.extend(split_by_instance(compiled.cell_graph, executable.run()))
+        instances.extend(batches.groups[index])
+        targets.extend(per_instance)
+    return evaluate(model.spec, instances, rows, targets, model.labels)
+
+
+def selection_metric(kind: str) -> str:
+    """The held-out figure that picks the best checkpoint: the root's accuracy for trees."""
+    return "root_accuracy" if kind == "tree" else "accuracy"
+
+
+def train(model, train_instances: list, heldout_instances: list, settings: TrainSettings, output: str,
+          run: dict, resume: bool = False, save=None, on_step=None, on_epoch=None) -> list[Epoch]:
+    """Train `model` (an `edbc.api.Model`, its weights made `nn.Parameter`s here) for `settings.epochs`
+    epochs; `save(path, model, extra)` writes a checkpoint. Returns every epoch's figures, those of
+    a resumed run's earlier epochs included."""
+    settings.check()
+    module = model.module()
+    params = list(module.parameters())
+    # foreach: one multi-tensor update instead of a loop over the parameters (measured: 48 -> 28 ms a
+    # step for Adagrad on the SST TreeLSTM with its 18,300-word embedding, 1 thread).
+    kwargs = {"lr": settings.lr, "weight_decay": settings.weight_decay, "foreach": True}
+    optimizer = OPTIMIZERS[settings.optimizer](params, **kwargs)
+    paths = output_paths(output)
+    state = TrainState(run)
+    if resume:
+        state = _load_resume(paths["resume"], run, module, optimizer)
+    train_batches = Batches(model, train_instances, settings.batch_size, settings.seed)
+    held_batches = Batches(model, heldout_instances, settings.batch_size, None)
+    metric = selection_metric(model.spec.kind)
+    epochs = [Epoch(**e) for e in state.history]
+    for epoch in range(state.epoch + 1, settings.epochs + 1):
+        order = np.random.default_rng([settings.seed, epoch]).permutation(len(train_batches))
+        compile_before = train_batches.compile_s
+        execute = 0.0
+        total, count = 0.0, 0
+        t_epoch = time.perf_counter()
+        for step, index in enumerate(order.tolist()):
+            _, executable, targets, _ = train_batches.get(index)
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_of(executable.forward(), targets)
+            loss.backward()
+            optimizer.step()
+            execute += time.perf_counter() - t0
+            n = len(train_batches.groups[index])
+            value = loss.item()
+            total += value * n
+            count += n
+            if on_step is not None:
+                on_step(epoch, step + 1, len(order), value)
+        seconds = time.perf_counter() - t_epoch
+        held = score(model, held_batches)
+        figure = held.get(metric, held["accuracy"])
+        e = Epoch(epoch, total / max(count, 1), held, count / max(seconds, 1e-9),
+                  train_batches.compile_s - compile_before, execute, figure)
+        epochs.append(e)
+        improved = state.best is None or figure > state.best
+        if improved:
+            state.best = figure
+            save(output, model, {"epoch": epoch, "heldout": held})
+        save(paths["last"], model, {"epoch": epoch, "heldout": held})
+        state.epoch = epoch
+        state.history = [asdict(x) for x in epochs]
+        _save_resume(paths["resume"], state, module, optimizer, run)
+        write_atomic(paths["metrics"], "".join(json.dumps(x, sort_keys=True) + "\n" for x in state.history).encode())
+        if on_epoch is not None:
+            on_epoch(e, improved)
+    return epochs
+
+
+def output_paths(output: str) -> dict[str, str]:
+    path = Path(output)
+    stem = path.with_suffix("") if path.suffix == ".safetensors" else path
+    return {"best": str(path), "last": f"{stem}.last.safetensors", "resume": f"{stem}.resume.safetensors",
+            "metrics": f"{stem}.metrics.jsonl"}
+
+
+def _save_resume(path: str, state: TrainState, module, optimizer, run: dict) -> None:
+    from safetensors.torch import save
+
+    tensors = {f"weights/{k}": v.detach().contiguous() for k, v in module.named_weights().items()}
+    opt = optimizer.state_dict()
+    for index, values in opt["state"].items():
+        for key, value in values.items():
+            tensors[f"optimizer/{index}/{key}"] = torch.as_tensor(value).detach().contiguous()
+    metadata = {"format": RESUME_FORMAT, "version": RESUME_VERSION,
+                "state": json.dumps({"run": run, "epoch": state.epoch, "best": state.best, "history": state.history},
+                                    sort_keys=True)}
+    write_atomic(path, save(tensors, metadata))
+
+
+def _load_resume(path: str, run: dict, module, optimizer) -> TrainState:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    data = read_input_bytes(path, "training state", ArtifactError)
+
+    def fail(message: str):
+        raise ArtifactError(f"cannot resume: {message}", path=path)
+
+    try:
+        tensors = load(data)
+        length = int.from_bytes(data[:8], "little")
+        meta = load_json(data[8:8 + length].decode())["__metadata__"]
+        head = load_json(meta["state"])
+    except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        fail("not a training state written by `edbc train`")
+    if meta.get("format") != RESUME_FORMAT or type(head) is not dict:
+        fail("not a training state written by `edbc train`")
+    theirs = head.get("run") if type(head.get("run")) is dict else {}
+    differ = sorted(k for k in set(run) | set(theirs) if k != "epochs" and run.get(k) != theirs.get(k))
+    if differ:
+        fail(f"it belongs to another training run ({', '.join(differ)} differ); run without --resume to start afresh")
+    named = module.named_weights()
+    for name, p in named.items():
+        t = tensors.get(f"weights/{name}")
+        if t is None or t.shape != p.shape or t.dtype != p.dtype or not bool(torch.isfinite(t).all()):
+            fail(f"its weight {name} is missing, of another shape or not finite")
+        with torch.no_grad():
+            p.copy_(t)
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    except (ValueError, KeyError, RuntimeError):
+        fail("its optimizer state does not fit this optimizer")
+    epoch = head.get("epoch")
+    if type(epoch) is not int or epoch < 0:
+        fail("its epoch count is malformed")
+    history = head.get("history") if type(head.get("history")) is list else []
+    return TrainState(run, epoch, head.get("best"), history)
+
+
+def data_id(path: str | None, seed: int, n: int) -> str:
+    """What a run's data is, for the resume check: the file's digest, or the synthetic seed and size."""
+    return file_digest(path) if path is not None else f"synthetic:{seed}:{n}"
