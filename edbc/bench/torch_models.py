@@ -10,6 +10,8 @@ edbc's weights imported from them, so the two compute the same model.
 `forward` takes encoded instances (token ids filled in) and returns the
 readout rows in edbc's result order: a tree's root, a sentence's tokens, a
 lattice's nodes after the start node, one instance after another.
+`TreeLSTM.nodes` gives every node's rows instead, as edbc's readout moved to
+`nodes` does (the training benchmark's loss at every node).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ class TreeLSTM(nn.Module):
         self.node = nn.Linear(2 * hidden, 5 * hidden)
         self.out = nn.Linear(hidden, classes)
 
-    def tree(self, tree) -> torch.Tensor:
-        """The root's log-probabilities `[1, classes]`."""
+    def states(self, tree) -> list[torch.Tensor]:
+        """Each node's state h `[1, hidden]`, in node order (post-order: the root last)."""
         left, right = tree.left.tolist(), tree.right.tolist()
         # Leaves read only their word: all of them at once; then the internal nodes one by one.
         leaves = np.flatnonzero(tree.left < 0)
@@ -55,10 +57,19 @@ class TreeLSTM(nn.Module):
                 i, f_l, f_r, o, u = torch.chunk(self.node(torch.cat([h[a], h[b]], dim=1)), 5, dim=1)
                 c[v] = torch.sigmoid(i) * torch.tanh(u) + torch.sigmoid(f_l) * c[a] + torch.sigmoid(f_r) * c[b]
                 h[v] = torch.sigmoid(o) * torch.tanh(c[v])
-        return torch.log_softmax(self.out(h[-1]), dim=1)
+        return h
+
+    def tree(self, tree) -> torch.Tensor:
+        """The root's log-probabilities `[1, classes]`."""
+        return torch.log_softmax(self.out(self.states(tree)[-1]), dim=1)
 
     def forward(self, trees: list) -> torch.Tensor:
         return torch.cat([self.tree(t) for t in trees])
+
+    def nodes(self, trees: list) -> torch.Tensor:
+        """Every node's log-probabilities `[nodes, classes]`, tree by tree in node order: the rows of
+        edbc's readout at `nodes` (`edbc.train.with_readout_at`), to train with a loss at every node."""
+        return torch.log_softmax(self.out(torch.cat([h for t in trees for h in self.states(t)])), dim=1)
 
 
 def _pack(token_lists: list, embedding: nn.Embedding):
