@@ -11,6 +11,12 @@ the instances, and the forward pass — as DyNet users run them, and prints one
 JSON object. Weights come from the same spec as edbc's (passed as an .npz of
 edbc's parameters), so the outputs it dumps for the first mini-batch can be
 compared with edbc's.
+
+With `--train` it times SGD steps instead (`edbc bench --train`), from an edbc
+checkpoint (weights, vocabularies and label names), with a loss at every node:
+
+    python -m edbc.bench.dynet_anchor --train --model treelstm --batch-size 25 \
+        --data ../shared/data/sst/train.txt --limit 200 --minibatches 8 --passes 4 --checkpoint C.safetensors
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -53,7 +60,8 @@ def _model_classes(dy):
         return dy.cmult(dy.logistic(o), dy.tanh(c_new)), c_new
 
     class TreeLSTM(Params):
-        def run(self, trees) -> list:
+        def run(self, trees, every_node: bool = False) -> list:
+            """The root's log-probabilities of each tree; with `every_node`, every node's, in node order."""
             e, hid = self.p, self.hidden
             outs = []
             for t in trees:
@@ -72,11 +80,12 @@ def _model_classes(dy):
                         c[v] = (dy.cmult(dy.logistic(i), dy.tanh(u)) + dy.cmult(dy.logistic(f_l), c[a])
                                 + dy.cmult(dy.logistic(f_r), c[b]))
                     h[v] = dy.cmult(dy.logistic(o), dy.tanh(c[v]))
-                outs.append(dy.log_softmax(dy.affine_transform([e["b_out"], e["W_out"], h[-1]])))
+                outs += [dy.log_softmax(dy.affine_transform([e["b_out"], e["W_out"], h[v]]))
+                         for v in (range(len(left)) if every_node else [len(left) - 1])]
             return outs
 
     class BiLSTMTagger(Params):
-        def run(self, sentences) -> list:
+        def run(self, sentences, every_node: bool = True) -> list:  # a row per token, always
             e, hid = self.p, self.hidden
             outs = []
             for s in sentences:
@@ -95,7 +104,7 @@ def _model_classes(dy):
             return outs
 
     class LatticeLSTM(Params):
-        def run(self, lattices) -> list:
+        def run(self, lattices, every_node: bool = True) -> list:  # a row per node but the start, always
             e, hid = self.p, self.hidden
             outs = []
             for lat in lattices:
@@ -131,14 +140,30 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="instances to read or generate")
     parser.add_argument("--minibatches", type=int, default=8)
     parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--weights", required=True, help=".npz of edbc's parameters for the model")
+    parser.add_argument("--weights", help=".npz of edbc's parameters for the model (forward)")
     parser.add_argument("--dump", default=None, help="write the first mini-batch's outputs here (.npy)")
+    parser.add_argument("--train", action="store_true", help="time SGD steps instead of forward passes")
+    parser.add_argument("--checkpoint", help="with --train: an edbc checkpoint (weights, vocabularies, labels)")
+    parser.add_argument("--lr", type=float, default=0.05, help="with --train: SGD's learning rate")
+    parser.add_argument("--serve", action="store_true",
+                        help="with --train: after the warm-up epoch, train one epoch per line read on stdin")
     args = parser.parse_args()
+    if (args.checkpoint if args.train else args.weights) is None:
+        parser.error("--train needs --checkpoint" if args.train else "--weights is required")
 
     import dynet_config
     dynet_config.set(mem=1024, random_seed=1, autobatch=args.autobatch)
     import dynet as dy
 
+    (train if args.train else forward)(args, dy)
+
+
+def _emit(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def forward(args, dy) -> None:
+    """Time forward passes of whole mini-batches; print one JSON object."""
     from ..api import load_data, load_spec
     from .suite import full_minibatches
     from ..settings import MODELS_DIR
@@ -165,8 +190,65 @@ def main() -> None:
             t0 = time.perf_counter()
             once(mb)
             times.append((time.perf_counter() - t0) * 1e3)
-    print(json.dumps({"model": args.model, "autobatch": args.autobatch, "batch_size": args.batch_size,
-                      "minibatches": len(batches), "samples": len(times), "ms": statistics.median(times)}))
+    _emit({"model": args.model, "autobatch": args.autobatch, "batch_size": args.batch_size,
+           "minibatches": len(batches), "samples": len(times), "ms": statistics.median(times)})
+
+
+def train(args, dy) -> None:
+    """Time SGD steps: per mini-batch a new graph, the model's rows at every node (a tree's readout moved
+    to its nodes, as edbc trains it), the mean negative log-likelihood of the labelled rows (the summed
+    loss over the mini-batch, over its row count: the loss edbc and the PyTorch modules train on),
+    `backward()` and `SimpleSGDTrainer.update()`. The first epoch warms up; its first loss (before any
+    update) is reported, to compare with the other systems'. Each step's ms are [forward (graph
+    building included), backward, update]. With `--serve` the timed epochs are asked for on stdin, one
+    line each, and answered with a JSON line each, so that a caller can interleave them with others."""
+    from ..api import load_data, load_spec
+    from ..checkpoint import read_checkpoint
+    from ..settings import MODELS_DIR
+    from ..train import readout_targets, with_readout_at
+    from .suite import full_minibatches
+
+    spec = with_readout_at(load_spec(MODELS_DIR / f"{args.model}.yaml")[0], "nodes")
+    ckpt = read_checkpoint(args.checkpoint)
+    data = load_data(spec, args.data, args.limit, vocabs=ckpt.vocabs)
+    batches = full_minibatches(data.instances, args.batch_size)[: args.minibatches]
+    targets = [np.concatenate(readout_targets(spec, mb, ckpt.labels)).tolist() for mb in batches]
+    net = _model_classes(dy)[args.model]({k: v.numpy() for k, v in ckpt.weights.items()}, spec.dims["hidden"])
+    trainer = dy.SimpleSGDTrainer(net.model, learning_rate=args.lr)
+    trainer.set_clip_threshold(0)  # plain SGD, as torch.optim.SGD's (DyNet clips gradients at norm 5 by default)
+
+    def step(mb, ys: list[int]) -> tuple[float, list[float]]:
+        t0 = time.perf_counter()
+        dy.renew_cg()
+        outs = net.run(mb, every_node=True)
+        if len(outs) != len(ys):
+            raise RuntimeError(f"{len(outs)} rows, {len(ys)} targets")
+        rows = [-dy.pick(o, y) for o, y in zip(outs, ys) if y >= 0]
+        loss = dy.esum(rows) * (1.0 / len(rows))
+        value = loss.value()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        trainer.update()
+        t3 = time.perf_counter()
+        return value, [(t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3]
+
+    def epoch() -> list[tuple[float, list[float]]]:
+        return [step(mb, ys) for mb, ys in zip(batches, targets)]
+
+    first = epoch()
+    _emit({"ready": True, "first_loss": first[0][0], "minibatches": len(batches)})
+    if args.serve:
+        for _ in sys.stdin:
+            _emit({"steps": [ms for _, ms in epoch()]})
+        return
+    steps = [ms for _ in range(args.passes) for _, ms in epoch()]
+    _emit({"model": args.model, "autobatch": args.autobatch, "batch_size": args.batch_size,
+           "minibatches": len(batches), "samples": len(steps), "ms": statistics.median(sum(s) for s in steps),
+           "phases_ms": {k: statistics.median(s[i] for s in steps) for i, k in enumerate(PHASES)}})
+
+
+PHASES = ("forward", "backward", "update")  # what each training step's ms are, in order
 
 
 if __name__ == "__main__":
