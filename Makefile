@@ -26,6 +26,7 @@ test: setup
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/edbc bench
+	$(BIN)/edbc bench --train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

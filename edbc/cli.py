@@ -412,28 +412,42 @@ def _csv(text: str) -> list[str]:
 
 
 @main.command()
-@click.option("--models", default=None, help="Comma-separated models (default: the seven benchmark models).")
-@click.option("--batch-sizes", default="1,32,64,128", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--policies", default=None, help="Comma-separated policies (default: all but optimal).")
+@click.option("--models", default=None,
+              help="Comma-separated models (default: the seven benchmark models; with --train, treelstm and "
+                   "bilstm_tagger).")
+@click.option("--batch-sizes", default=None,
+              help="Comma-separated batch sizes (default: 1,32,64,128; with --train, 25,64 for treelstm and 32 "
+                   "for bilstm_tagger).")
+@click.option("--policies", default=None,
+              help="Comma-separated policies (default: all but optimal; with --train, the model's default: fsm "
+                   "where the shipped policy fits the spec, else typewise).")
 @click.option("--memory", "memories", default=None, help="Comma-separated memory modes (default: all).")
-@click.option("--samples", type=int, default=20, show_default=True, help="Timed mini-batches per configuration.")
+@click.option("--samples", type=int, default=20, show_default=True,
+              help="Timed mini-batches (with --train, training steps) per configuration.")
 @click.option("--max-minibatches", type=int, default=8, show_default=True,
-              help="Distinct mini-batches per workload (samples cycle over them).")
+              help="Distinct mini-batches per workload (samples cycle over them; with --train, one epoch).")
 @click.option("--granularity", type=click.Choice(api.GRANULARITIES), default=CELL, show_default=True)
 @click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
 @click.option("--dynet/--no-dynet", default=True, show_default=True, help="Time the DyNet anchors where installed.")
+@click.option("--train", "training", is_flag=True,
+              help="Time training steps (forward + backward + SGD) instead: train_results.{json,md}, "
+                   "train_throughput.png.")
 @click.option("--out", "out_dir", default="benchmarks", show_default=True, metavar="DIR",
-              help="Where results.json, results.md and throughput.png go.")
-def bench(models, batch_sizes, policies, memories, samples, max_minibatches, granularity, threads, dynet, out_dir):
+              help="Where results.json, results.md and throughput.png go (with --train: train_results.json, "
+                   "train_results.md, train_throughput.png).")
+def bench(models, batch_sizes, policies, memories, samples, max_minibatches, granularity, threads, dynet, training,
+          out_dir):
     """Benchmark edbc against DyNet and PyTorch baselines; write a table, JSON and a plot."""
     from .bench.suite import run_bench
+    from .bench.train_suite import run_train_bench
 
     _set_threads(threads)
 
     def progress(row):
-        click.echo(f"{row.model:>14} B={row.batch_size:<4} {row.system:<18} {row.policy:<9} {row.memory:<5} "
+        click.echo(f"{row.model:>14} B={row.batch_size:<4} {row.system:<20} {row.policy:<9} {row.memory:<5} "
                    f"{row.ms:9.2f} ms", err=True)
 
-    click.echo(run_bench(_csv(models) if models else None, batch_sizes, _csv(policies) if policies else None,
-                         _csv(memories) if memories else None, samples, max_minibatches, granularity, threads,
-                         dynet, out_dir, progress))
+    run = run_train_bench if training else run_bench
+    click.echo(run(_csv(models) if models else None, batch_sizes, _csv(policies) if policies else None,
+                   _csv(memories) if memories else None, samples, max_minibatches, granularity, threads, dynet,
+                   out_dir, progress))

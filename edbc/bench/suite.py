@@ -58,6 +58,7 @@ WORKLOADS = (
     Workload("lattice_gru", "lattice", 64),
 )
 DYNET_MODELS = ("treelstm", "lattice_lstm", "bilstm_tagger")
+DEFAULT_BATCH_SIZES = "1,32,64,128"
 SYNTHETIC_INSTANCES = 512
 
 
@@ -211,7 +212,7 @@ def run_suite(models: list[str], batch_sizes: list[int], policies: list[str], me
     return rows
 
 
-def run_bench(models: list[str] | None = None, batch_sizes: str = "1,32,64,128", policies: list[str] | None = None,
+def run_bench(models: list[str] | None = None, batch_sizes: str | None = None, policies: list[str] | None = None,
               memories: list[str] | None = None, samples: int = 20, max_minibatches: int = 8,
               granularity: str = "cell", threads: int = 1, dynet: bool = True, out_dir: str = "benchmarks",
               progress=None) -> str:
@@ -235,7 +236,7 @@ def run_bench(models: list[str] | None = None, batch_sizes: str = "1,32,64,128",
         for m in memories:
             CompileOptions(p, granularity, m)
     try:
-        sizes = [int(b) for b in batch_sizes.split(",") if b]
+        sizes = [int(b) for b in (batch_sizes or DEFAULT_BATCH_SIZES).split(",") if b]
     except ValueError:
         raise UsageError(f"--batch-sizes: expected comma-separated integers, got {batch_sizes!r}") from None
     use_dynet = dynet and dynet_available()
