@@ -9,9 +9,10 @@ and handed to DyNet in an edbc checkpoint with the vocabularies and label names 
 mini-batches' instances; each system's first loss (mini-batch 0, before any update) is reported,
 and they agree.
 
-- edbc: `Batches` compiles each mini-batch once, in the first epoch; later epochs reuse the prepared
-  plans (`Executable.forward`, `loss.backward()`, `optimizer.step()`). Policy: the resolved default
-  (`fsm` where the shipped policy was trained for the spec as trained, else `typewise`).
+- edbc: a `Model` made for training (embeddings unfolded), as `edbc train` makes it; `Batches`
+  compiles each mini-batch once, in the first epoch, and later epochs reuse the prepared plans
+  (`Executable.forward`, `loss.backward()`, `optimizer.step()`). Policy: the resolved default (`fsm`
+  where the shipped policy was trained for the spec as trained, else `typewise`).
 - DyNet (agenda autobatching), in a process of its own (`dynet_anchor --train --serve`).
 - PyTorch: the `torch_models` module (`TreeLSTM.nodes`, node by node; `BiLSTMTagger`, a packed
   bidirectional `nn.LSTM`).
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,11 @@ class TrainRow:
         return self.batch_size / self.ms * 1e3 if self.ms else 0.0
 
 
+def sgd(params) -> torch.optim.Optimizer:
+    """The optimizer of edbc and PyTorch: SGD, one multi-tensor update (as `edbc train` makes it)."""
+    return torch.optim.SGD(params, lr=LR, foreach=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # The systems. Each warms up on construction (one epoch) and then times one epoch per `epoch()`,
 # returning each step's seconds per phase.
@@ -108,10 +114,9 @@ Steps = list[tuple[float, float, float]]
 
 class EdbcTrainer:
     def __init__(self, spec, ckpt, batches: list[list], policy: str | None, memory: str, granularity: str):
-        # The runtime takes the checkpoint's tensors as they are (no copy): train copies of them.
-        ckpt = replace(ckpt, weights={name: w.clone() for name, w in ckpt.weights.items()})
-        self.model = Model(spec, None, ckpt, options=CompileOptions(policy, granularity, memory))
-        self.optimizer = torch.optim.SGD(self.model.module().parameters(), lr=LR)
+        # As `edbc train` makes it: embeddings unfolded, the runtime training copies of the weights.
+        self.model = Model(spec, None, ckpt, options=CompileOptions(policy, granularity, memory), training=True)
+        self.optimizer = sgd(self.model.module().parameters())
         self.batches = Batches(self.model, [x for mb in batches for x in mb], len(batches[0]), None)
         self.first_loss = self._epoch(first=True)
         self.compile_ms = self.batches.compile_s / len(self.batches) * 1e3
@@ -143,7 +148,7 @@ class TorchTrainer:
     def __init__(self, module: torch.nn.Module, batches: list[list], targets: list[torch.Tensor]):
         self.module = module
         self.run = module.nodes if hasattr(module, "nodes") else module  # the TreeLSTM's every node
-        self.optimizer = torch.optim.SGD(module.parameters(), lr=LR)
+        self.optimizer = sgd(module.parameters())
         self.batches, self.targets = batches, targets
         self.first_loss = None
         self.epoch()
