@@ -253,16 +253,19 @@ def _label(source: str) -> str:
     return source if source == "synthetic" else Path(source).name
 
 
-def write_results(rows: list[Row], out_dir: Path, meta: dict) -> None:
-    """JSON of every row, a markdown report and a throughput plot, each written atomically."""
+def write_results(rows: list, out_dir: Path, meta: dict, names: tuple[str, str] = ("results", "throughput"),
+                  report=None, draw=None) -> None:
+    """JSON of every row (`<names[0]>.json`), a markdown report (`.md`, by `report`) and a throughput
+    plot (`<names[1]>.png`, by `draw`), each written atomically. Defaults: the inference bench's."""
+    report, draw = report or markdown, draw or plot
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out_dir}: cannot make the folder ({e.strerror})") from None
     payload = {"meta": meta, "rows": [dict(asdict(r), instances_per_s=r.instances_per_s) for r in rows]}
-    write_atomic(out_dir / "results.json", (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
-    write_atomic(out_dir / "results.md", markdown(rows, meta).encode())
-    plot(rows, out_dir / "throughput.png", meta)
+    write_atomic(out_dir / f"{names[0]}.json", (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+    write_atomic(out_dir / f"{names[0]}.md", report(rows, meta).encode())
+    draw(rows, out_dir / f"{names[1]}.png", meta)
 
 
 def markdown(rows: list[Row], meta: dict) -> str:
@@ -333,6 +336,13 @@ def plot(rows: list[Row], path: Path, meta: dict) -> None:
     ax.set_title(f"Forward throughput, {meta['threads']} thread(s), end to end")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as a PNG, written atomically, and closed."""
+    import matplotlib.pyplot as plt
+
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)
     plt.close(fig)

@@ -25,7 +25,6 @@ the machine falls on all of them alike. A figure is the median over every timed 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import statistics
@@ -33,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from ..api import CompileOptions, Model, load_spec
-from ..artifact import write_atomic
 from ..checkpoint import import_weights, new_checkpoint, read_mapping, save_checkpoint
 from ..data import build_labels, build_vocabs, encode, read_instances, synthesize
 from ..errors import UsageError
@@ -49,7 +47,7 @@ from ..memory import PLANNERS
 from ..settings import MAPPINGS_DIR, MODELS_DIR, SHARED_DATA, SHARED_SPLITS
 from ..train import readout_targets, with_readout_at
 from ..train.loop import Batches, loss_of
-from .suite import dynet_available, full_minibatches, require_plotting
+from .suite import dynet_available, full_minibatches, require_plotting, save_figure, write_results
 from .torch_models import build_module
 
 LR = 0.05
@@ -305,12 +303,12 @@ def run_train_bench(models: list[str] | None = None, batch_sizes: str | None = N
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UsageError(f"--out {out_dir}: not a directory; expected a folder for train_results.md, "
                          "train_results.json and train_throughput.png")
-    require_plotting()
     known = [w.model for w in TRAIN_WORKLOADS]
     models = models or known
     for m in models:
         if m not in known:
             raise UsageError(f"--models: '{m}' has no training workload; expected some of: {', '.join(known)}")
+    require_plotting()
     policies = policies or [None]
     memories = memories or list(PLANNERS)
     for p in policies:
@@ -339,15 +337,7 @@ def run_train_bench(models: list[str] | None = None, batch_sizes: str | None = N
 # Output
 
 def write_train_results(rows: list[TrainRow], out_dir: Path, meta: dict) -> None:
-    """JSON of every row, a markdown report and a throughput plot, each written atomically."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {out_dir}: cannot make the folder ({e.strerror})") from None
-    payload = {"meta": meta, "rows": [dict(asdict(r), instances_per_s=r.instances_per_s) for r in rows]}
-    write_atomic(out_dir / "train_results.json", (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
-    write_atomic(out_dir / "train_results.md", train_markdown(rows, meta).encode())
-    plot_training(rows, out_dir / "train_throughput.png", meta)
+    write_results(rows, out_dir, meta, ("train_results", "train_throughput"), train_markdown, plot_training)
 
 
 def _dynet(rows: list[TrainRow], r: TrainRow) -> TrainRow | None:
@@ -423,7 +413,4 @@ def plot_training(rows: list[TrainRow], path: Path, meta: dict) -> None:
                  "edbc's ratio to DyNet on its bars", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(path, image.getvalue())
+    save_figure(fig, path)
