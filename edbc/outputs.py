@@ -40,11 +40,17 @@ def check_output_path(path: str, inputs: Iterable[str | None]) -> None:
     check_output(path, inputs)
 
 
-def split_by_instance(graph: Graph, results: torch.Tensor) -> list[torch.Tensor]:
-    """A mini-batch's results (graph order) as one tensor of rows per instance, in node order."""
+def instance_order(graph: Graph) -> tuple[np.ndarray, list[int]]:
+    """The results (graph order) grouped by instance, each instance's in node order: the result
+    rows in that order, and where each instance's rows start (and the last ends)."""
     owner = graph.instance[graph.out_node]
     order = np.argsort(owner, kind="stable")
-    bounds = np.searchsorted(owner[order], np.arange(graph.num_instances + 1)).tolist()
+    return order, np.searchsorted(owner[order], np.arange(graph.num_instances + 1)).tolist()
+
+
+def split_by_instance(graph: Graph, results: torch.Tensor) -> list[torch.Tensor]:
+    """A mini-batch's results (graph order) as one tensor of rows per instance, in node order."""
+    order, bounds = instance_order(graph)
     rows = results[torch.as_tensor(order, device=results.device)].cpu()
     return [rows[bounds[i]:bounds[i + 1]] for i in range(graph.num_instances)]
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..artifact import file_digest, write_atomic
 from ..errors import ArtifactError, UsageError
 from ..inputs import load_json, read_input_bytes
-from ..outputs import split_by_instance
+from ..outputs import instance_order, split_by_instance
 from ..plan.plan import CompiledBatch
 from .targets import evaluate, readout_targets
 
@@ -107,10 +107,9 @@ class Batches:
             compiled: CompiledBatch = self.model.compiler.compile_batch(group)
             executable = self.model.runtime.prepare(compiled)
             per_instance = readout_targets(self.model.spec, group, self.model.labels)
-            graph = compiled.cell_graph
-            owner = graph.instance[graph.out_node]
-            targets = np.empty(len(owner), dtype=np.int64)
-            targets[np.argsort(owner, kind="stable")] = np.concatenate(per_instance) if per_instance else []
+            order, _ = instance_order(compiled.cell_graph)
+            targets = np.empty(len(order), dtype=np.int64)
+            targets[order] = np.concatenate(per_instance)  # per-instance targets back in result order
             known = self._prepared[index] = (compiled, executable, torch.as_tensor(targets), per_instance)
             self.compile_s += time.perf_counter() - t0
         return known
