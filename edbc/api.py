@@ -706,7 +706,7 @@ def _training_instances(spec: ModelSpec, data: str | None, heldout: str | None, 
 def train_model(model: str | None, data: str | None, output: str, heldout: str | None = None,
                 weights: str | None = None, settings=None, dims: dict[str, int] | None = None,
                 limit: int | None = None, resume: bool = False, policy: str | None = None,
-                on_step=None, on_epoch=None):
+                on_step=None, on_epoch=None, device: str = "cpu"):
     """`edbc train`: train the model at `model` (default: the bundled TreeLSTM) through compiled plans
     from the checkpoint `weights` (default: a fresh one, as `edbc init` makes it from `data`), keeping
     the best checkpoint by held-out accuracy at `output`. Returns every epoch's figures."""
@@ -725,7 +725,7 @@ def train_model(model: str | None, data: str | None, output: str, heldout: str |
         ckpt = new_checkpoint(spec, init_weights(spec), vocabs, labels, {"command": "init"}, dims)
     if settings.loss_at is not None:
         spec = with_readout_at(spec, settings.loss_at)
-    trained = Model(spec, text, ckpt, options=CompileOptions(policy), training=True)
+    trained = Model(spec, text, ckpt, device, CompileOptions(policy), training=True)
     run = {"model": spec.digest, "data": digest, "heldout": held_digest, "weights": ckpt.digest, "dims": dims,
            "settings": {k: v for k, v in asdict(settings).items() if k != "epochs"}}
 
@@ -738,7 +738,7 @@ def train_model(model: str | None, data: str | None, output: str, heldout: str |
 
 
 def eval_model(model: str | None, weights: str, data: str | None = None, limit: int | None = None,
-               batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> dict[str, float]:
+               batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, device: str = "cpu") -> dict[str, float]:
     """`edbc eval`: the loss and accuracies of a checkpoint on labelled data (a tree model is scored
     at every node, so that root and all-node accuracy both come out)."""
     from .train import Batches, score, with_readout_at
@@ -746,5 +746,5 @@ def eval_model(model: str | None, weights: str, data: str | None = None, limit: 
     spec, text, ckpt = load_model_files(str(model) if model is not None else str(DEFAULT_MODEL), weights)
     if spec.kind == "tree":
         spec = with_readout_at(spec, "nodes")
-    m = Model(spec, text, ckpt)
+    m = Model(spec, text, ckpt, device)
     return score(m, Batches(m, m.data(data, limit, seed).instances, batch_size, None))

@@ -127,6 +127,7 @@ def model_options(fn):
     return fn
 
 
+_device_option = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 _weights_option = click.option("--weights", metavar="CKPT",
                                help="Checkpoint (.safetensors from `edbc init`, `import-weights` or `train`): "
                                     "its weights, vocabularies and label names. Default: the spec's seeded "
@@ -140,7 +141,7 @@ _weights_option = click.option("--weights", metavar="CKPT",
 @click.option("--output", metavar="FILE", help="Write every instance's results in input order, atomically: "
                                                ".jsonl (one object per instance) or .safetensors.")
 @click.option("--predict", is_flag=True, help="With --output: also the argmax label names.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@_device_option
 @click.option("--check", is_flag=True, help="Compare with the unbatched reference (max abs error <= 1e-4).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
@@ -350,9 +351,10 @@ _set_option = click.option("--set", "sets", multiple=True, metavar="dims.NAME=N"
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every epoch) on stdout.")
 @click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
+@_device_option
 @click.option("--output", "-o", required=True, metavar="CKPT", help="Best checkpoint (.safetensors, atomically).")
 def train_cmd(model, data, heldout, weights, epochs, batch_size, optimizer, lr, weight_decay, loss_at, limit,
-              policy, seed, sets, resume, as_json, threads, output):
+              policy, seed, sets, resume, as_json, threads, device, output):
     """Train MODEL (default: the bundled TreeLSTM) through compiled plans; keep the best checkpoint
     by held-out accuracy, the last one, its metrics and what --resume needs beside OUTPUT."""
     from tqdm import tqdm
@@ -378,7 +380,7 @@ def train_cmd(model, data, heldout, weights, epochs, batch_size, optimizer, lr, 
 
     try:
         epochs_done = api.train_model(model, data, output, heldout, weights, settings, _dims(sets), limit, resume,
-                                      policy, on_step, on_epoch)
+                                      policy, on_step, on_epoch, device)
     finally:
         bar.close()
     if as_json:
@@ -395,11 +397,12 @@ def train_cmd(model, data, heldout, weights, epochs, batch_size, optimizer, lr, 
 @click.option("--batch-size", "-b", type=int, default=DEFAULT_BATCH_SIZE, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
-def eval_cmd(model, weights, data, limit, batch_size, as_json, threads):
+@_device_option
+def eval_cmd(model, weights, data, limit, batch_size, as_json, threads, device):
     """Score a checkpoint of MODEL on labelled data: loss and accuracies (for trees at the root and
     at every node, and binary at the root with neutral removed; for tags, entity F1)."""
     _set_threads(threads)
-    figures = api.eval_model(model, weights, data, limit, batch_size)
+    figures = api.eval_model(model, weights, data, limit, batch_size, device=device)
     if as_json:
         click.echo(json.dumps(figures, sort_keys=True))
     else:

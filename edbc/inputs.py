@@ -21,6 +21,9 @@ from .settings import MAX_INPUT_BYTES_VAR, max_input_bytes
 MAX_INT = 2**63 - 1
 # No edbc field holds more than an int64; longer JSON integers are refused unread.
 _MAX_INT_DIGITS = 19
+# No edbc file nests deeper than a few levels. The parser's own limit is the interpreter's recursion
+# limit, which differs between Python versions (3.12 parses 10,000 levels); this one does not.
+_MAX_JSON_DEPTH = 64
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
           (stat.S_ISSOCK, "a socket"))
 
@@ -77,12 +80,19 @@ def out_of_memory(path: str | None, line: int | None = None) -> LimitError:
 def load_json(data: str | bytes):
     """`json.loads`; nesting too deep and integers beyond int64 raise `JSONDecodeError` too."""
     try:
-        return json.loads(data, parse_int=_bounded_int)
+        value = json.loads(data, parse_int=_bounded_int)
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", _text(data), 0) from None
     except _IntegerTooLong as e:
         raise json.JSONDecodeError(f"integer of {e.digits} digits, at most {_MAX_INT_DIGITS} allowed",
                                    _text(data), 0) from None
+    level, depth = [value] if type(value) in (dict, list) else [], 0
+    while level:  # level by level: the cost is one step per list or object, whatever the nesting
+        depth += 1
+        if depth > _MAX_JSON_DEPTH:
+            raise json.JSONDecodeError("nested too deeply", _text(data), 0)
+        level = [v for c in level for v in (c.values() if type(c) is dict else c) if type(v) in (dict, list)]
+    return value
 
 
 class _IntegerTooLong(Exception):

@@ -70,13 +70,3 @@ def test_run_reports_minibatches_and_check(treelstm):
     assert report.num_batches >= report.lower_bound > 0
     assert report.check_passed and report.max_abs_error <= TOL
     assert len(report.per_minibatch_ms) == 3
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
-@pytest.mark.parametrize("granularity", [CELL, OP])
-def test_cuda_equals_cpu_reference(treelstm, synthetic_trees, granularity):
-    compiled = compile_batch(treelstm, synthetic_trees, CompileOptions("agenda", granularity))
-    gpu = Runtime(treelstm, "cuda")
-    out = gpu.prepare(compiled).run().cpu()
-    ref = Runtime(treelstm).reference(compiled.cell_graph)
-    assert (out - ref).abs().max().item() <= TOL

@@ -206,11 +206,11 @@ def output_paths(output: str) -> dict[str, str]:
 def _save_resume(path: str, state: TrainState, module, optimizer, run: dict) -> None:
     from safetensors.torch import save
 
-    tensors = {f"weights/{k}": v.detach().contiguous() for k, v in module.named_weights().items()}
+    tensors = {f"weights/{k}": v.detach().cpu().contiguous() for k, v in module.named_weights().items()}
     opt = optimizer.state_dict()
     for index, values in opt["state"].items():
         for key, value in values.items():
-            tensors[f"optimizer/{index}/{key}"] = torch.as_tensor(value).detach().contiguous()
+            tensors[f"optimizer/{index}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     metadata = {"format": RESUME_FORMAT, "version": RESUME_VERSION,
                 "state": json.dumps({"run": run, "epoch": state.epoch, "best": state.best, "history": state.history},
                                     sort_keys=True)}
