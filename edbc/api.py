@@ -140,7 +140,7 @@ class Compiler:
     """
 
     def __init__(self, spec: ModelSpec, options: CompileOptions = CompileOptions(), verify: bool = False,
-                 dump_after: str | None = None, dump: Dump | None = None, fold: bool = True):
+                 dump_after: str | None = None, dump: Dump | None = None, inference: bool = True):
         if dump_after is not None and dump_after not in PASS_NAMES:
             raise UsageError(f"--dump-after: unknown pass '{dump_after}'; expected one of: {', '.join(PASS_NAMES)}")
         self.spec = spec
@@ -149,7 +149,7 @@ class Compiler:
         self.verify = verify
         self.dump_after = dump_after
         self.dump = dump
-        self.fold = fold  # False for training: see `compile_cell`
+        self.inference = inference  # False for training: see `compile_cell`
         self.param_shapes = {name: p.shape for name, p in spec.params.items()}
         self._cells: dict[Program, CompiledCell] = {}
         self._cells_by_id: dict[int, tuple[Program, CompiledCell]] = {}
@@ -164,7 +164,7 @@ class Compiler:
         cell = self._cells.get(program)
         if cell is None:
             cell = self._cells[program] = compile_cell(program, self.param_shapes, self.options.memory, True,
-                                                       self.verify, self.dump_after, self.dump, self.fold)
+                                                       self.verify, self.dump_after, self.dump, self.inference)
         self._cells_by_id[id(program)] = (program, cell)
         return cell
 
@@ -180,7 +180,8 @@ class Compiler:
         cells = tuple(self.cell(t.program) if i in used else None for i, t in enumerate(state.graph.types))
         if timings is not None:
             timings["cells"] = time.perf_counter() - t0
-        return CompiledBatch(state.cell_graph, state.graph, state.schedule, state.layout, cells, state.fsm_fallbacks)
+        return CompiledBatch(state.cell_graph, state.graph, state.schedule, state.layout, cells, state.fsm_fallbacks,
+                             self.inference)
 
 
 def _options(options: "CompileOptions | str | None") -> CompileOptions:
@@ -534,8 +535,8 @@ class Model:
         self.vocabs = checkpoint.vocabs if checkpoint else spec_vocabs(spec)
         self.labels = checkpoint.labels if checkpoint else default_labels(spec.classes)
         self.runtime = Runtime(spec, device, checkpoint.weights if checkpoint else None)
-        # Training keeps embeddings unfolded: a folded table costs a pass over the vocabulary a step.
-        self.compiler = Compiler(spec, options, fold=not training)
+        # Training keeps dropout, and embeddings unfolded: a folded table costs a pass over the vocabulary a step.
+        self.compiler = Compiler(spec, options, inference=not training)
         self._module = None
 
     def module(self) -> torch.nn.Module:
@@ -610,12 +611,13 @@ class Model:
 
 
 def load(spec: str | Path | None = None, weights: str | Path | None = None, device: str = "cpu",
-         policy: str | None = None, granularity: str = CELL, memory: str = DEFAULT_MEMORY) -> Model:
+         policy: str | None = None, granularity: str = CELL, memory: str = DEFAULT_MEMORY,
+         training: bool = False) -> Model:
     """The model of the spec at `spec` (default: the bundled TreeLSTM) with the checkpoint `weights`
     (default: the spec's seeded weights, hashed vocabularies), compiling with the given policy,
-    granularity and memory mode."""
+    granularity and memory mode; for training (dropout kept), or for inference."""
     model_spec, text, ckpt = load_model_files(spec, weights)
-    return Model(model_spec, text, ckpt, device, CompileOptions(policy, granularity, memory))
+    return Model(model_spec, text, ckpt, device, CompileOptions(policy, granularity, memory), training)
 
 
 def init_checkpoint(model: str | None, output: str, data: str | None = None, limit: int | None = None,

@@ -320,8 +320,8 @@ def _dims(sets: tuple[str, ...]) -> dict[str, int]:
     for entry in sets:
         key, sep, value = entry.partition("=")
         name = key.removeprefix("dims.")
-        if not sep or not key.startswith("dims.") or not name or not value.isdigit() or int(value) < 1:
-            raise UsageError(f"--set {entry}: expected dims.NAME=N with N a positive integer")
+        if not sep or not key.startswith("dims.") or not name or not value.isdigit():
+            raise UsageError(f"--set {entry}: expected dims.NAME=N with N an integer of at least 0")
         out[name] = int(value)
     return out
 

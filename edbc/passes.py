@@ -9,7 +9,8 @@ Across instances (one mini-batch at a time, `BATCH_PASSES`):
 
 Inside each cell (once per cell program, `CELL_PASSES`):
 
-    fold_embeddings   embed(E, t) @ W -> a row of the derived table E·W   (edbc.cell.rewrite)
+    strip_dropout     dropout(x) -> x, for inference                       (edbc.cell.rewrite)
+    fold_embeddings   embed(E, t) @ W -> a row of the derived table E·W, for inference
     fuse_lerp         add(x, mul(w, sub(y, x))) -> lerp(x, y, w)
     fuse_addcmul      sums of single-use products -> addcmul steps
     schedule_cell     the cell's ops in the fewest internal batches       (edbc.cell.schedule)
@@ -28,7 +29,7 @@ from typing import Callable
 
 from .cell.ir import CellPlan, CellSchedule, format_cell_plan, format_cell_schedule
 from .cell.layout import plan_layout
-from .cell.rewrite import fold_embeddings, fuse_addcmul, fuse_lerp
+from .cell.rewrite import fold_embeddings, fuse_addcmul, fuse_lerp, strip_dropout
 from .cell.schedule import schedule_program
 from .cell.verify import verify_cell_plan, verify_cell_schedule, verify_program
 from .errors import UsageError, VerificationError
@@ -100,14 +101,18 @@ class CellState:
     param_shapes: dict  # the model's parameters, and derived ones once folded
     memory: str
     batch_ops: bool = True  # False: one op an internal batch (the op-by-op baseline)
-    fold: bool = True  # False: fold_embeddings leaves the program as it is (training)
+    inference: bool = True  # False (training): strip_dropout and fold_embeddings leave the program as it is
     derived: dict = field(default_factory=dict)
     schedule: CellSchedule | None = None
     plan: CellPlan | None = None
 
 
+def _strip_dropout(s: CellState) -> CellState:
+    return replace(s, program=strip_dropout(s.program)) if s.inference else s
+
+
 def _fold_embeddings(s: CellState) -> CellState:
-    if not s.fold:
+    if not s.inference:
         return s
     program, derived = fold_embeddings(s.program, s.param_shapes)
     shapes = dict(s.param_shapes, **{name: d.shape for name, d in derived.items()})
@@ -127,6 +132,7 @@ def _show_program(s: CellState) -> str:
 
 
 CELL_PASSES = (
+    Pass("strip_dropout", _strip_dropout, _verify_rewrite, _show_program),
     Pass("fold_embeddings", _fold_embeddings, _verify_rewrite, _show_program),
     Pass("fuse_lerp", _rewrite(fuse_lerp), _verify_rewrite, _show_program),
     Pass("fuse_addcmul", _rewrite(fuse_addcmul), _verify_rewrite, _show_program),

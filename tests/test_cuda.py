@@ -11,6 +11,7 @@ from edbc.api import CompileOptions, compile_batch, load, load_spec, train_model
 from edbc.graph import CELL, OP
 from edbc.memory import PLANNERS
 from edbc.runtime import Runtime
+from edbc.runtime.dropout import Dropout
 from edbc.runtime.module import WeightsModule
 from edbc.runtime.reference import reference_outputs
 from edbc.settings import MODELS_DIR
@@ -84,3 +85,16 @@ def test_the_command_line_runs_trains_and_scores_on_cuda(tmp_path):
         figures[device] = json.loads(r.stdout)
     assert figures["cpu"]["root_accuracy"] == figures["cuda"]["root_accuracy"]
     assert abs(figures["cpu"]["loss"] - figures["cuda"]["loss"]) <= 1e-4
+
+
+def test_dropout_on_cuda_draws_the_cpu_reference_masks():
+    from .test_dropout import SPEC, training_batch
+
+    spec, _ = load_spec(SPEC)
+    data = load(SPEC).data(None, 5, seed=3).instances
+    cpu = Runtime(spec)
+    dropout = Dropout(11, (40, 41, 42, 43, 44))
+    compiled = training_batch(spec, data, CompileOptions("agenda", OP))
+    ref = reference_outputs(compiled.cell_graph, cpu.weights, dropout=dropout)
+    gpu = Runtime(spec, "cuda", cpu.weights)
+    assert (gpu.prepare(compiled).run(dropout).cpu() - ref).abs().max().item() <= 1e-5

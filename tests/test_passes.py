@@ -65,7 +65,7 @@ def test_the_verifier_names_the_cell_pass_that_broke(monkeypatch, treelstm):
     cell_passes[i] = replace(cell_passes[i], run=passes._rewrite(broken))
     monkeypatch.setattr(passes, "CELL_PASSES", tuple(cell_passes))
     shapes = {n: p.shape for n, p in treelstm.params.items()}
-    with pytest.raises(VerificationError, match=r"after pass fuse_lerp is invalid \(passes run: fold_embeddings, "
+    with pytest.raises(VerificationError, match=r"after pass fuse_lerp is invalid \(passes run: strip_dropout, fold_embeddings, "
                                                 r"fuse_lerp\): cell node op \d+ \(mul\): reads value \d+ before"):
         compile_cell(treelstm.cells["node"], shapes, "pq", verify=True)
 

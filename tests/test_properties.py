@@ -10,10 +10,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edbc.api import CompileOptions, compile_batch, load_data
+from edbc.api import CompileOptions, Compiler, compile_batch, load_data
 from edbc.graph import CELL, OP
 from edbc.memory import PLANNERS
 from edbc.runtime import Runtime
+from edbc.runtime.dropout import Dropout
 from edbc.runtime.module import WeightsModule
 from edbc.runtime.reference import reference_outputs
 from edbc.schedule import POLICIES
@@ -38,7 +39,7 @@ def cell_body(draw, inputs: list[str], params: dict[str, str]) -> list[str]:
     for k in range(draw(st.integers(1, 6))):
         pick = lambda: draw(st.sampled_from(values))  # noqa: E731
         kind = draw(st.sampled_from(["unary", "binary", "sum", "affine", "chunk", "split", "matvec",
-                                     "log_softmax"]))
+                                     "log_softmax", "dropout"]))
         out = f"v{k}"
         if kind == "unary":
             lines.append(f"{out} = {draw(st.sampled_from(['sigmoid', 'tanh', 'relu', 'identity']))}({pick()})")
@@ -60,6 +61,8 @@ def cell_body(draw, inputs: list[str], params: dict[str, str]) -> list[str]:
             values.append(f"{out}b")
         elif kind == "matvec":
             lines.append(f"{out} = matvec({param('[h, h]')}, {pick()})")
+        elif kind == "dropout":
+            lines.append(f"{out} = dropout({pick()}, {draw(st.sampled_from([0, 10, 50]))})")
         else:
             lines.append(f"{out} = log_softmax({pick()})")
         values.append(out)
@@ -99,8 +102,8 @@ def random_models(draw) -> str:
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_models(), st.integers(1, 4), st.integers(0, 2 ** 16))
 def test_random_models_batched_equal_reference(text, instances, seed):
-    """Results under every policy, granularity and memory mode; gradients under one policy (drawn by
-    the seed) at each granularity and memory mode, to keep the test's time."""
+    """Results under every policy, granularity and memory mode; gradients, with dropout as in training,
+    under one policy (drawn by the seed) at each granularity and memory mode, to keep the test's time."""
     spec = parse_model(text, "random.yaml")
     data = load_data(spec, None, limit=instances, seed=seed).instances
     runtime = Runtime(spec)
@@ -115,14 +118,18 @@ def test_random_models_batched_equal_reference(text, instances, seed):
                 if ref is None:
                     ref = runtime.reference(c.cell_graph)
                     weight = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed))
+                    dropout = Dropout(seed, tuple(range(7, 7 + instances)))
                     with torch.enable_grad():
-                        ref_grads = torch.autograd.grad((reference_outputs(c.cell_graph, runtime.weights) * weight)
+                        ref_grads = torch.autograd.grad((reference_outputs(c.cell_graph, runtime.weights,
+                                                                           dropout=dropout) * weight)
                                                         .sum(), params, allow_unused=True)
                 assert out.shape == ref.shape
                 error = (out - ref).abs().max().item()
                 assert error <= 1e-4, (policy, granularity, memory, error, text)
                 if policy == list(POLICIES)[seed % len(POLICIES)]:
-                    grads = torch.autograd.grad((executable.forward() * weight).sum(), params, allow_unused=True)
+                    training = Compiler(spec, CompileOptions(policy, granularity, memory), True, inference=False)
+                    forward = runtime.prepare(training.compile_batch(data)).forward(dropout)
+                    grads = torch.autograd.grad((forward * weight).sum(), params, allow_unused=True)
                     for name, g, r in zip(runtime.weights, grads, ref_grads):
                         r = torch.zeros_like(g) if r is None else r
                         assert relative_error(g, r) <= 1e-4, (name, policy, granularity, memory, text)

@@ -13,14 +13,14 @@ from .verify import verify_cell_plan, verify_cell_schedule, verify_program, veri
 
 def compile_cell(program: Program, param_shapes: dict[str, Shape], memory: str = "pq", batch_ops: bool = True,
                  verify: bool = False, dump_after: str | None = None,
-                 dump: Callable[[str], None] | None = None, fold: bool = True) -> CompiledCell:
+                 dump: Callable[[str], None] | None = None, inference: bool = True) -> CompiledCell:
     """Run the cell passes (`edbc.passes.CELL_PASSES`) on `program`: rewrites, the internal
     schedule (with `batch_ops=False`, one op a batch: the op-by-op baseline) and its layout
-    for `memory` ("pq" or "none"). `fold=False` keeps embeddings unfolded, for training: a folded
-    table E·W costs a pass over the whole vocabulary each time the weights change."""
+    for `memory` ("pq" or "none"). `inference=False` (training) keeps dropout, and embeddings unfolded:
+    a folded table E·W costs a pass over the whole vocabulary each time the weights change."""
     from ..passes import CELL_PASSES, CellState, run_passes  # the pass list is kept with the graph level's
 
-    state = CellState(program, dict(param_shapes), memory, batch_ops, fold)
+    state = CellState(program, dict(param_shapes), memory, batch_ops, inference)
     state = run_passes(CELL_PASSES, state, verify, dump_after, dump)
     return CompiledCell(program, state.derived, state.plan)
 

@@ -4,6 +4,8 @@ They keep what the program computes (up to fp32 rounding) and make the
 kernel cheaper; the unbatched reference still interprets the program as
 written, so `--check` covers them.
 
+- `strip_dropout`: for inference, a dropout is its input (a copy where it is
+  a cell output), so that nothing is left to run and the folds below see through it.
 - `fold_embeddings`: an affine term `embed(E, t) @ W` becomes a row of the
   table `E·W` (plus the affine's bias), computed once when the kernel is
   built, so the matmul over the embedding disappears.
@@ -29,6 +31,21 @@ def _rebuild(program: Program, ops: list[Op], values: list[Value]) -> Program:
     """Drop ops whose outputs nobody reads any more, and renumber nothing (ids stay valid)."""
     return Program(program.name, tuple(values), program.n_inputs, tuple(live_ops(ops, program.outputs)),
                    program.outputs)
+
+
+def strip_dropout(program: Program) -> Program:
+    source: dict[int, int] = {}  # a dropout's output -> the value it reads, through chains of them
+    ops: list[Op] = []
+    for op in program.ops:
+        args = tuple(source.get(a, a) if not isinstance(a, str) else a for a in op.args)
+        if op.kind == "dropout":
+            if op.outs[0] in program.outputs:  # an output needs a row of its own
+                ops.append(Op("identity", args, op.outs))
+            else:
+                source[op.outs[0]] = args[0]
+            continue
+        ops.append(Op(op.kind, args, op.outs, op.attrs))
+    return _rebuild(program, ops, list(program.values))
 
 
 def fold_embeddings(program: Program, param_shapes: dict[str, Shape]) -> tuple[Program, dict[str, Derived]]:

@@ -171,7 +171,7 @@ def decode_checkpoint(data: bytes, path: str) -> Checkpoint:
         vocabs[name] = Vocab(name, size, words)
     dims = _meta_json(meta, "dims", dict, fail) if "dims" in meta else {}
     for name, value in dims.items():
-        expect_int(value, f"dims.{name}", fail, low=1)
+        expect_int(value, f"dims.{name}", fail, low=0)
     labels = _meta_json(meta, "labels", list, fail)
     if not all(type(x) is str for x in labels) or len(set(labels)) != len(labels):
         fail("labels: expected a list of distinct strings")

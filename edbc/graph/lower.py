@@ -70,7 +70,7 @@ def lower_to_ops(graph: Graph) -> Graph:
             prod_op[ti, s], prod_out[ti, s] = made_by[v]
 
     n_ops = np.array([len(t.program.ops) for t in graph.types], dtype=np.int64)
-    base = csr_ptr(n_ops[graph.node_type])
+    base = csr_ptr(n_ops[graph.node_type])  # a call's ops are consecutive nodes: see `cell_call_of`
     node_type = np.empty(base[-1], dtype=np.int32)
     n_args = np.array([len(t.program.float_inputs) for t in types], dtype=np.int64)
     n_imms = np.array([len(t.program.token_inputs) for t in types], dtype=np.int64)
@@ -121,6 +121,12 @@ def lower_to_ops(graph: Graph) -> Graph:
     instance = np.repeat(graph.instance, n_ops[graph.node_type])
     return Graph(OP, tuple(types), node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance,
                  graph.num_instances, out_node, out_slot)
+
+
+def cell_call_of(cell_graph: Graph) -> np.ndarray:
+    """For each node of `lower_to_ops(cell_graph)`, the cell-level node (call) it is an op of."""
+    n_ops = np.array([len(t.program.ops) for t in cell_graph.types], dtype=np.int64)
+    return np.repeat(np.arange(cell_graph.num_nodes), n_ops[cell_graph.node_type])
 
 
 def graph_at(spec, instances: list, granularity: str) -> Graph:

@@ -54,6 +54,7 @@ class CompiledBatch:
     layout: Layout
     cells: tuple[CompiledCell | None, ...]  # per node type of `graph`: what its kernel runs (None: unused)
     fsm_fallbacks: int = 0  # FSM steps that fell back to typewise while scheduling
+    inference: bool = True  # its cells were compiled for inference (no dropout); plans always are
 
     @cached_property
     def _operands(self) -> OperandTable:

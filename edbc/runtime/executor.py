@@ -16,11 +16,14 @@ import torch
 
 from ..cell.ir import CompiledCell, Derived
 from ..errors import UsageError, VerificationError
-from ..graph.ir import Graph, csr_gather, csr_ptr
+from ..graph.ir import OP, Graph, csr_gather, csr_ptr
+from ..graph.lower import cell_call_of
 from ..plan.plan import CompiledBatch
 from ..schedule.ir import Schedule
 from ..spec.model import ModelSpec
+from ..spec.ops import OPS, Noise
 from ..spec.program import TOKEN
+from .dropout import Dropout, call_keys
 from .kernels import Kernel
 from .limits import check_params_fit
 from .reference import reference_outputs
@@ -100,9 +103,9 @@ class Runtime:
     def prepare(self, compiled: CompiledBatch) -> "Executable":
         return Executable(self, compiled)
 
-    def reference(self, cell_graph: Graph) -> torch.Tensor:
+    def reference(self, cell_graph: Graph, dropout: Dropout | None = None) -> torch.Tensor:
         with torch.no_grad():
-            return reference_outputs(cell_graph, self.weights, self.device)
+            return reference_outputs(cell_graph, self.weights, self.device, dropout)
 
 
 def _derive(d: Derived, weights: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -191,23 +194,49 @@ class Executable:
         self._result_arena = self.arenas[self._result_index]
         self._result_rows = torch.as_tensor(layout.value_row[out_values], dtype=torch.long, device=device)
 
-    def run(self) -> torch.Tensor:
-        """Execute every batch; returns the results `[num_results, *shape]` in graph order."""
+        # Noisy ops (dropout) draw from each row's cell call: the call of every schedule position.
+        def noisy(programs) -> bool:
+            return any(OPS[op.kind].noisy for p in programs for op in p.ops)
+
+        self._stripped = compiled.inference and noisy(programs)
+        self._cell_graph = compiled.cell_graph
+        self._calls = None
+        if noisy(c.program for c in compiled.cells if c is not None):
+            self._calls = cell_call_of(compiled.cell_graph)[schedule.nodes] if graph.granularity == OP \
+                else schedule.nodes
+        self._bounds = schedule.ptr.tolist()
+        self._quiet = (None,) * len(steps)
+
+    def _noises(self, dropout: Dropout | None) -> list[Noise | None] | tuple[None, ...]:
+        """What each batch's noisy ops draw from (None at inference, or where the model has none)."""
+        if dropout is not None and self._stripped:
+            raise UsageError("this mini-batch was compiled for inference, without its dropout ops; compile it "
+                             "for training (`edbc.load(..., training=True)`, or `Compiler(..., inference=False)`)")
+        if dropout is None or self._calls is None:
+            return self._quiet
+        keys = torch.as_tensor(call_keys(self._cell_graph, dropout)[self._calls], device=self.device)
+        b = self._bounds
+        return [Noise(dropout.seed, keys[lo:hi]) for lo, hi in zip(b[:-1], b[1:])]
+
+    def run(self, dropout: Dropout | None = None) -> torch.Tensor:
+        """Execute every batch; returns the results `[num_results, *shape]` in graph order. With
+        `dropout`, noisy ops run as in training (masks drawn from it); else they are the identity."""
         self._runtime.refresh()
         with torch.no_grad():
-            for kernel, inputs, outputs in self._steps:
+            for (kernel, inputs, outputs), noise in zip(self._steps, self._noises(dropout)):
                 kernel([src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs],
-                       outputs)
+                       outputs, noise)
             return torch.index_select(self._result_arena, 0, self._result_rows)
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, dropout: Dropout | None = None) -> torch.Tensor:
         """`run`, as a node of the autograd graph: `loss.backward()` on what it returns fills the
         `.grad` of the runtime's weights (which must then require grad: `nn.Parameter`s)."""
-        return _PlanFunction.apply(self, *self._runtime.weights.values())
+        return _PlanFunction.apply(self, dropout, *self._runtime.weights.values())
 
-    def backward(self, grad_results: torch.Tensor) -> list[torch.Tensor]:
+    def backward(self, grad_results: torch.Tensor, dropout: Dropout | None = None) -> list[torch.Tensor]:
         """The gradient of every weight (in `Runtime.weights` order), given the results' gradient,
-        after `run`: batch by batch in reverse schedule order, with the forward's batching and layout.
+        after `run` (with the same `dropout`): batch by batch in reverse schedule order, with the
+        forward's batching and layout.
 
         Gradient arenas mirror the arenas: a batch reads its outputs' gradients as the same rows its
         forward wrote (views), recomputes its kernel on its inputs (which the arenas still hold) with
@@ -223,11 +252,12 @@ class Executable:
             bound = runtime.bound(weights)
             leaves = [pair for k in self._kernels for pair in k.bind_leaves(bound)]
             try:
-                for (kernel, inputs, _), (k, reads, written) in zip(reversed(self._steps), reversed(self._adjoints)):
+                backwards = zip(reversed(self._steps), reversed(self._adjoints), reversed(self._noises(dropout)))
+                for (kernel, inputs, _), (k, reads, written), noise in backwards:
                     xs = [src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs]
                     for position, *_ in reads:
                         xs[position] = xs[position].detach().requires_grad_()
-                    outs = kernel(xs)
+                    outs = kernel(xs, None, noise)
                     pairs = [(o, grads[a][row:row + k]) for o, (a, row) in zip(outs, written) if o.requires_grad]
                     torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
                     for position, a, how, first, rows in reads:
@@ -256,13 +286,14 @@ class _PlanFunction(torch.autograd.Function):
     """A compiled mini-batch's results as a function of the model's weights."""
 
     @staticmethod
-    def forward(ctx, executable: Executable, *weights: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, executable: Executable, dropout: Dropout | None, *weights: torch.Tensor) -> torch.Tensor:
         ctx.executable = executable
-        return executable.run()
+        ctx.dropout = dropout
+        return executable.run(dropout)
 
     @staticmethod
     def backward(ctx, grad_results: torch.Tensor):
-        return (None, *ctx.executable.backward(grad_results))
+        return (None, None, *ctx.executable.backward(grad_results, ctx.dropout))
 
 
 def _token_inputs(graph: Graph, schedule: Schedule, device) -> dict[int, list[torch.Tensor]]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cell.ir import BROADCAST, SHARED, STACKED, TOKENS, VALUE, VIEW, CellPlan, CompiledCell
-from ..spec.ops import OPS
+from ..spec.ops import OPS, Noise
 from ..spec.program import Program, affine_terms
 
 
@@ -75,10 +75,12 @@ class Kernel:
         self._namespace.update(constants)
         return pairs
 
-    def __call__(self, inputs: list[torch.Tensor], out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def __call__(self, inputs: list[torch.Tensor], out: list[torch.Tensor] | None = None,
+                 noise: Noise | None = None) -> list[torch.Tensor]:
         """`inputs` in the program's input order; returns the program's outputs, written into
-        `out` (one tensor per output) when given."""
-        return self._run(inputs, out)
+        `out` (one tensor per output) when given. `noise`: what noisy ops (dropout) draw from in
+        training; None at inference."""
+        return self._run(inputs, out, noise)
 
 
 def _generate(program: Program, plan: CellPlan, weights: dict[str, torch.Tensor]) -> tuple[str, dict]:
@@ -178,7 +180,7 @@ def _generate(program: Program, plan: CellPlan, weights: dict[str, torch.Tensor]
     copies = [f"out[{i}].copy_({r})" for i, r in enumerate(results) if i not in written]
     # Outputs written in place come from `out` when given (None otherwise: torch allocates).
     head = [f"o{i} = None if out is None else out[{i}]" for i in sorted(written)]
-    code = ["def kernel(inputs, out=None):"] + [f"    {line}" for line in head + body]
+    code = ["def kernel(inputs, out=None, noise=None):"] + [f"    {line}" for line in head + body]
     code.append("    if out is None:")
     code.append(f"        return [{', '.join(results)}]")
     code += [f"    {c}" for c in copies]
@@ -228,7 +230,7 @@ def _call(program: Program, op, args: list[str], m: int, flat: bool, weights, st
         return direct.format(*args, out=out)
     attrs = constant(dict(op.attrs))
     impl = constant(OPS[op.kind].impl)
-    call = f"{impl}([{', '.join(args)}], {attrs})"
+    call = f"{impl}([{', '.join(args)}], {attrs}{', noise' if OPS[op.kind].noisy else ''})"
     return f"{call}[0]" if len(op.outs) == 1 else call
 
 
@@ -264,11 +266,14 @@ def _param(operand, weights: dict[str, torch.Tensor], m: int, flat: bool) -> tor
     return torch.cat(ts) if flat else torch.stack(ts)
 
 
-def interpret(program: Program, inputs: list[torch.Tensor], weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def interpret(program: Program, inputs: list[torch.Tensor], weights: dict[str, torch.Tensor],
+              noise: Noise | None = None) -> list[torch.Tensor]:
     """Run a program op by op as written: no fusion, no precomputation (the reference)."""
     env: list = list(inputs) + [None] * (len(program.values) - len(inputs))
     for op in program.ops:
         args = [weights[a] if isinstance(a, str) else env[a] for a in op.args]
-        for v, t in zip(op.outs, OPS[op.kind].impl(args, dict(op.attrs))):
+        opdef = OPS[op.kind]
+        outs = opdef.impl(args, dict(op.attrs), noise) if opdef.noisy else opdef.impl(args, dict(op.attrs))
+        for v, t in zip(op.outs, outs):
             env[v] = t
     return [env[v] for v in program.outputs]

@@ -10,15 +10,19 @@ import numpy as np
 import torch
 
 from ..graph.ir import CELL, Graph
+from ..spec.ops import Noise
 from ..spec.program import TOKEN
+from .dropout import Dropout, call_keys
 from .kernels import interpret
 
 
-def reference_outputs(graph: Graph, weights: dict[str, torch.Tensor],
-                      device: str | torch.device = "cpu") -> torch.Tensor:
-    """Results of a cell-level graph, `[num_results, *shape]`, computed one call at a time."""
+def reference_outputs(graph: Graph, weights: dict[str, torch.Tensor], device: str | torch.device = "cpu",
+                      dropout: Dropout | None = None) -> torch.Tensor:
+    """Results of a cell-level graph, `[num_results, *shape]`, computed one call at a time (noisy
+    ops as in training with `dropout`, drawing the batched path's masks; else the identity)."""
     if graph.granularity != CELL:
         raise ValueError("the reference runs on the cell-level graph")
+    keys = call_keys(graph, dropout).tolist() if dropout is not None else None
     by_instance = np.argsort(graph.instance, kind="stable")
     bounds = np.searchsorted(graph.instance[by_instance], np.arange(graph.num_instances + 1))
     result_of: dict[int, list[int]] = {}
@@ -38,7 +42,8 @@ def reference_outputs(graph: Graph, weights: dict[str, torch.Tensor],
                     continue
                 u, s = next(args)
                 inputs.append(values[u][s] if u >= 0 else torch.zeros((1,) + value.shape, device=device))
-            values[v] = interpret(program, inputs, weights)
+            noise = None if keys is None else Noise(dropout.seed, torch.tensor([keys[v]], device=device))
+            values[v] = interpret(program, inputs, weights, noise)
             for r in result_of.get(v, ()):
                 results[r] = values[v][graph.out_slot[r]]
     return torch.cat(results, dim=0)

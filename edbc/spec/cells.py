@@ -86,6 +86,7 @@ class _CellBuilder:
         self.op_index = 0
         self.where: OpLine | None = None
         self.assigned: set[str] = set()  # every name some op line assigns, for clearer errors
+        self.sites = 0  # noisy ops so far: each gets its own site, so that each draws its own mask
 
     def error(self, message: str, node: ast.AST | None = None) -> SpecError:
         w = self.where
@@ -152,10 +153,13 @@ class _CellBuilder:
         for name in reversed(opdef.attrs):
             if name in keywords:
                 attrs[name] = self.attribute(keywords[name])
-            elif positional:
+            elif positional and (opdef.arity is None or len(positional) > opdef.arity):
                 attrs[name] = self.attribute(positional.pop())
             else:
                 raise self.error(f"{opdef.kind} needs its '{name}' argument: {opdef.doc}", node)
+        if opdef.noisy:
+            attrs["site"] = self.sites
+            self.sites += 1
         args: list[int | str] = []
         for arg in positional:
             if opdef.pairs and isinstance(arg, ast.BinOp) and isinstance(arg.op, ast.MatMult):

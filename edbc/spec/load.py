@@ -36,13 +36,13 @@ class _Checker(Checker):
     def __init__(self, path: str | None):
         super().__init__(path, SpecError)
 
-    def dim(self, node: Node, dims: dict[str, int], what: str) -> int:
+    def dim(self, node: Node, dims: dict[str, int], what: str, least: int = 1) -> int:
         try:
             value = eval_dim_text(node.value, dims)
         except ValueError as e:
             raise self.fail(node, f"{what}: {e}") from None
-        if value < 1:
-            raise self.fail(node, f"{what} must be positive, got {value}")
+        if value < least:
+            raise self.fail(node, f"{what} must be {'positive' if least == 1 else f'at least {least}'}, got {value}")
         return value
 
     def shape(self, node: Node, dims: dict[str, int], what: str) -> Shape:
@@ -83,7 +83,8 @@ def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] |
     dims: dict[str, int] = {}
     for key, node in c.mapping(top["dims"], "dims").items():
         c.name(Node(key, node.line, node.column), "a dimension name")
-        dims[key] = overrides.pop(key) if key in overrides else c.dim(node, dims, f"dims.{key}")
+        # A dimension may be 0 (a dropout percent, say); the sizes made from dimensions must be positive.
+        dims[key] = overrides.pop(key) if key in overrides else c.dim(node, dims, f"dims.{key}", least=0)
     if overrides:
         raise UsageError(f"--set dims.{next(iter(overrides))}: the spec has no such dimension; its dimensions are: "
                          f"{', '.join(dims)}", path=path)

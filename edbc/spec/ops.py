@@ -2,7 +2,7 @@
 
 `OPS` maps an op kind to its `OpDef`: arity, attributes, shape rule, the flags
 every stage reads (elementwise, batchable inside a cell, alias of its input's
-memory) and its torch implementation. Adding a primitive op is one
+memory, noisy) and its torch implementation. Adding a primitive op is one
 registration here (plus its line in the README's op list). Shape rules see
 operands as `Operand(is_param, shape, dtype)` and raise `ShapeError` with a
 message fit for the user. The affine argument layout (`x1, W1, x2, W2, ...,
@@ -48,6 +48,9 @@ class OpDef:
     batchable: bool = False  # m ops of one cell run as one call on `[k, m, ...]` operands
     alias: Callable[[Shape], bool] | None = None  # given its input's shape: outputs are views of it
     direct: str | None = None  # generated call, `{0}`.. the operands, `{out}` `, out=dest` (else `impl`)
+    # Random in training: `impl(args, attrs, noise)` also takes the call's `Noise` (None: inference), and
+    # the spec parser numbers the cell's noisy ops in the attribute `site`, so each draws its own mask.
+    noisy: bool = False
 
 
 OPS: dict[str, OpDef] = {}
@@ -212,6 +215,61 @@ _elementwise("identity", 1, "identity(x): x itself (a copy)", lambda a, attrs: (
 # Not elementwise: it reads the whole last dimension, so m of them cannot share columns.
 _elementwise("log_softmax", 1, "log_softmax(x): log-softmax over the last dimension",
              lambda a, attrs: (torch.log_softmax(a[0], dim=-1),), elementwise=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Noise:
+    """What a batch of noisy ops draws from: the training step's seed and one key per row (the cell
+    call's, the same whatever the batching: see `edbc.runtime.dropout`)."""
+
+    seed: int
+    keys: torch.Tensor  # int64 [k]
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xorshift-multiply) on int64 tensors holding values below 2**32:
+    every product stays below 2**59, so nothing overflows on any device."""
+    h = ((h >> 16) ^ h) * 0x45D9F3B & _M32
+    h = ((h >> 16) ^ h) * 0x45D9F3B & _M32
+    return (h >> 16) ^ h
+
+
+def dropout_keep(noise: Noise, site: int, width: int, rate: int) -> torch.Tensor:
+    """Which of `width` entries each row keeps: [k, width] bools, a pure function of (seed, row key,
+    site, column), so the batched kernels and the one-call-at-a-time reference draw the same masks."""
+    keys = noise.keys
+    row = _mix32((keys & _M32) ^ (noise.seed & _M32))
+    row = _mix32(row ^ (keys >> 32) ^ (site * 0x9E3779B9 & _M32))
+    columns = torch.arange(width, device=keys.device, dtype=torch.int64) * 0x85EBCA6B & _M32
+    draw = _mix32(row[:, None] ^ columns[None, :]) >> 8  # 24 uniform bits
+    return draw >= (rate << 24) // 100
+
+
+def _dropout_impl(args, attrs, noise: Noise | None = None):
+    x = args[0]
+    rate = attrs["rate"]
+    if noise is None or rate == 0:
+        return (x,)
+    keep = dropout_keep(noise, attrs["site"], x[0].numel(), rate).reshape(x.shape)
+    return (x * keep * (100 / (100 - rate)),)
+
+
+@_register("dropout", "dropout(x, percent): in training, zero each entry with probability percent/100 (an "
+                      "integer 0..99, or a dimension) and scale the rest by 100/(100-percent); at inference, x",
+           _dropout_impl, 1, attrs=("rate",), noisy=True)
+def _dropout(ops, attrs):
+    _count(ops, "dropout", 1)
+    _needs_value(ops, "dropout")
+    _float_only(ops, "dropout")
+    rate, site = attrs["rate"], attrs.get("site")
+    if type(rate) is not int or not 0 <= rate < 100:
+        raise ShapeError(f"dropout's percent must be an integer from 0 to 99, got {rate!r}")
+    if type(site) is not int or site < 0:
+        raise ShapeError(f"dropout's site must be a non-negative integer, got {site!r}")
+    return [ops[0].shape]
 
 
 @_register("concat", "concat(a, b, ...): join along the last dimension", lambda a, attrs: (torch.cat(a, dim=-1),),

@@ -4,7 +4,8 @@ Mini-batches keep their composition across epochs (the instances are shuffled
 once, with the seed; each epoch shuffles the order of the mini-batches), so each
 is compiled once, on first use, and its plan (and prepared executable) reused:
 epochs after the first pay no graph, schedule or memory-planning cost. A step
-runs the plan's forward as an autograd node (`Executable.forward`), the loss is
+runs the plan's forward as an autograd node (`Executable.forward`, dropout masks
+drawn from the step's seed and each instance's place in the data), the loss is
 the mean negative log-likelihood of the labelled readout rows, and any
 `torch.optim` optimizer updates the model's `nn.Parameter`s in place (the
 runtime sees the update before the next forward).
@@ -34,6 +35,7 @@ from ..errors import ArtifactError, UsageError
 from ..inputs import load_json, read_input_bytes
 from ..outputs import instance_order, split_by_instance
 from ..plan.plan import CompiledBatch
+from ..runtime.dropout import Dropout
 from .targets import evaluate, readout_targets
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
@@ -92,6 +94,8 @@ class Batches:
         order = np.arange(len(instances)) if seed is None else np.random.default_rng(seed).permutation(len(instances))
         self.model = model
         self.groups = [[instances[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+        # Each instance's place in the data: its dropout key, whatever mini-batch it lands in.
+        self.keys = [tuple(order[s:s + batch_size].tolist()) for s in range(0, len(order), batch_size)]
         self._prepared: dict[int, tuple] = {}
         self.compile_s = 0.0
 
@@ -166,7 +170,8 @@ def train(model, train_instances: list, heldout_instances: list, settings: Train
             _, executable, targets, _ = train_batches.get(index)
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_of(executable.forward(), targets)
+            dropout = Dropout(step_seed(settings.seed, epoch, index), train_batches.keys[index])
+            loss = loss_of(executable.forward(dropout), targets)
             loss.backward()
             optimizer.step()
             execute += time.perf_counter() - t0
@@ -194,6 +199,11 @@ def train(model, train_instances: list, heldout_instances: list, settings: Train
         if on_epoch is not None:
             on_epoch(e, improved)
     return epochs
+
+
+def step_seed(seed: int, epoch: int, index: int) -> int:
+    """The dropout seed of mini-batch `index` in `epoch`: fresh masks every step, the same on a resumed run."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 def output_paths(output: str) -> dict[str, str]:
