@@ -128,12 +128,12 @@ class Timers:
 
         original_backward = executor.Executable.backward
 
-        def plan_backward(self, grad):
+        def plan_backward(self, grad, dropout=None):
             t.in_backward = True
             t.autograd = []
             t0 = time.perf_counter()
             try:
-                return original_backward(self, grad)
+                return original_backward(self, grad, dropout)
             finally:
                 t.add("plan backward", time.perf_counter() - t0)
                 t.in_backward = False
