@@ -126,21 +126,21 @@ class Timers:
         timed(executor.Executable, "run", lambda a, k: "run")
         timed(loop, "loss_of", lambda a, k: "loss")
 
-        original_backward = executor.Executable.backward
+        original_backward = executor.Executable._backward
 
-        def plan_backward(self, grad, dropout=None):
+        def plan_backward(self, grad, noises):
             t.in_backward = True
             t.autograd = []
             t0 = time.perf_counter()
             try:
-                return original_backward(self, grad, dropout)
+                return original_backward(self, grad, noises)
             finally:
                 t.add("plan backward", time.perf_counter() - t0)
                 t.in_backward = False
                 if t.autograd:  # the last call takes the constants' gradients back to the weights
                     t.add("leaves", t.autograd[-1])
                     t.add("per-batch autograd", sum(t.autograd[:-1]))
-        executor.Executable.backward = plan_backward
+        executor.Executable._backward = plan_backward
 
         autograd_backward = torch.autograd.backward
 

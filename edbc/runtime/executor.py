@@ -221,9 +221,12 @@ class Executable:
     def run(self, dropout: Dropout | None = None) -> torch.Tensor:
         """Execute every batch; returns the results `[num_results, *shape]` in graph order. With
         `dropout`, noisy ops run as in training (masks drawn from it); else they are the identity."""
+        return self._replay(self._noises(dropout))
+
+    def _replay(self, noises) -> torch.Tensor:
         self._runtime.refresh()
         with torch.no_grad():
-            for (kernel, inputs, outputs), noise in zip(self._steps, self._noises(dropout)):
+            for (kernel, inputs, outputs), noise in zip(self._steps, noises):
                 kernel([src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs],
                        outputs, noise)
             return torch.index_select(self._result_arena, 0, self._result_rows)
@@ -231,12 +234,16 @@ class Executable:
     def forward(self, dropout: Dropout | None = None) -> torch.Tensor:
         """`run`, as a node of the autograd graph: `loss.backward()` on what it returns fills the
         `.grad` of the runtime's weights (which must then require grad: `nn.Parameter`s)."""
-        return _PlanFunction.apply(self, dropout, *self._runtime.weights.values())
+        return _PlanFunction.apply(self, self._noises(dropout), *self._runtime.weights.values())
 
     def backward(self, grad_results: torch.Tensor, dropout: Dropout | None = None) -> list[torch.Tensor]:
+        """`_backward` after `run(dropout)`."""
+        return self._backward(grad_results, self._noises(dropout))
+
+    def _backward(self, grad_results: torch.Tensor, noises) -> list[torch.Tensor]:
         """The gradient of every weight (in `Runtime.weights` order), given the results' gradient,
-        after `run` (with the same `dropout`): batch by batch in reverse schedule order, with the
-        forward's batching and layout.
+        after the forward replay with the same `noises` (whose masks the forward kept): batch by batch
+        in reverse schedule order, with the forward's batching and layout.
 
         Gradient arenas mirror the arenas: a batch reads its outputs' gradients as the same rows its
         forward wrote (views), recomputes its kernel on its inputs (which the arenas still hold) with
@@ -252,7 +259,7 @@ class Executable:
             bound = runtime.bound(weights)
             leaves = [pair for k in self._kernels for pair in k.bind_leaves(bound)]
             try:
-                backwards = zip(reversed(self._steps), reversed(self._adjoints), reversed(self._noises(dropout)))
+                backwards = zip(reversed(self._steps), reversed(self._adjoints), reversed(noises))
                 for (kernel, inputs, _), (k, reads, written), noise in backwards:
                     xs = [src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs]
                     for position, *_ in reads:
@@ -286,14 +293,14 @@ class _PlanFunction(torch.autograd.Function):
     """A compiled mini-batch's results as a function of the model's weights."""
 
     @staticmethod
-    def forward(ctx, executable: Executable, dropout: Dropout | None, *weights: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, executable: Executable, noises, *weights: torch.Tensor) -> torch.Tensor:
         ctx.executable = executable
-        ctx.dropout = dropout
-        return executable.run(dropout)
+        ctx.noises = noises  # the backward's recompute reuses the masks the forward drew into them
+        return executable._replay(noises)
 
     @staticmethod
     def backward(ctx, grad_results: torch.Tensor):
-        return (None, None, *ctx.executable.backward(grad_results, ctx.dropout))
+        return (None, None, *ctx.executable._backward(grad_results, ctx.noises))
 
 
 def _token_inputs(graph: Graph, schedule: Schedule, device) -> dict[int, list[torch.Tensor]]:
