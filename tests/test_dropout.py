@@ -117,3 +117,16 @@ def test_training_with_dropout_is_deterministic_and_its_rate_a_dimension(tmp_pat
         ends.append(load_checkpoint(output_paths(str(out))["last"], load_spec(SPEC, dims)[0]).weights)
     assert all(torch.equal(ends[0][n], ends[1][n]) for n in ends[0])
     assert any(not torch.equal(ends[0][n], ends[2][n]) for n in ends[0])  # the leaves' dropout, turned off
+
+
+def test_the_example_spec_with_dropout_is_the_bundled_treelstm_plus_dropout():
+    from edbc.settings import MODELS_DIR
+
+    example = Path(__file__).parent.parent / "configs" / "examples" / "treelstm_dropout.yaml"
+    ours, _ = load_spec(example)
+    bundled, _ = load_spec(MODELS_DIR / "treelstm.yaml")
+    assert {n: p.shape for n, p in ours.params.items()} == {n: p.shape for n, p in bundled.params.items()}
+    for name, program in ours.cells.items():
+        kept = [op.kind for op in program.ops if op.kind != "dropout"]
+        assert kept == [op.kind for op in bundled.cells[name].ops], name
+    assert sum(op.kind == "dropout" for p in ours.cells.values() for op in p.ops) == 2
