@@ -28,6 +28,7 @@ from .checkpoint import (Checkpoint, check_checkpoint, format_checkpoint, import
 from .data import (TYPES, Vocab, build_labels, build_vocabs, default_labels, encode, parse_instances,
                    read_instances, read_labels, read_vocab, spec_vocabs, synthesize)
 from .data.typed_dag import read_typed_dag
+from .distributed import join
 from .errors import ArtifactError, EdbcError, SpecError, UsageError, VerificationError
 from .graph import CELL, DAG, format_graph
 from .inputs import read_input_bytes, read_input_text
@@ -711,32 +712,34 @@ def train_model(model: str | None, data: str | None, output: str, heldout: str |
                 on_step=None, on_epoch=None, device: str = "cpu"):
     """`edbc train`: train the model at `model` (default: the bundled TreeLSTM) through compiled plans
     from the checkpoint `weights` (default: a fresh one, as `edbc init` makes it from `data`), keeping
-    the best checkpoint by held-out accuracy at `output`. Returns every epoch's figures."""
+    the best checkpoint by held-out accuracy at `output`. Returns every epoch's figures. As a rank of
+    a job of several processes (`edbc train --nproc N`, torchrun), it trains data-parallel."""
     from .train import TrainSettings, train, with_readout_at
 
     settings = settings or TrainSettings()
     settings.check()
-    path = str(model) if model is not None else str(DEFAULT_MODEL)
-    spec, text, ckpt = load_model_files(path, weights, dims)
-    inputs = (path, data, heldout, weights)
-    check_output(output, inputs)
-    raw, held, digest, held_digest = _training_instances(spec, data, heldout, limit, settings.seed)
-    dims = dict(ckpt.dims) if ckpt else dict(dims or {})
-    if ckpt is None:
-        vocabs, labels = _vocabs_and_labels(spec, raw, {}, None, data)
-        ckpt = new_checkpoint(spec, init_weights(spec), vocabs, labels, {"command": "init"}, dims)
-    if settings.loss_at is not None:
-        spec = with_readout_at(spec, settings.loss_at)
-    trained = Model(spec, text, ckpt, device, CompileOptions(policy), training=True)
-    run = {"model": spec.digest, "data": digest, "heldout": held_digest, "weights": ckpt.digest, "dims": dims,
-           "settings": {k: v for k, v in asdict(settings).items() if k != "epochs"}}
+    with join(device) as world:  # first: a rank that fails to read its inputs then stops the others at once
+        path = str(model) if model is not None else str(DEFAULT_MODEL)
+        spec, text, ckpt = load_model_files(path, weights, dims)
+        inputs = (path, data, heldout, weights)
+        check_output(output, inputs)
+        raw, held, digest, held_digest = _training_instances(spec, data, heldout, limit, settings.seed)
+        dims = dict(ckpt.dims) if ckpt else dict(dims or {})
+        if ckpt is None:
+            vocabs, labels = _vocabs_and_labels(spec, raw, {}, None, data)
+            ckpt = new_checkpoint(spec, init_weights(spec), vocabs, labels, {"command": "init"}, dims)
+        if settings.loss_at is not None:
+            spec = with_readout_at(spec, settings.loss_at)
+        trained = Model(spec, text, ckpt, device, CompileOptions(policy), training=True)
+        run = {"model": spec.digest, "data": digest, "heldout": held_digest, "weights": ckpt.digest, "dims": dims,
+               "settings": {k: v for k, v in asdict(settings).items() if k != "epochs"}}
 
-    def save(target: str, m: Model, extra: dict) -> None:
-        provenance = {"command": "train", "data": data or "synthetic", "data_digest": digest, **extra}
-        save_checkpoint(new_checkpoint(m.spec, m.weights, m.vocabs, m.labels, provenance, dims), target, inputs)
+        def save(target: str, m: Model, extra: dict) -> None:
+            provenance = {"command": "train", "data": data or "synthetic", "data_digest": digest, **extra}
+            save_checkpoint(new_checkpoint(m.spec, m.weights, m.vocabs, m.labels, provenance, dims), target, inputs)
 
-    return train(trained, trained.instances(raw), trained.instances(held), settings, output, run, resume, save,
-                 on_step, on_epoch)
+        return train(trained, trained.instances(raw), trained.instances(held), settings, output, run, resume, save,
+                     on_step, on_epoch, world)
 
 
 def eval_model(model: str | None, weights: str, data: str | None = None, limit: int | None = None,

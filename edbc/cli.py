@@ -14,8 +14,8 @@ import time
 import click
 import torch
 
-from . import api
-from .errors import EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
+from . import api, distributed
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
 from .graph import CELL
 from .policy.encoding import DEFAULT_ENCODING, ENCODINGS
 from .policy.train import TrainSettings as PolicySettings
@@ -36,8 +36,11 @@ def _terminate(signum, frame):
 class _Main(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         signal.signal(signal.SIGTERM, _terminate)
+        args = list(args) if args is not None else sys.argv[1:]
+        failure = None
         try:
-            code = super().main(args, prog_name or "edbc", standalone_mode=False, **extra)
+            # The arguments as given are the context's object: `--nproc` runs them again in every rank.
+            code = super().main(args, prog_name or "edbc", standalone_mode=False, obj=args, **extra)
         except click.exceptions.NoArgsIsHelpError as e:
             click.echo(e.ctx.get_help())
             code = 0
@@ -45,12 +48,21 @@ class _Main(click.Group):
             click.echo(f"Error: {e.format_message()}", err=True)
             code = EXIT_USAGE
         except EdbcError as e:
-            click.echo(f"Error: {e}", err=True)
-            code = e.exit_code
+            failure, code = str(e), e.exit_code
         except (click.Abort, KeyboardInterrupt):
-            click.echo("Error: interrupted", err=True)
-            code = 130
+            failure, code = "interrupted", EXIT_INTERRUPTED
+        # The command is over: a SIGTERM now (a launcher stopping a job's ranks) ends the process quietly.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if failure is not None:
+            _fail(failure, code)
         sys.exit(code or 0)
+
+
+def _fail(message: str, code: int) -> None:
+    """Say what failed in one line, unless this is a rank that `--nproc` started: its launcher says it."""
+    line = distributed.rank_label() + message
+    if not distributed.hand_over(line, code):
+        click.echo(f"Error: {line}", err=True)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,6 +77,19 @@ def _set_threads(threads: int) -> None:
     if threads > _MAX_THREADS:  # torch takes a C int and overflows beyond it
         raise UsageError(f"--threads must be at most {_MAX_THREADS}, got {threads}")
     torch.set_num_threads(threads)
+
+
+_nproc_option = click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True, metavar="N",
+                             help="Run as N processes on this machine, one job of torch.distributed "
+                                  "(torchrun runs one on several machines; README: Several processes).")
+
+
+def _as_job(nproc: int, hint: str = "") -> int | None:
+    """With `--nproc N` (N > 1), this process starts the job's N ranks, each running this command, and
+    returns the job's exit code; None when this process does the work (alone, or as a rank)."""
+    if not distributed.launches(nproc):
+        return None
+    return distributed.launch(nproc, click.get_current_context().obj, hint)
 
 
 def _print_report(report: api.RunReport, source: str, as_json: bool) -> int:
@@ -352,16 +377,22 @@ _set_option = click.option("--set", "sets", multiple=True, metavar="dims.NAME=N"
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every epoch) on stdout.")
 @click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
 @_device_option
+@_nproc_option
 @click.option("--output", "-o", required=True, metavar="CKPT", help="Best checkpoint (.safetensors, atomically).")
 def train_cmd(model, data, heldout, weights, epochs, batch_size, optimizer, lr, weight_decay, loss_at, limit,
-              policy, seed, sets, resume, as_json, threads, device, output):
+              policy, seed, sets, resume, as_json, threads, device, nproc, output):
     """Train MODEL (default: the bundled TreeLSTM) through compiled plans; keep the best checkpoint
     by held-out accuracy, the last one, its metrics and what --resume needs beside OUTPUT."""
     from tqdm import tqdm
 
+    code = _as_job(nproc, "; the files written so far are intact: run again with --resume to continue")
+    if code is not None:
+        return code
     _set_threads(threads)
     settings = TrainSettings(epochs, batch_size, optimizer, lr, weight_decay, seed, loss_at)
-    bar = tqdm(total=0, unit="batch", disable=not sys.stderr.isatty(), leave=False, file=sys.stderr)
+    job = distributed.from_environment()
+    leader = job.leader  # rank 0 prints for every rank
+    bar = tqdm(total=0, unit="batch", disable=not (leader and sys.stderr.isatty()), leave=False, file=sys.stderr)
 
     def on_step(epoch, step, steps, loss):
         if step == 1:
@@ -371,11 +402,12 @@ def train_cmd(model, data, heldout, weights, epochs, batch_size, optimizer, lr, 
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     def on_epoch(e, improved):
-        if as_json:
+        if as_json or not leader:
             return
         figures = ", ".join(f"{k} {v:.4f}" for k, v in e.heldout.items() if k.endswith("accuracy") or k == "f1")
         bar.write(f"epoch {e.epoch}: train loss {e.train_loss:.4f}, held-out {figures}, {e.instances_per_s:.0f} "
                   f"instances/s, compile {e.compile_s:.1f} s, execute {e.execute_s:.1f} s"
+                  + (f" (all-reduce {e.communicate_s:.1f} s)" if job.size > 1 else "")
                   + (" (best)" if improved else ""), file=sys.stderr)
 
     try:
@@ -383,6 +415,8 @@ def train_cmd(model, data, heldout, weights, epochs, batch_size, optimizer, lr, 
                                       policy, on_step, on_epoch, device)
     finally:
         bar.close()
+    if not leader:
+        return 0
     if as_json:
         click.echo(json.dumps({"output": output, "epochs": [vars(e) for e in epochs_done]}, sort_keys=True))
     else:

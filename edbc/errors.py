@@ -16,6 +16,8 @@ EXIT_VERIFY = 4
 EXIT_ARTIFACT = 5
 EXIT_LIMIT = 6
 EXIT_WEIGHTS = 7
+EXIT_DISTRIBUTED = 8
+EXIT_INTERRUPTED = 130
 
 
 class EdbcError(Exception):
@@ -95,6 +97,25 @@ class LimitError(EdbcError):
     """The request exceeds a documented limit (graph too large for a policy, memory)."""
 
     exit_code = EXIT_LIMIT
+
+
+class DistributedError(EdbcError):
+    """A process of a multi-process job (`--nproc`, torchrun) died, lost contact with the others, or
+    was given other inputs than they were."""
+
+    exit_code = EXIT_DISTRIBUTED
+
+
+def error_class(exit_code: int) -> type[EdbcError]:
+    """The class of an exit code (the most general one: `InputError` for 3), for an error that crossed
+    a process boundary as its message and code."""
+    pending = [EdbcError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.exit_code == exit_code:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return EdbcError
 
 
 def quoted(text: str, width: int = 60) -> str:

@@ -60,6 +60,12 @@ def readout_name(spec: ModelSpec) -> str:
     return readout.values[readout.outputs[0]].name
 
 
+def readout_shape(spec: ModelSpec) -> tuple[int, ...]:
+    """The shape of one result row (a vector of class scores, usually)."""
+    readout = spec.cell_of("readout")
+    return tuple(readout.values[readout.outputs[0]].shape)
+
+
 def _one_row(spec: ModelSpec) -> bool:
     return spec.roles["readout"].at == "root"
 

@@ -35,25 +35,38 @@ DEFAULT_THREADS = 1  # torch threads; timings are comparable to single-threaded 
 MEMORY_LIMIT_VAR = "EDBC_MEMORY_LIMIT"  # memory the runtime may assume available (default: what the device reports)
 MAX_INPUT_BYTES_VAR = "EDBC_MAX_INPUT_BYTES"  # the largest file edbc reads
 DEFAULT_MAX_INPUT_BYTES = 2**30
+# Multi-process jobs (edbc/distributed.py): how long a rank waits for the others at a collective before
+# it gives up (a peer that died is noticed at once: its connections close), and the variable by which
+# `--nproc`'s launcher tells the ranks it started that it reports their errors.
+DIST_TIMEOUT_VAR = "EDBC_DIST_TIMEOUT"
+DEFAULT_DIST_TIMEOUT_S = 600
+LAUNCHED_VAR = "EDBC_LAUNCHED"
 
 
 def memory_limit() -> int | None:
     """`EDBC_MEMORY_LIMIT` in bytes, or None when unset."""
-    return _env_bytes(MEMORY_LIMIT_VAR)
+    return _env_count(MEMORY_LIMIT_VAR, "bytes")
 
 
 def max_input_bytes() -> int:
-    limit = _env_bytes(MAX_INPUT_BYTES_VAR)
+    limit = _env_count(MAX_INPUT_BYTES_VAR, "bytes")
     return DEFAULT_MAX_INPUT_BYTES if limit is None else limit
 
 
-def _env_bytes(name: str) -> int | None:
-    """A positive byte count from the environment, read when needed so that a bad value is a
-    usage error with one line, not a failure at import."""
+def dist_timeout_s() -> int:
+    """`EDBC_DIST_TIMEOUT` in seconds (default 600)."""
+    timeout = _env_count(DIST_TIMEOUT_VAR, "seconds")
+    # 2^31 s (68 years) is forever, and keeps a longer one from overflowing the backends' milliseconds.
+    return DEFAULT_DIST_TIMEOUT_S if timeout is None else min(timeout, 2**31)
+
+
+def _env_count(name: str, unit: str) -> int | None:
+    """A positive count (of bytes, of seconds) from the environment, read when needed so that a bad
+    value is a usage error with one line, not a failure at import."""
     text = os.environ.get(name, "").strip()
     if not text:
         return None
     if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) < 1:
-        raise UsageError(f"must be a positive whole number of bytes (at most 19 digits), got '{quoted(text)}'",
+        raise UsageError(f"must be a positive whole number of {unit} (at most 19 digits), got '{quoted(text)}'",
                          path=name)
     return int(text)
