@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,13 +28,13 @@ from .checkpoint import (Checkpoint, check_checkpoint, format_checkpoint, import
 from .data import (TYPES, Vocab, build_labels, build_vocabs, default_labels, encode, parse_instances,
                    read_instances, read_labels, read_vocab, spec_vocabs, synthesize)
 from .data.typed_dag import read_typed_dag
-from .distributed import join
+from .distributed import SINGLE, World, join
 from .errors import ArtifactError, EdbcError, SpecError, UsageError, VerificationError
 from .graph import CELL, DAG, format_graph
 from .inputs import read_input_bytes, read_input_text
 from .memory import PLANNERS, format_layout
 from .memory.operands import MemoryStats, NO_STATS, format_memory, memory_stats
-from .outputs import check_output_path, split_by_instance, write_outputs
+from .outputs import check_output_path, readout_shape, split_by_instance, write_outputs
 from .passes import BATCH_PASSES, GRANULARITIES, PASS_NAMES, BatchState, CompileOptions, run_passes
 from .plan import CompiledBatch, Plan, format_plan, load_plan, save_plan
 from .plan.plan import MAGIC
@@ -250,12 +250,18 @@ class RunReport:
     per_minibatch_ms: list[float] = field(default_factory=list)
     phase_ms: dict[str, list[float]] = field(default_factory=dict)
     weights_digest: str | None = None  # the checkpoint whose weights ran (None: the spec's seeded ones)
+    process_ms: list[float] = field(default_factory=list)  # merged from several processes: each one's time
     # With `keep_outputs`: each instance's readout rows, in input order (on the CPU).
     outputs: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     @property
     def ms_per_minibatch(self) -> float:
         return statistics.median(self.per_minibatch_ms) if self.per_minibatch_ms else 0.0
+
+    @property
+    def busy_ms(self) -> float:
+        """What the instances took: the slowest process's time, as the processes ran side by side."""
+        return max(self.process_ms) if self.process_ms else sum(self.per_minibatch_ms)
 
     @property
     def check_passed(self) -> bool | None:
@@ -273,7 +279,8 @@ class RunReport:
             "lower_bound": self.lower_bound, "fsm_fallbacks": self.fsm_fallbacks,
             "gathers": self.gathers, "gather_bytes": self.gather_bytes,
             "ms_per_minibatch": round(self.ms_per_minibatch, 4),
-            "instances_per_s": round(self.num_instances / max(sum(self.per_minibatch_ms), 1e-9) * 1e3, 2),
+            "instances_per_s": round(self.num_instances / max(self.busy_ms, 1e-9) * 1e3, 2),
+            "processes": max(len(self.process_ms), 1),
             "phase_ms": {k: round(statistics.median(v), 4) for k, v in self.phase_ms.items()},
             "nonfinite_outputs": self.nonfinite_outputs,
         }
@@ -312,6 +319,42 @@ class RunReport:
             error = float(torch.where(finite, (out - reference).abs(), 0.0).max()) if out.numel() else 0.0
             self.max_abs_error = max(self.max_abs_error or 0.0, error)
 
+    def state(self) -> dict:
+        """Everything but the outputs, as JSON: what a rank sends rank 0 (`RunReport(**state)`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "outputs"}
+
+    def merge(self, other: "RunReport") -> None:
+        """Add the report of the next process's mini-batches (a sharded run: `edbc run --nproc`)."""
+        self.process_ms = (self.process_ms or [sum(self.per_minibatch_ms)]) + [sum(other.per_minibatch_ms)]
+        for name in _SUMMED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.max_abs_error is not None:
+            self.max_abs_error = max(self.max_abs_error or 0.0, other.max_abs_error)
+        self.per_minibatch_ms += other.per_minibatch_ms
+        for k, v in other.phase_ms.items():
+            self.phase_ms.setdefault(k, []).extend(v)
+        self.outputs += other.outputs
+
+
+# The counts of `RunReport` that add up over mini-batches, and so over processes.
+_SUMMED = ("num_instances", "num_minibatches", "num_batches", "lower_bound", "fsm_fallbacks", "gathers",
+           "gather_bytes", "num_output_values", "nonfinite_outputs", "nonfinite_reference")
+
+
+def _gathered(world: World, report: RunReport, spec: ModelSpec) -> RunReport:
+    """On rank 0, every rank's report merged, its outputs in input order (the ranks ran contiguous
+    shards of the mini-batches, in rank order); on the others, their own."""
+    if world.size == 1:
+        return report
+    states = world.gather_json(report.state(), everyone=False)
+    rows = world.gather_rows(report.outputs, readout_shape(spec), everyone=False)
+    if not world.leader:
+        return report
+    merged = RunReport(**states[0], outputs=rows[0])
+    for state, more in zip(states[1:], rows[1:]):
+        merged.merge(RunReport(**state, outputs=more))
+    return merged
+
 
 def _execute(runtime: Runtime, compiled: CompiledBatch, phases: dict[str, float], index: int):
     check_minibatch_fits(runtime.spec, compiled.graph, compiled.schedule, compiled.layout, runtime.device,
@@ -342,15 +385,17 @@ def run(spec: ModelSpec, dataset: Dataset, batch_size: int = DEFAULT_BATCH_SIZE,
 
 
 def run_plan(plan: Plan, device: str = "cpu", check: bool = False, checkpoint: Checkpoint | None = None,
-             keep_outputs: bool = False, path: str | None = None) -> RunReport:
-    """Execute a compiled plan; timings cover execution only (compilation happened before). A plan
-    compiled with a checkpoint runs with that checkpoint only (its tokens are that checkpoint's ids)."""
+             keep_outputs: bool = False, path: str | None = None, world: World = SINGLE) -> RunReport:
+    """Execute a compiled plan (in a job of several processes, this rank's shard of its mini-batches);
+    timings cover execution only (compilation happened before). A plan compiled with a checkpoint
+    runs with that checkpoint only (its tokens are that checkpoint's ids)."""
     check_plan_weights(plan, checkpoint, path)
     runtime = Runtime(plan.spec, device, checkpoint.weights if checkpoint else None)
     report = RunReport(plan.spec.name, plan.options.policy, plan.options.granularity, plan.options.memory, device,
                        torch.get_num_threads(), plan.batch_size, policy_digest=plan.policy_digest,
                        weights_digest=plan.weights_digest)
-    for index, compiled in enumerate(plan.batches):
+    for index in world.shard(len(plan.batches)):
+        compiled = plan.batches[index]
         phases: dict[str, float] = {}
         out = _execute(runtime, compiled, phases, index)
         report.add(compiled, phases, out, _reference(runtime, compiled, out) if check else None, keep_outputs)
@@ -389,39 +434,46 @@ def run_target(target: str | None = None, data: str | None = None, limit: int | 
     synthetic data), with the checkpoint `weights` if given. `output` receives every instance's
     results in input order (with `predict`, their label names too). Returns the report and where
     the instances came from. Options left None take their defaults; a plan fixed them when it was
-    compiled."""
+    compiled.
+
+    As a rank of a job of several processes (`edbc run --nproc N`, torchrun), it runs its shard of the
+    mini-batches; rank 0 returns the report of all and writes `output`, the others their own report."""
     if predict and output is None:
         raise UsageError("--predict writes label names into the --output file; give --output")
     if output is not None:
         check_output_path(output, (target, data, weights))  # before the work, not after it
-    if target is not None and is_plan(target):
-        given = {"--data": data, "--limit": limit, "--batch-size": batch_size, "--policy": policy,
-                 "--granularity": granularity, "--memory": memory}
-        fixed = [k for k, v in given.items() if v is not None]
-        if fixed:
-            raise UsageError(f"{', '.join(fixed)}: fixed when the plan was compiled; "
-                             "give them to `edbc compile` instead")
-        plan = load_plan(target)
-        ckpt = load_checkpoint(weights, plan.spec) if weights is not None else None
-        _check_predict(plan.spec, predict)
-        report = run_plan(plan, device, check, ckpt, output is not None, target)
-        spec, source = plan.spec, f"plan {target}"
-    else:
-        model = load(target, weights, device, policy, granularity or CELL, memory or DEFAULT_MEMORY)
-        _check_predict(model.spec, predict)
-        dataset = model.data(data, limit, seed)
-        report = model.run(dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, check, verify,
-                           output is not None)
-        spec, ckpt, source = model.spec, model.checkpoint, dataset.source
-    if output is not None:
-        labels = ckpt.labels if ckpt else default_labels(spec.classes)
-        write_outputs(output, spec, report.outputs, labels, predict, (target, data, weights))
-    return report, source
+    with join(device) as world:
+        if target is not None and is_plan(target):
+            given = {"--data": data, "--limit": limit, "--batch-size": batch_size, "--policy": policy,
+                     "--granularity": granularity, "--memory": memory}
+            fixed = [k for k, v in given.items() if v is not None]
+            if fixed:
+                raise UsageError(f"{', '.join(fixed)}: fixed when the plan was compiled; "
+                                 "give them to `edbc compile` instead")
+            plan = load_plan(target)
+            ckpt = load_checkpoint(weights, plan.spec) if weights is not None else None
+            _check_predict(plan.spec, predict)
+            world.agree("plan or weights", f"{file_digest(target)} {ckpt.digest if ckpt else None}")
+            report = run_plan(plan, device, check, ckpt, output is not None, target, world)
+            spec, source = plan.spec, f"plan {target}"
+        else:
+            model = load(target, weights, device, policy, granularity or CELL, memory or DEFAULT_MEMORY)
+            _check_predict(model.spec, predict)
+            dataset = model.data(data, limit, seed)
+            weights_digest = model.checkpoint.digest if model.checkpoint else None
+            world.agree("model, weights or data", f"{model.spec.digest} {weights_digest} {dataset.digest}")
+            report = model.run(dataset, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, check, verify,
+                               output is not None, world)
+            spec, ckpt, source = model.spec, model.checkpoint, dataset.source
+        report = _gathered(world, report, spec)
+        if output is not None and world.leader:
+            labels = ckpt.labels if ckpt else default_labels(spec.classes)
+            write_outputs(output, spec, report.outputs, labels, predict, (target, data, weights))
+        return report, source
 
 
 def _check_predict(spec: ModelSpec, predict: bool) -> None:
-    readout = spec.cell_of("readout")
-    shape = readout.values[readout.outputs[0]].shape
+    shape = readout_shape(spec)
     if predict and len(shape) != 1:
         raise UsageError(f"--predict: the readout's output is {list(shape)}; expected a vector of class scores")
 
@@ -595,17 +647,19 @@ class Model:
                             dims=self.checkpoint.dims if self.checkpoint else None)
 
     def run(self, dataset: Dataset, batch_size: int = DEFAULT_BATCH_SIZE, check: bool = False,
-            verify: bool = False, keep_outputs: bool = False) -> RunReport:
-        """Compile and execute `dataset` (encoded with this model's vocabularies) and report."""
+            verify: bool = False, keep_outputs: bool = False, world: World = SINGLE) -> RunReport:
+        """Compile and execute `dataset` (encoded with this model's vocabularies; in a job of several
+        processes, this rank's shard of its mini-batches) and report."""
         compiler = self.compiler if not verify else Compiler(self.spec, self.options, verify)
         runtime = self.runtime
         report = RunReport(self.spec.name, compiler.policy.name, compiler.options.granularity,
                            compiler.options.memory, runtime.device.type, torch.get_num_threads(), batch_size,
                            policy_digest=compiler.policy.digest,
                            weights_digest=self.checkpoint.digest if self.checkpoint else None)
-        for index, mb in enumerate(minibatches(dataset.instances, batch_size)):
+        groups = minibatches(dataset.instances, batch_size)
+        for index in world.shard(len(groups)):
             phases: dict[str, float] = {}
-            compiled = compiler.compile_batch(mb, phases)
+            compiled = compiler.compile_batch(groups[index], phases)
             out = _execute(runtime, compiled, phases, index)
             report.add(compiled, phases, out, _reference(runtime, compiled, out) if check else None, keep_outputs)
         return report

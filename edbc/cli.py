@@ -102,7 +102,8 @@ def _print_report(report: api.RunReport, source: str, as_json: bool) -> int:
         lines = [
             f"{report.model} on {source}: {report.num_instances} instances, batch size {report.batch_size}, "
             f"policy {report.policy} ({report.granularity} level), memory {report.memory}, "
-            f"{report.device}, {report.threads} thread{'s' if report.threads != 1 else ''}",
+            f"{report.device}, {report.threads} thread{'s' if report.threads != 1 else ''}"
+            + (f", {d['processes']} processes" if d["processes"] > 1 else ""),
             f"  mini-batches       {report.num_minibatches}",
             f"  batches            {report.num_batches} (lower bound {report.lower_bound})",
             *([f"  FSM fallbacks      {report.fsm_fallbacks} (policy file {report.policy_digest[:12]})"]
@@ -171,13 +172,19 @@ _weights_option = click.option("--weights", metavar="CKPT",
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Torch CPU threads.")
 @click.option("--verify", is_flag=True, help="Run the IR verifiers between passes.")
+@_nproc_option
 def run(target, data, limit, batch_size, policy, granularity, memory, seed, weights, output, predict, device, check,
-        as_json, threads, verify):
+        as_json, threads, verify, nproc):
     """Compile and execute mini-batches of MODEL (default: the bundled TreeLSTM on synthetic
     trees), or execute a compiled PLAN."""
+    code = _as_job(nproc)
+    if code is not None:
+        return code
     _set_threads(threads)
     report, source = api.run_target(target, data, limit, batch_size, policy, granularity, memory, seed, device,
                                     check, verify, weights, output, predict)
+    if not distributed.from_environment().leader:
+        return 0  # rank 0 reports for every rank
     code = _print_report(report, source, as_json)
     if output is not None:
         click.echo(f"wrote {output}: {report.num_instances} instances", err=True)

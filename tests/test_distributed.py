@@ -1,6 +1,6 @@
 """Several processes, one job (torch.distributed, gloo, loopback): data-parallel training takes the
-steps one process takes, a killed rank ends the job with one line and `--resume` continues, and the
-launcher names the rank that failed first."""
+steps one process takes, a killed rank ends the job with one line and `--resume` continues, a sharded
+`run` writes the file one process writes, and the launcher names the rank that failed first."""
 
 import json
 import os
@@ -125,6 +125,39 @@ def test_a_killed_rank_ends_the_job_in_one_line_and_resume_continues(tmp_path):
     _train_here(straight, done[-1] + 1)
     a, b = load_file(paths["last"]), load_file(output_paths(str(straight))["last"])
     assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-5
+
+
+def test_a_sharded_run_writes_the_file_one_process_writes(tmp_path):
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    report, _ = api.run_target(str(TREELSTM), limit=40, batch_size=8, output=str(one), predict=True)
+    r = edbc_process("run", TREELSTM, "--limit", 40, "-b", 8, "--output", two, "--predict", "--json",
+                     "--nproc", 2)
+    assert r.returncode == 0, r.stderr
+    assert two.read_bytes() == one.read_bytes()  # every instance, in input order
+    summed = json.loads(r.stdout)
+    assert summed["processes"] == 2
+    mine = report.to_json()
+    for key in ("num_instances", "num_minibatches", "num_batches", "lower_bound", "gathers", "gather_bytes"):
+        assert summed[key] == mine[key], key
+
+
+def test_under_torchrun_each_rank_runs_its_shard(tmp_path):
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    api.run_target(str(TREELSTM), limit=24, batch_size=8, output=str(one))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr", "127.0.0.1",
+                        "--nproc-per-node", "2", "-m", "edbc", "run", str(TREELSTM), "--limit", "24", "-b", "8",
+                        "--output", str(two)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    a, b = load_file(str(one)), load_file(str(two))
+    assert torch.equal(a["outputs"], b["outputs"]) and torch.equal(a["offsets"], b["offsets"])
+
+
+def test_bad_input_in_a_job_is_one_line_with_its_exit_code(tmp_path):
+    r = edbc_process("run", TREELSTM, "--data", tmp_path / "missing.txt", "--nproc", 2)
+    assert r.returncode == EXIT_INPUT, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: rank 0: ") and "missing.txt" in lines[0], r.stderr
 
 
 def _failure(exitcode: int, code: int | None = None, message: str = ""):
