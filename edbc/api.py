@@ -551,15 +551,17 @@ def schedule_files(paths: list[str], policy: str = "agenda") -> dict:
 def train_policy(inputs: list[str], output: str, dag_files: bool = False, data: str | None = None,
                  heldout: list[str] = (), limit: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  granularity: str = CELL, settings=None, checkpoint: str | None = None, resume: bool = False,
-                 progress=None):
+                 progress=None, subprocess_envs: bool = False):
     """`edbc train-policy`: train the FSM batching policy of a model (default: the bundled TreeLSTM)
-    or of bare typed DAG files, and write the policy file. Returns the `PolicyFile`."""
+    or of bare typed DAG files, and write the policy file; `subprocess_envs` steps each environment in
+    a subprocess. Returns the `PolicyFile`."""
     from .policy.train import TrainSettings, default_checkpoint, train_dag_policy, train_model_policy
 
     settings = settings or TrainSettings()
     checkpoint = checkpoint or default_checkpoint(output)
     if dag_files:
-        return train_dag_policy(list(inputs), list(heldout), settings, output, checkpoint, resume, progress)
+        return train_dag_policy(list(inputs), list(heldout), settings, output, checkpoint, resume, progress,
+                                subprocess_envs)
     if len(inputs) > 1:
         raise UsageError(f"give one model, got {len(inputs)} arguments; bare typed DAG files need --graphs")
     if len(heldout) > 1:
@@ -568,7 +570,7 @@ def train_policy(inputs: list[str], output: str, dag_files: bool = False, data: 
     spec, _ = load_spec(model)
     train, held = training_data(spec, data, heldout[0] if heldout else None, limit, settings.seed)
     return train_model_policy(spec, train, held, batch_size, granularity, settings, output, checkpoint, resume,
-                              progress, (model, data, *heldout))  # the outputs never overwrite these
+                              progress, (model, data, *heldout), subprocess_envs)  # the outputs never overwrite these
 
 
 class Model:

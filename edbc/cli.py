@@ -326,16 +326,20 @@ class _ProgressBar:
 @click.option("--checkpoint", metavar="PATH", help="Checkpoint written after every evaluation "
                                                    "(default: OUTPUT with .ckpt for .json).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted run.")
+@click.option("--envs", type=click.IntRange(1, 256), metavar="N",
+              help=f"Step N environments, each in a subprocess of its own (stable-baselines3's SubprocVecEnv). "
+                   f"Default: {PolicySettings().n_envs} environments in this process, faster on a few cores.")
 @click.option("--output", "-o", required=True, metavar="POLICY", help="Policy file to write (atomically).")
 def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularity, encoding, timesteps, seed,
-                 eval_every, checkpoint, resume, output):
+                 eval_every, checkpoint, resume, envs, output):
     """Train the FSM batching policy of MODEL (default: the bundled TreeLSTM) with reinforcement
     learning, distil it into a table and write the policy file."""
-    settings = PolicySettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every)
+    settings = PolicySettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every,
+                              n_envs=envs or PolicySettings().n_envs)
     bar = _ProgressBar("training")
     try:
         policy = api.train_policy(list(inputs), output, dag_files, data, list(heldout), limit, batch_size,
-                                  granularity, settings, checkpoint, resume, bar)
+                                  granularity, settings, checkpoint, resume, bar, envs is not None)
     finally:
         bar.close()
     f = policy.figures["heldout"]

@@ -37,6 +37,14 @@ def test_training_stops_once_within_the_target(lattices):
     assert result.timesteps == 64 and len(result.history) == 1
 
 
+def test_environments_in_subprocesses_give_the_same_table(lattices):
+    vocab = TypeVocab.of_graphs(lattices.train)
+    settings = TrainSettings(timesteps=128, **TINY)
+    here = train_fsm(lattices, vocab, settings)
+    apart = train_fsm(lattices, vocab, settings, subprocess_envs=True)
+    assert apart.fsm.table == here.fsm.table and apart.history == here.history
+
+
 def test_resume_continues_from_the_checkpoint(lattices, tmp_path):
     vocab = TypeVocab.of_graphs(lattices.train)
     ckpt = str(tmp_path / "run.ckpt")

@@ -18,6 +18,7 @@ the training and write the policy file.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -235,18 +236,20 @@ def _checkpoint_failer(path: str):
 
 def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run: dict | None = None,
               checkpoint: str | None = None, resume: bool = False, progress: Progress | None = None,
-              inputs: Sequence[str | None] = ()) -> TrainResult:
+              inputs: Sequence[str | None] = (), subprocess_envs: bool = False) -> TrainResult:
     """Train with MaskablePPO on `graphs.train`; return the best distilled table.
 
     `run` identifies the training run in the checkpoint (model, data, settings
     other than the number of timesteps): `resume` refuses a checkpoint of
     another run, and may go on with more timesteps than the first run had.
-    The checkpoint never overwrites `inputs`.
+    The checkpoint never overwrites `inputs`. `subprocess_envs` steps each
+    environment in a subprocess of its own (stable-baselines3's SubprocVecEnv):
+    the same episodes and result, and slower on few cores (README).
     """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.utils import set_random_seed
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     from .env import FrontierEnv
 
@@ -257,9 +260,11 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run:
     enc = settings.encoding
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a small network: one thread is fastest, and results do not depend on the machine
+    env = None
     try:
         set_random_seed(settings.seed)
-        env = DummyVecEnv([lambda: FrontierEnv(graphs.train, vocab, enc) for _ in range(settings.n_envs)])
+        make_env = partial(FrontierEnv, graphs.train, vocab, enc)
+        env = (SubprocVecEnv if subprocess_envs else DummyVecEnv)([make_env] * settings.n_envs)
         history: list[Evaluation] = []
         best: Evaluation | None = None
         best_table: dict[State, int] = {}
@@ -310,6 +315,8 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run:
             raise UsageError("the checkpoint has no evaluation yet; run without --resume")
         return TrainResult(Fsm(vocab, enc, best_table), int(model.num_timesteps), best, history)
     finally:
+        if env is not None:
+            env.close()  # ends the subprocesses
         torch.set_num_threads(threads)
 
 
@@ -376,7 +383,7 @@ def _training(settings: TrainSettings, result: TrainResult, extra: dict) -> dict
 def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granularity: str,
                        settings: TrainSettings, output: str, checkpoint: str | None = None,
                        resume: bool = False, progress: Progress | None = None,
-                       inputs: Sequence[str | None] = ()) -> PolicyFile:
+                       inputs: Sequence[str | None] = (), subprocess_envs: bool = False) -> PolicyFile:
     """Train a policy for `spec` on `train` (an `api.Dataset`), score it on `heldout`, write `output`.
     `inputs` (the spec and data files) are never overwritten by the output or the checkpoint."""
     _check_outputs(output, checkpoint, inputs)
@@ -389,7 +396,7 @@ def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granula
     data = {"train": train.source, "train_digest": train.digest, "heldout": heldout.source,
             "heldout_digest": heldout.digest, "batch_size": batch_size}
     run = {"model": spec.name, "spec_digest": spec.digest, "granularity": granularity, "data": data}
-    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress, (*inputs, output))
+    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress, (*inputs, output), subprocess_envs)
     policy = PolicyFile(spec.name, spec.digest, granularity, result.fsm,
                         _training(settings, result, {"data": data, "graphs": len(graphs.train)}),
                         _figures(result, graphs, batch_size))
@@ -399,7 +406,7 @@ def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granula
 
 def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings: TrainSettings, output: str,
                      checkpoint: str | None = None, resume: bool = False,
-                     progress: Progress | None = None) -> PolicyFile:
+                     progress: Progress | None = None, subprocess_envs: bool = False) -> PolicyFile:
     """Train a policy on bare typed DAG files; held-out files score it (the training files when none)."""
     from ..artifact import file_digest
     from ..data.typed_dag import read_typed_dag
@@ -416,7 +423,7 @@ def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings:
     data = {"train": [file_digest(p) for p in train_paths],
             "heldout": [file_digest(p) for p in heldout_paths or train_paths]}
     run = {"model": DAG_MODEL, "spec_digest": None, "granularity": DAG, "data": data}
-    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress, (*inputs, output))
+    result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress, (*inputs, output), subprocess_envs)
     policy = PolicyFile(DAG_MODEL, None, DAG, result.fsm,
                         _training(settings, result, {"data": data, "graphs": len(graphs.train)}),
                         _figures(result, graphs, None))
