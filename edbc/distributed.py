@@ -100,6 +100,8 @@ class World:
                     everyone: bool) -> list[list[torch.Tensor]] | None:
         """Every rank's instances' rows (instance i's: `rows[i]`, `[n_i, *shape]`, on the CPU), as one
         list per rank, in rank order (on rank 0 only unless `everyone`)."""
+        if self.size == 1:
+            return [list(rows)]
         counts = torch.tensor([len(r) for r in rows], dtype=torch.int64)
         values = torch.cat([r.reshape(-1) for r in rows]) if rows else torch.zeros(0)
         all_counts, all_values = self.gather(counts, everyone), self.gather(values, everyone)
@@ -153,7 +155,10 @@ def from_environment() -> World:
 
 def rank_label() -> str:
     """`rank R: ` in a job of several processes, for the lines a rank prints; empty alone."""
-    world = from_environment()
+    try:
+        world = from_environment()
+    except UsageError:  # the error being said may be this one
+        return ""
     return f"rank {world.rank}: " if world.size > 1 else ""
 
 
@@ -182,8 +187,9 @@ def join(device: str = "cpu") -> Iterator[World]:
         dist.init_process_group(backend, timeout=timedelta(seconds=dist_timeout_s()), rank=world.rank,
                                 world_size=world.size)
     except (RuntimeError, ValueError) as e:
-        raise DistributedError(f"cannot reach the other processes ({_first_line(e)}); expected MASTER_ADDR and "
-                               "MASTER_PORT of rank 0, as torchrun sets them") from None
+        raise DistributedError(f"cannot join the other {world.size - 1} processes ({_first_line(e)}); expected them "
+                               "all started, MASTER_ADDR and MASTER_PORT naming rank 0's machine, as torchrun "
+                               "sets them") from None
     try:
         yield world
         # Leave together: a rank that exits closes its connections under the others (after a failure the

@@ -18,12 +18,13 @@ from safetensors.torch import load_file
 
 from edbc import api
 from edbc.distributed import World, _first_failure
-from edbc.errors import EXIT_DISTRIBUTED, EXIT_INPUT, DistributedError, InputError, error_class
+from edbc.errors import EXIT_DISTRIBUTED, EXIT_INPUT, EXIT_USAGE, DistributedError, InputError, error_class
 from edbc.settings import REPO_ROOT
 from edbc.train import TrainSettings
 from edbc.train.loop import output_paths
 
 from .conftest import TREELSTM
+from .test_cli import edbc, one_line_error
 
 # 36 synthetic trees: 3 held out, 33 to train in mini-batches of 8, 8, 8, 8 and 1 (a shard of 0 for
 # rank 0), so 4 epochs are 20 steps. SGD: the adaptive optimizers turn rounding-level gradients
@@ -159,6 +160,17 @@ def test_bad_input_in_a_job_is_one_line_with_its_exit_code(tmp_path):
     assert r.returncode == EXIT_INPUT, r.stderr
     lines = r.stderr.strip().splitlines()  # whichever rank failed first: both fail alike
     assert len(lines) == 1 and re.match(r"Error: rank [01]: .*missing\.txt", lines[0]), r.stderr
+
+
+def test_launcher_variables_that_do_not_fit_are_one_line(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "x")
+    one_line_error(edbc("run", "--limit", 4), EXIT_USAGE, "RANK=x and WORLD_SIZE=2: expected whole numbers")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    one_line_error(edbc("run", "--limit", 4), EXIT_DISTRIBUTED, "rank 1: cannot join the other 1 processes",
+                   "MASTER_ADDR")
+    one_line_error(edbc("run", "--limit", 4, "--nproc", 2), EXIT_USAGE, "already rank 1 of a job of 2")
 
 
 def _failure(exitcode: int, code: int | None = None, message: str = ""):
