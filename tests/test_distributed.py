@@ -29,6 +29,8 @@ from .test_cli import edbc, one_line_error
 # 36 synthetic trees: 3 held out, 33 to train in mini-batches of 8, 8, 8, 8 and 1 (a shard of 0 for
 # rank 0), so 4 epochs are 20 steps. SGD: the adaptive optimizers turn rounding-level gradients
 # (which another order of summation changes) into steps of up to the learning rate (README).
+# The TreeLSTM with dropout: an instance's masks are its own, whichever rank runs it.
+DROPOUT = Path(__file__).parent / "fixtures" / "treelstm_dropout.yaml"
 TRAIN = ("--limit", 36, "-b", 8, "--optimizer", "sgd", "--lr", 0.5, "--seed", 5, "--policy", "agenda")
 
 
@@ -50,9 +52,9 @@ def edbc_process(*args, wait: bool = True):
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def _train_here(output, epochs: int, resume: bool = False):
+def _train_here(output, epochs: int, resume: bool = False, model=TREELSTM):
     settings = TrainSettings(epochs=epochs, batch_size=8, optimizer="sgd", lr=0.5, seed=5)
-    return api.train_model(str(TREELSTM), None, str(output), settings=settings, limit=36, resume=resume,
+    return api.train_model(str(model), None, str(output), settings=settings, limit=36, resume=resume,
                            policy="agenda")
 
 
@@ -66,8 +68,8 @@ def test_shards_are_contiguous_balanced_and_in_order():
 
 def test_two_processes_take_the_steps_of_one(tmp_path):
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    alone = _train_here(one, 4)
-    r = edbc_process("train", TREELSTM, *TRAIN, "--epochs", 4, "--nproc", 2, "--json", "-o", two)
+    alone = _train_here(one, 4, model=DROPOUT)
+    r = edbc_process("train", DROPOUT, *TRAIN, "--epochs", 4, "--nproc", 2, "--json", "-o", two)
     assert r.returncode == 0, r.stderr
     epochs = json.loads(r.stdout)["epochs"]  # rank 0's: one document
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
@@ -77,7 +79,7 @@ def test_two_processes_take_the_steps_of_one(tmp_path):
         assert ours["communicate_s"] > 0.0
     a, b = load_file(output_paths(str(one))["last"]), load_file(output_paths(str(two))["last"])
     assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-5
-    start = api.load(TREELSTM).weights
+    start = api.load(DROPOUT).weights
     assert max((a[n] - start[n]).abs().max().item() for n in a) > 1e-2  # the 20 steps did something
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("two")) == [
         "two.last.safetensors", "two.metrics.jsonl", "two.resume.safetensors", "two.safetensors"]
