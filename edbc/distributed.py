@@ -261,24 +261,22 @@ def launch(nproc: int, argv: list[str], hint: str = "") -> int:
 
 def _first_failure(failures: dict, nproc: int, hint: str) -> int:
     """The job's outcome from the ranks that failed (torch's `ProcessFailure`s by rank): the root cause
-    first (its own error, or death by a signal), then a rank that lost its peers, last one the agent
-    stopped after another's failure; the lowest rank among equals."""
+    first (a rank's own error, or death by a signal), then a rank that lost its peers, last one that
+    the agent stopped after another's failure; the lowest rank among equals."""
 
     def code_of(failure) -> int | None:
         code = failure.error_file_data.get(_EXIT_CODE_KEY)
         return code if type(code) is int else None
 
-    def stopped(failure) -> bool:
-        return failure.exitcode in (-signal.SIGTERM, -signal.SIGINT) or code_of(failure) == EXIT_INTERRUPTED
-
-    def precedence(item) -> tuple[int, int]:
-        rank, failure = item
+    def kind(failure) -> int:
         code = code_of(failure)
-        return (3 if stopped(failure) else 2 if code == EXIT_DISTRIBUTED else 1 if code is None else 0, rank)
+        if code == EXIT_INTERRUPTED or (code is None and failure.exitcode in (-signal.SIGTERM, -signal.SIGINT)):
+            return 3
+        return 2 if code == EXIT_DISTRIBUTED else 1 if code is None else 0
 
-    rank, failure = min(failures.items(), key=precedence)
+    rank, failure = min(failures.items(), key=lambda item: (kind(item[1]), item[0]))
     code = code_of(failure)
-    if stopped(failure):
+    if kind(failure) == 3:
         how = failure.signal_name() if failure.exitcode < 0 else "interrupted"
         raise DistributedError(f"rank {rank} of {nproc} was stopped ({how}){hint}")
     if code is not None:

@@ -191,4 +191,9 @@ def test_the_launcher_reports_the_root_cause_first():
     with pytest.raises(DistributedError, match="^rank 0: lost contact"):
         _first_failure({0: lost, 1: stopped}, 2, "")
     assert _first_failure({0: _failure(4), 1: stopped}, 2, "") == 4  # rank 0 printed why (a failed --check)
+    recorded_then_stopped = _failure(-15, 3, "rank 0: no such file")  # the agent's SIGTERM came after its record
+    with pytest.raises(InputError, match="^rank 0: no such file$"):
+        _first_failure({0: recorded_then_stopped, 1: lost}, 2, "")
+    with pytest.raises(DistributedError, match=r"^rank 1 of 2 was stopped \(SIGTERM\)$"):
+        _first_failure({1: stopped}, 2, "")
     assert error_class(EXIT_INPUT) is InputError and error_class(EXIT_DISTRIBUTED) is DistributedError
