@@ -269,6 +269,8 @@ def step_seed(seed: int, epoch: int, index: int) -> int:
 def _sum_over_ranks(world: World, params: list[torch.nn.Parameter], loss: torch.Tensor) -> float:
     """Sum every rank's gradients, and losses, in one all-reduce: each rank's are its shard's part of
     the mini-batch's mean, so the sums are the mini-batch's. Returns the mini-batch's loss."""
+    if world.size == 1:  # alone, a weight no row reached keeps no gradient, and the optimizer skips it
+        return loss.item()
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     *summed, total = world.all_reduce_sum([*grads, loss.detach().reshape(1).to(grads[0].device)])
     for p, g in zip(params, summed):
