@@ -10,12 +10,13 @@ import json
 import signal
 import sys
 import time
+import warnings
 
 import click
 import torch
 
 from . import api, distributed
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, EdbcError, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, EdbcError, EdbcWarning, UsageError
 from .graph import CELL
 from .policy.encoding import DEFAULT_ENCODING, ENCODINGS
 from .policy.train import TrainSettings as PolicySettings
@@ -39,8 +40,10 @@ class _Main(click.Group):
         args = list(args) if args is not None else sys.argv[1:]
         failure = None
         try:
-            # The arguments as given are the context's object: `--nproc` runs them again in every rank.
-            code = super().main(args, prog_name or "edbc", standalone_mode=False, obj=args, **extra)
+            with warnings.catch_warnings():
+                _print_warnings_once()
+                # The arguments as given are the context's object: `--nproc` runs them again in every rank.
+                code = super().main(args, prog_name or "edbc", standalone_mode=False, obj=args, **extra)
         except click.exceptions.NoArgsIsHelpError as e:
             click.echo(e.ctx.get_help())
             code = 0
@@ -56,6 +59,23 @@ class _Main(click.Group):
         if failure is not None:
             _fail(failure, code)
         sys.exit(code or 0)
+
+
+def _print_warnings_once() -> None:
+    """Inside `warnings.catch_warnings()`: each distinct `EdbcWarning` of this command becomes one line
+    `Warning: ...` on stderr, the first time only; other warnings are shown as Python shows them."""
+    seen: set[str] = set()
+    python_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, EdbcWarning):
+            python_show(message, category, filename, lineno, file, line)
+        elif str(message) not in seen:
+            seen.add(str(message))
+            click.echo(f"Warning: {distributed.rank_label()}{message}", err=True)
+
+    warnings.simplefilter("always", EdbcWarning)  # `show` keeps them to once, in every command run
+    warnings.showwarning = show
 
 
 def _fail(message: str, code: int) -> None:

@@ -106,6 +106,15 @@ class DistributedError(EdbcError):
     exit_code = EXIT_DISTRIBUTED
 
 
+class EdbcWarning(UserWarning):
+    """Something the user should know that does not stop the work; the CLI prints it once as one
+    line `Warning: ...` on stderr."""
+
+
+class PolicyWarning(EdbcWarning):
+    """The model's own batching policy does not fit its spec, so another policy batches instead."""
+
+
 def error_class(exit_code: int) -> type[EdbcError]:
     """The class of an exit code (the most general one: `InputError` for 3), for an error that crossed
     a process boundary as its message and code."""

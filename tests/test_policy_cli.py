@@ -3,10 +3,11 @@
 import json
 
 import numpy as np
+import pytest
 
 from edbc import api
 from edbc.data.typed_dag import format_typed_dag
-from edbc.errors import EXIT_ARTIFACT, EXIT_INPUT, EXIT_LIMIT, EXIT_USAGE
+from edbc.errors import EXIT_ARTIFACT, EXIT_INPUT, EXIT_LIMIT, EXIT_USAGE, PolicyWarning
 from edbc.policy import resolve
 from edbc.settings import MODELS_DIR
 
@@ -121,3 +122,51 @@ def test_train_policy_for_a_model_and_resume(tmp_path):
                    "belongs to another training run")
     one_line_error(edbc("train-policy", TREELSTM, TREELSTM, "-o", out), EXIT_USAGE, "give one model")
     one_line_error(edbc("train-policy", "--graphs", "-o", out), EXIT_USAGE, "at least one typed DAG file")
+
+
+def _edited_treelstm(tmp_path, name="mine.yaml"):
+    """A copy of the bundled TreeLSTM with hidden 64, keeping its model name."""
+    spec = tmp_path / name
+    text = TREELSTM.read_text()
+    assert "hidden: 128" in text
+    spec.write_text(text.replace("hidden: 128", "hidden: 64"))
+    return spec
+
+
+def test_an_edited_spec_warns_once_and_batches_with_typewise(tmp_path):
+    spec = _edited_treelstm(tmp_path)
+    r = edbc("run", spec, "--limit", 24, "-b", 8, "--check", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["policy"] == "typewise" and report["check"] == "passed" and "policy_digest" not in report
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Warning: ") and f"{SHIPPED}:" in lines[0], r.stderr
+    assert "another version of model 'treelstm'" in lines[0] and "typewise" in lines[0]
+    assert str(tmp_path / "mine.policy.json") in lines[0]
+    # Asked for by name or path, the policy that does not fit is refused, as before.
+    one_line_error(edbc("run", spec, "--limit", 4, "--policy", "fsm"), EXIT_ARTIFACT, "with another spec")
+    one_line_error(edbc("run", spec, "--limit", 4, "--policy", SHIPPED), EXIT_ARTIFACT, "with another spec")
+
+
+def test_an_edited_spec_warns_from_the_api(tmp_path):
+    spec = api.load_spec(_edited_treelstm(tmp_path))[0]
+    with pytest.warns(PolicyWarning, match="another version of model 'treelstm'"):
+        assert resolve.resolve_policy(None, spec, "cell").name == "typewise"
+
+
+def test_a_policy_beside_the_spec_is_its_default(tmp_path, monkeypatch):
+    spec = tmp_path / "mine.yaml"
+    spec.write_text(TREELSTM.read_text())
+    (tmp_path / "mine.policy.json").write_bytes(SHIPPED.read_bytes())
+    (tmp_path / "mine.op.policy.json").write_bytes(api.shipped_policy_path("treelstm", "op").read_bytes())
+    monkeypatch.setattr(resolve, "PLANS_DIR", tmp_path / "none")  # nothing shipped: only the files beside
+    for level in ("cell", "op"):
+        r = edbc("run", spec, "--limit", 16, "-b", 8, "--granularity", level, "--check", "--json")
+        assert r.exit_code == 0 and r.stderr == "", r.output
+        report = json.loads(r.stdout)
+        own = api.resolve_policy(str(resolve.spec_policy_path(str(spec), level)), api.load_spec(spec)[0], level)
+        assert report["policy"] == "fsm" and report["policy_digest"] == own.digest and report["check"] == "passed"
+    assert json.loads(edbc("run", spec, "--limit", 4, "--policy", "fsm", "--json").stdout)["policy"] == "fsm"
+    # With neither beside the spec nor shipped: agenda.
+    (tmp_path / "mine.policy.json").unlink()
+    assert json.loads(edbc("run", spec, "--limit", 4, "--json").stdout)["policy"] == "agenda"
