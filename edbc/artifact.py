@@ -42,10 +42,15 @@ def write_atomic(path: str | Path, data: bytes, inputs: Iterable[str | Path | No
     """Write to a temporary file beside `path`, then rename: readers never see half a file.
 
     `path` is first checked with `check_output` against `inputs`, the files the output was made from.
+    Missing folders above it are made (`-o out/sst.plan` on a fresh checkout).
     """
     check_output(path, inputs)
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot make the folder {directory}: {e.strerror}", path=str(path)) from None
     _remove_stale_temporaries(directory, path.name)
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path.name, os.getpid()), suffix=".tmp", dir=directory)
@@ -80,12 +85,24 @@ def check_output(path: str | Path, inputs: Iterable[str | Path | None] = ()) -> 
     try:
         mode = os.stat(path).st_mode
     except OSError:
+        _check_folders(Path(path))
         return  # nothing there (or nothing we can see): the writer reports what it cannot do
     if stat.S_ISDIR(mode):
         raise UsageError("the output is a directory; expected a file name", path=str(path))
     if not stat.S_ISREG(mode):
         raise UsageError("the output exists and is not a regular file (a device, FIFO or socket); "
                          "expected a regular file or a new name", path=str(path))
+
+
+def _check_folders(path: Path) -> None:
+    """The nearest existing folder above a new output must be a folder: `write_atomic` makes the
+    missing ones below it, and a file in the way is said before any work."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{parent} is a file, not a folder; expected an output path inside a folder",
+                                 path=str(path))
+            return
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:

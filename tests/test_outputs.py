@@ -85,6 +85,20 @@ def test_the_atomic_writer_checks_its_inputs(tmp_path):
     assert (tmp_path / "out.txt").read_bytes() == b"new"
 
 
+def test_outputs_go_into_new_folders_and_never_under_a_file(tmp_path):
+    plan = tmp_path / "out" / "deeper" / "sst.plan"
+    r = edbc(*COMPILE, "-o", plan)
+    assert r.exit_code == 0, r.output
+    assert edbc("run", plan, "--json").exit_code == 0
+    preds = tmp_path / "preds" / "out.jsonl"
+    assert edbc("run", "--limit", 3, "--output", preds).exit_code == 0 and len(preds.read_text().splitlines()) == 3
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    one_line_error(edbc(*COMPILE, "-o", blocker / "sub" / "p.plan"), EXIT_USAGE,
+                   f"{blocker} is a file, not a folder")
+    assert blocker.read_text() == "keep"
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", ""])
     child.wait()
