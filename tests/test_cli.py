@@ -1,4 +1,5 @@
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from edbc.errors import EXIT_ARTIFACT, EXIT_INPUT, EXIT_USAGE
 from edbc.schedule import POLICIES
 
 from .conftest import TREELSTM, shared
-from edbc.settings import MODELS_DIR as MODELS
+from edbc.settings import MODELS_DIR as MODELS, REPO_ROOT
 
 
 def edbc(*args):
@@ -89,6 +90,21 @@ def test_schedule_command_on_typed_dags(tmp_path):
     assert r.exit_code == 0
     graphs = json.loads(r.stdout)["graphs"]
     assert [(g["num_nodes"], g["num_batches"], g["lower_bound"]) for g in graphs] == [(3, 2, 2), (2, 2, 2)]
+
+
+def test_readme_schedule_commands_run_on_the_shipped_examples(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    commands = [shlex.split(line.split("#")[0])[1:] for line in (REPO_ROOT / "README.md").read_text().splitlines()
+                if line.startswith(".venv/bin/edbc schedule ")]
+    assert len(commands) == 2
+    for args in commands:
+        r = edbc(*args)
+        assert r.exit_code == 0, r.output
+    doc = json.loads(edbc(*commands[0]).stdout)
+    got = {g["file"]: (g["num_nodes"], g["num_batches"], g["lower_bound"]) for g in doc["graphs"]}
+    assert got == {"examples/tree.txt": (10, 5, 5), "examples/bilstm.txt": (16, 10, 10)}
+    depth = json.loads(edbc("schedule", "examples/bilstm.txt", "--policy", "depth", "--json").stdout)
+    assert depth["graphs"][0]["num_batches"] == 11  # as the README says
 
 
 def test_malformed_tree_line(tmp_path):
