@@ -1,7 +1,7 @@
 """Export the binary TreeLSTM internal cell as ONNX: configs/cells/treelstm_node.onnx.
 
 A developer tool, not part of edbc's runtime (which needs only the `onnx`
-package to import the file): it needs torch and `onnxscript`, which
+package to import the file): it needs torch and `onnxscript` (`pip install -e .[onnx]`), which
 `torch.onnx.export` uses to write the graph. Run from the repository root:
 
     .venv/bin/python scripts/export_onnx_cell.py [--hidden 128] [--seed 0] [-o PATH]
