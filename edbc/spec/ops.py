@@ -184,6 +184,8 @@ _elementwise("sub", 2, "sub(a, b): elementwise a - b; either may be a parameter 
              lambda a, attrs: (a[0] - a[1],), "torch.sub({0}, {1}{out})")
 _elementwise("mul", 2, "mul(a, b): elementwise a * b; either may be a parameter of the same shape",
              lambda a, attrs: (a[0] * a[1],), "torch.mul({0}, {1}{out})")
+_elementwise("div", 2, "div(a, b): elementwise a / b; either may be a parameter of the same shape",
+             lambda a, attrs: (a[0] / a[1],), "torch.div({0}, {1}{out})")
 _elementwise("addcmul", 3, "addcmul(a, b, c): elementwise a + b * c",
              lambda a, attrs: (torch.addcmul(a[0], a[1], a[2]),), "torch.addcmul({0}, {1}, {2}{out})")
 _elementwise("lerp", 3, "lerp(x, y, w): elementwise x + w * (y - x)",
@@ -211,10 +213,52 @@ _elementwise("sigmoid", 1, "sigmoid(x): elementwise logistic sigmoid",
 _elementwise("tanh", 1, "tanh(x): elementwise tanh", lambda a, attrs: (torch.tanh(a[0]),), "fast_tanh({0}{out})")
 _elementwise("relu", 1, "relu(x): elementwise max(x, 0)", lambda a, attrs: (torch.relu(a[0]),),
              "torch.clamp_min({0}, 0{out})")
+_elementwise("exp", 1, "exp(x): elementwise e to the x", lambda a, attrs: (torch.exp(a[0]),), "torch.exp({0}{out})")
 _elementwise("identity", 1, "identity(x): x itself (a copy)", lambda a, attrs: (a[0],))
-# Not elementwise: it reads the whole last dimension, so m of them cannot share columns.
+# Not elementwise: they read the whole last dimension, so m of them cannot share columns.
 _elementwise("log_softmax", 1, "log_softmax(x): log-softmax over the last dimension",
              lambda a, attrs: (torch.log_softmax(a[0], dim=-1),), elementwise=False)
+_elementwise("softmax", 1, "softmax(x): softmax over the last dimension",
+             lambda a, attrs: (torch.softmax(a[0], dim=-1),), elementwise=False)
+
+
+def _last_dim_value(ops: list[Operand], kind: str) -> Operand:
+    _needs_value(ops[:1], kind)
+    _float_only(ops[:1], kind)
+    if not ops[0].shape:
+        raise ShapeError(f"{kind}'s first operand must be a value with a feature dimension")
+    return ops[0]
+
+
+def _reduction(kind: str, doc: str, impl: Impl):
+    @_register(kind, doc, impl, 1, batchable=True)
+    def rule(ops, attrs):
+        _count(ops, kind, 1)
+        x = _last_dim_value(ops, kind)
+        return [x.shape[:-1] + (1,)]
+
+
+_reduction("mean", "mean(x): the mean over the last dimension, kept as a dimension of size 1 ([d] -> [1])",
+           lambda a, attrs: (a[0].mean(dim=-1, keepdim=True),))
+_reduction("max", "max(x): the largest entry of the last dimension, kept as a dimension of size 1 ([d] -> [1]); "
+                  "its gradient is shared among tied largest entries",
+           lambda a, attrs: (a[0].amax(dim=-1, keepdim=True),))
+
+LAYER_NORM_EPS = 1e-5  # torch's default, and ONNX LayerNormalization's
+
+
+@_register("layer_norm", f"layer_norm(x, g, b): x normalised over its last dimension (mean 0, variance 1, "
+                         f"eps {LAYER_NORM_EPS:g}), times g plus b, parameters of that dimension's size",
+           lambda a, attrs: (F.layer_norm(a[0], a[0].shape[-1:], eps=LAYER_NORM_EPS) * a[1] + a[2],), 3,
+           batchable=True)
+def _layer_norm(ops, attrs):
+    _count(ops, "layer_norm", 3)
+    x = _last_dim_value(ops, "layer_norm")
+    for name, o in zip("gb", ops[1:]):
+        if not o.is_param or o.dtype != F32 or o.shape != x.shape[-1:]:
+            raise ShapeError(f"layer_norm's {name} must be a parameter of shape {_fmt(x.shape[-1:])}, "
+                             f"got {'a value' if not o.is_param else 'a parameter'} of shape {_fmt(o.shape)}")
+    return [x.shape]
 
 
 @dataclass(frozen=True, slots=True)
