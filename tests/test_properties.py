@@ -39,7 +39,9 @@ def cell_body(draw, inputs: list[str], params: dict[str, str]) -> list[str]:
     for k in range(draw(st.integers(1, 6))):
         pick = lambda: draw(st.sampled_from(values))  # noqa: E731
         kind = draw(st.sampled_from(["unary", "binary", "sum", "affine", "chunk", "split", "matvec",
-                                     "log_softmax", "dropout"]))
+                                     "log_softmax", "dropout", "softmax", "reduce", "div"]))
+        # Not layer_norm: on the few distinct entries of these small vectors its output saturates at
+        # ±1 and its gradient is rounding noise (tests/test_ops.py checks it on a fixed model).
         out = f"v{k}"
         if kind == "unary":
             lines.append(f"{out} = {draw(st.sampled_from(['sigmoid', 'tanh', 'relu', 'identity']))}({pick()})")
@@ -63,6 +65,14 @@ def cell_body(draw, inputs: list[str], params: dict[str, str]) -> list[str]:
             lines.append(f"{out} = matvec({param('[h, h]')}, {pick()})")
         elif kind == "dropout":
             lines.append(f"{out} = dropout({pick()}, {draw(st.sampled_from([0, 10, 50]))})")
+        elif kind == "softmax":
+            lines.append(f"{out} = softmax({pick()})")
+        elif kind == "reduce":  # [h] -> [1] -> [h]; of an affine, as the mean of a softmax is a constant
+            reduced = f"{draw(st.sampled_from(['mean', 'max']))}(affine({pick()} @ {param('[h, h]')}))"
+            lines.append(f"{out} = affine({reduced} @ {param('[1, h]')})")
+        elif kind == "div":  # the divisor is e^tanh(x), from 1/e to e: far from 0
+            numerator = param("[h]") if draw(st.booleans()) else pick()
+            lines.append(f"{out} = div({numerator}, exp(tanh({pick()})))")
         else:
             lines.append(f"{out} = log_softmax({pick()})")
         values.append(out)
