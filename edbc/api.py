@@ -46,6 +46,7 @@ from .runtime.limits import check_minibatch_fits
 from .schedule import format_schedule, lower_bound, verify_schedule
 from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES
 from .spec import ModelSpec, parse_model
+from .spec.ops import set_reduction_of
 from .spec.program import Program
 
 __all__ = ["Model", "load", "init_checkpoint", "import_checkpoint", "train_model", "eval_model", "CompileOptions", "Compiler", "BatchingPolicy", "resolve_policy", "shipped_policy_path", "POLICY_NAMES",
@@ -178,7 +179,8 @@ class Compiler:
                            self.dump_after if first else None, self.dump, timings)
         t0 = time.perf_counter()
         used = set(np.unique(state.schedule.batch_type).tolist())
-        cells = tuple(self.cell(t.program) if i in used else None for i, t in enumerate(state.graph.types))
+        cells = tuple(self.cell(t.program) if i in used and set_reduction_of(t.program) is None else None
+                      for i, t in enumerate(state.graph.types))  # a set reduction has no cell: `SetKernel`
         if timings is not None:
             timings["cells"] = time.perf_counter() - t0
         return CompiledBatch(state.cell_graph, state.graph, state.schedule, state.layout, cells, state.fsm_fallbacks,

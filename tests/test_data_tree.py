@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from edbc.api import compile_batch, load_data, run
-from edbc.data import build_vocab, encode, parse_ptb, read_trees, synthetic_trees
+from edbc.data import build_vocab, encode, parse_ptb, read_trees, spec_vocabs, synthetic_trees
+from edbc.data.tree import merge_same_label
+from edbc.graph.build import build_graph
+from edbc.spec import load_model
 from edbc.errors import DataError, LimitError
 from edbc.graph import lower_to_ops
 from edbc.schedule import lower_bound
@@ -39,8 +42,7 @@ def test_to_ptb_roundtrips():
 @pytest.mark.parametrize("line, message, column", [
     ("(3 (2 a) (2 b)", "unbalanced '('", 1),
     ("(3 (2 a) (2 b)))", "after the end of the tree", 16),
-    ("(3 (2 a))", "node with 1 child", 1),
-    ("(3 (2 a) (2 b) (2 c))", "node with 3 children", 1),
+    ("(3 )", "expected a word or a bracketed child", 1),
     ("   ", "empty tree", 1),
     ("(3 (2 a b) (2 c))", "expected ')' after the word 'a'", 9),
     ("( (2 a) (2 b))", "expected a label", 1),
@@ -51,6 +53,39 @@ def test_malformed_trees_name_position(line, message, column):
         parse_ptb(line, "f.txt", 7)
     assert message in e.value.message
     assert (e.value.path, e.value.line, e.value.column) == ("f.txt", 7, column)
+
+
+def test_trees_may_have_any_number_of_children():
+    t = parse_ptb("(3 (2 a) (1 (2 b)) (4 c) (0 (2 d) (2 e) (2 f)))")
+    assert t.arity.tolist() == [0, 0, 1, 0, 0, 0, 0, 3, 4]
+    assert t.children()[-1] == [0, 2, 3, 7]
+    assert parse_ptb(t.to_ptb()).children() == t.children()
+    with pytest.raises(ValueError):
+        t.left
+
+
+@pytest.mark.parametrize("line, message, column", [
+    ("(3 (2 a) (1 (2 b)))", "node with 1 child", 10),
+    ("(3 (2 a) (2 b) (2 c))", "node with 3 children", 1),
+])
+def test_a_binary_model_refuses_other_arities_at_the_node(line, message, column):
+    spec = load_model("configs/models/treelstm.yaml")
+    tree = encode([parse_ptb(line, "f.txt", 7)], spec_vocabs(spec))[0]
+    with pytest.raises(DataError) as e:
+        build_graph(spec, [tree])
+    assert message in e.value.message and "exactly two" in e.value.message
+    assert (e.value.path, e.value.line, e.value.column) == ("f.txt", 7, column)
+
+
+def test_merge_same_label_makes_nary_trees_of_binarised_ones():
+    t = parse_ptb("(3 (3 (2 a) (3 (2 b) (2 c))) (3 (1 d) (3 (2 e) (2 f))))")
+    merged = merge_same_label(t, max_children=4)
+    # bottom up: each 3-node takes its 3-child's children; the root then takes its left child's three,
+    # but not its right child's too (that would make six)
+    assert merged.to_ptb() == "(3 (2 a) (2 b) (2 c) (3 (1 d) (2 e) (2 f)))"
+    assert merge_same_label(t, max_children=2).to_ptb() == t.to_ptb()
+    assert merged.words == ("a", "b", "c", "d", "e", "f", None, None)
+    assert merged.arity.tolist() == [0, 0, 0, 0, 0, 0, 3, 4]
 
 
 def test_read_trees_skips_blank_lines_and_rejects_empty_files(tmp_path):

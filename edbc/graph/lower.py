@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spec.ops import op_signature
+from ..spec.ops import op_signature, set_reduction_of
 from ..spec.program import TOKEN, Op, Program, Value
 from .build import build_graph
-from .ir import CELL, OP, Graph, NodeType, csr_ptr
+from .ir import CELL, OP, Graph, NodeType, csr_gather, csr_ptr
 
 
 def single_op_program(program: Program, op: Op) -> Program:
@@ -74,6 +74,8 @@ def lower_to_ops(graph: Graph) -> Graph:
     node_type = np.empty(base[-1], dtype=np.int32)
     n_args = np.array([len(t.program.float_inputs) for t in types], dtype=np.int64)
     n_imms = np.array([len(t.program.token_inputs) for t in types], dtype=np.int64)
+    # A set reduction is one op already: its node stays one node, with all its arguments.
+    sets = [ti for ti, t in enumerate(graph.types) if set_reduction_of(t.program) is not None]
 
     def source(cell_nodes: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Op-level (node, slot) of cell-level values; node -1 (zeros) stays -1."""
@@ -86,7 +88,10 @@ def lower_to_ops(graph: Graph) -> Graph:
     for ti, calls in enumerate(per_type_nodes):
         for j in range(len(graph.types[ti].program.ops)):
             node_type[base[calls] + j] = op_types[ti][j]
-    arg_ptr = csr_ptr(n_args[node_type])
+    counts = n_args[node_type]
+    reducing = np.flatnonzero(np.isin(graph.node_type, sets))
+    counts[base[reducing]] = np.diff(graph.arg_ptr)[reducing]
+    arg_ptr = csr_ptr(counts)
     imm_ptr = csr_ptr(n_imms[node_type])
     arg_node = np.empty(arg_ptr[-1], dtype=np.int32)
     arg_slot = np.empty(arg_ptr[-1], dtype=np.int32)
@@ -94,6 +99,11 @@ def lower_to_ops(graph: Graph) -> Graph:
 
     for ti, calls in enumerate(per_type_nodes):
         program = graph.types[ti].program
+        if ti in sets:
+            e, _ = csr_gather(graph.arg_ptr, calls)
+            where, _ = csr_gather(arg_ptr, base[calls])
+            arg_node[where], arg_slot[where] = source(graph.arg_node[e], graph.arg_slot[e])
+            continue
         float_pos = {v: q for q, v in enumerate(program.float_inputs)}
         token_pos = {v: q for q, v in enumerate(program.token_inputs)}
         made_by = {v: (j, k) for j, op in enumerate(program.ops) for k, v in enumerate(op.outs)}

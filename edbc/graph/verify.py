@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import VerificationError
+from ..spec.ops import set_reduction_of
 from .ir import Graph
 from .printer import format_nodes
 
@@ -66,7 +67,8 @@ def _verify_programs(graph: Graph, owner, producer, fail) -> None:
     types = graph.types
     n_args = np.array([len(ty.program.float_inputs) for ty in types])
     n_imms = np.array([len(ty.program.token_inputs) for ty in types])
-    bad = np.flatnonzero(np.diff(graph.arg_ptr) != n_args[graph.node_type])
+    variadic = np.array([set_reduction_of(ty.program) is not None for ty in types])  # a set: any number
+    bad = np.flatnonzero((np.diff(graph.arg_ptr) != n_args[graph.node_type]) & ~variadic[graph.node_type])
     if len(bad):
         v = int(bad[0])
         fail(v, f"{np.diff(graph.arg_ptr)[v]} arguments, type '{types[graph.node_type[v]].name}' "
@@ -88,12 +90,12 @@ def _verify_programs(graph: Graph, owner, producer, fail) -> None:
             in_shape[ti, q] = shape_id.setdefault(p.values[v].shape, len(shape_id))
         for s, shape in enumerate(p.output_shapes):
             out_shape[ti, s] = shape_id.setdefault(shape, len(shape_id))
-    position = np.arange(len(owner)) - graph.arg_ptr[owner]
+    position = np.where(variadic[graph.node_type[owner]], 0, np.arange(len(owner)) - graph.arg_ptr[owner])
     want = in_shape[graph.node_type[owner], position]
     have = out_shape[graph.node_type[np.maximum(producer, 0)], graph.arg_slot]
     bad = np.flatnonzero((producer >= 0) & (want != have))
     if len(bad):
         names = {i: list(s) for s, i in shape_id.items()}
         e = int(bad[0])
-        fail(int(owner[e]), f"argument {position[e] + 1} has shape {names[have[e]]}, "
+        fail(int(owner[e]), f"argument {e - graph.arg_ptr[owner[e]] + 1} has shape {names[have[e]]}, "
                             f"the input expects {names[want[e]]}")

@@ -22,6 +22,7 @@ from ..errors import VerificationError
 from ..graph.ir import Graph, csr_gather, csr_ptr
 from ..schedule.ir import Schedule
 from ..cell.ir import CellPlan
+from ..spec.ops import set_reduction_of
 from ..spec.program import Program, Shape
 from .layout import Layout
 
@@ -75,7 +76,7 @@ def arena_of_shape(layout: Layout, shape: Shape) -> int:
 class OperandTable:
     """How every float operand of every batch is served, for the whole schedule at once.
 
-    Entry `i` is operand `position[i]` of batch `batch[i]`, batch-major. Gather
+    Entry `i` is operand `position[i]` of batch `batch[i]`, batch-major, `rows_read[i]` rows. Gather
     rows are a CSR: entry i's rows are `rows[ptr[i]:ptr[i+1]]` (empty unless a gather).
     """
 
@@ -84,6 +85,7 @@ class OperandTable:
     kind: np.ndarray  # VIEW, BROADCAST or GATHER codes (`KIND_CODES`)
     arena: np.ndarray  # -1: zeros of a shape no arena holds
     first_row: np.ndarray
+    rows_read: np.ndarray  # rows of the operand: the batch's size, or a set reduction's arguments
     nbytes: np.ndarray
     ptr: np.ndarray
     rows: np.ndarray
@@ -102,54 +104,67 @@ VIEW_CODE, BROADCAST_CODE, GATHER_CODE = OperandTable.VIEW_CODE, OperandTable.BR
 
 
 def operand_table(graph: Graph, schedule: Schedule, layout: Layout) -> OperandTable:
-    """Classify every batch operand with array operations, one pass per (type, input position)."""
+    """Classify every batch operand with array operations, one pass per (type, input position). A set
+    reduction's batch has one operand: every argument of its nodes, node after node."""
     sizes = schedule.sizes
     parts = []
     for t in np.unique(schedule.batch_type).tolist():
         program = graph.types[t].program
         batches = np.flatnonzero(schedule.batch_type == t)
-        k = sizes[batches]
         pos, seg = csr_gather(schedule.ptr, batches)  # the batches' nodes, batch by batch
         nodes = schedule.nodes[pos]
-        starts = np.cumsum(k) - k
-        for p, value in enumerate(program.float_inputs):
-            shape = program.values[value].shape
-            a = arena_of_shape(layout, shape)
-            e = graph.arg_ptr[nodes] + p
-            producer, slot = graph.arg_node[e], graph.arg_slot[e]
-            real = producer >= 0
-            values = graph.value_ptr[np.maximum(producer, 0)] + slot
-            if np.any(real & (layout.value_arena[values] != a)):
-                b = int(batches[seg[np.flatnonzero(real & (layout.value_arena[values] != a))[0]]])
-                raise VerificationError(f"batch {b}: operand {p} is not in the arena of its shape")
-            zero_row = layout.arena_rows[a] if a >= 0 else 0
-            rows = np.where(real, layout.value_row[values], zero_row)
-            any_real = np.add.reduceat(real, starts) > 0
-            all_real = np.add.reduceat(real, starts) == k
-            same_seg = seg[1:] == seg[:-1]
-            breaks = np.bincount(seg[1:][same_seg & (rows[1:] != rows[:-1] + 1)], minlength=len(batches))
-            differ = np.bincount(seg[np.flatnonzero(rows != rows[starts][seg])], minlength=len(batches))
-            first = rows[starts]
-            kind = np.full(len(batches), GATHER_CODE, dtype=np.int8)
-            kind[differ == 0] = BROADCAST_CODE
-            kind[(k == 1) | (all_real & (breaks == 0))] = VIEW_CODE
-            kind[~any_real] = BROADCAST_CODE
-            first = np.where(~any_real, zero_row, first)
-            gathered = kind == GATHER_CODE
-            counts = np.where(gathered, k, 0)
-            parts.append((batches, np.full(len(batches), p), kind, np.where(any_real | (a >= 0), a, -1),
-                          first, k * prod(shape) * 4, counts, rows[gathered[seg]]))
+        if set_reduction_of(program) is not None:
+            e, owner = csr_gather(graph.arg_ptr, nodes)
+            rows_per_batch = np.bincount(seg[owner], minlength=len(batches))
+            operands = [(0, program.float_inputs[0], e, seg[owner], rows_per_batch)]
+        else:
+            operands = [(p, value, graph.arg_ptr[nodes] + p, seg, sizes[batches])
+                        for p, value in enumerate(program.float_inputs)]
+        for p, value, e, row_seg, k in operands:
+            parts.append(_classify(graph, layout, batches, p, program.values[value].shape, e, row_seg, k))
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
-        return OperandTable(empty, empty, empty.astype(np.int8), empty, empty, empty, np.zeros(1, np.int64), empty)
+        return OperandTable(empty, empty, empty.astype(np.int8), empty, empty, empty, empty,
+                            np.zeros(1, np.int64), empty)
     cols = [np.concatenate(c) for c in zip(*parts)]
     order = np.lexsort((cols[1], cols[0]))
-    counts = cols[6]
+    counts = cols[7]
     ptr_unsorted = csr_ptr(counts)
-    rows = cols[7]
+    rows = cols[8]
     pos, _ = csr_gather(ptr_unsorted, order)
     return OperandTable(cols[0][order], cols[1][order], cols[2][order], cols[3][order], cols[4][order],
-                        cols[5][order], csr_ptr(counts[order]), rows[pos])
+                        cols[5][order], cols[6][order], csr_ptr(counts[order]), rows[pos])
+
+
+def _classify(graph: Graph, layout: Layout, batches: np.ndarray, p: int, shape: Shape, e: np.ndarray,
+              seg: np.ndarray, k: np.ndarray) -> tuple:
+    """The operand `p` of `batches`: its rows are the arguments `e`, row j in batch `seg[j]`, `k` rows a
+    batch (one per node, or a set reduction's whole set)."""
+    a = arena_of_shape(layout, shape)
+    starts = np.cumsum(k) - k
+    producer, slot = graph.arg_node[e], graph.arg_slot[e]
+    real = producer >= 0
+    values = graph.value_ptr[np.maximum(producer, 0)] + slot
+    if np.any(real & (layout.value_arena[values] != a)):
+        b = int(batches[seg[np.flatnonzero(real & (layout.value_arena[values] != a))[0]]])
+        raise VerificationError(f"batch {b}: operand {p} is not in the arena of its shape")
+    zero_row = layout.arena_rows[a] if a >= 0 else 0
+    rows = np.where(real, layout.value_row[values], zero_row)
+    any_real = np.add.reduceat(real, starts) > 0
+    all_real = np.add.reduceat(real, starts) == k
+    same_seg = seg[1:] == seg[:-1]
+    breaks = np.bincount(seg[1:][same_seg & (rows[1:] != rows[:-1] + 1)], minlength=len(batches))
+    differ = np.bincount(seg[np.flatnonzero(rows != rows[starts][seg])], minlength=len(batches))
+    first = rows[starts]
+    kind = np.full(len(batches), GATHER_CODE, dtype=np.int8)
+    kind[differ == 0] = BROADCAST_CODE
+    kind[(k == 1) | (all_real & (breaks == 0))] = VIEW_CODE
+    kind[~any_real] = BROADCAST_CODE
+    first = np.where(~any_real, zero_row, first)
+    gathered = kind == GATHER_CODE
+    counts = np.where(gathered, k, 0)
+    return (batches, np.full(len(batches), p), kind, np.where(any_real | (a >= 0), a, -1),
+            first, k, k * prod(shape) * 4, counts, rows[gathered[seg]])
 
 
 def batch_operands(graph: Graph, schedule: Schedule, layout: Layout, b: int) -> list[BatchOperand]:
@@ -170,6 +185,8 @@ def never_views(graph: Graph, schedule: Schedule) -> int:
         nodes = schedule.batch(b)
         k = len(nodes)
         program = graph.types[schedule.batch_type[b]].program
+        if set_reduction_of(program) is not None:
+            continue  # its set is no request of the planner's (`operand_requests`)
         for p, value in enumerate(program.float_inputs):
             e = graph.arg_ptr[nodes] + p
             producer, slot = graph.arg_node[e], graph.arg_slot[e]
@@ -191,10 +208,12 @@ def memory_stats(graph: Graph, schedule: Schedule, layout: Layout, plans: dict[P
     programs its batches run."""
     table = operand_table(graph, schedule, layout) if table is None else table
     gathered = table.kind == GATHER_CODE
-    calls = np.array([len(plans[t.program].steps) if t.program in plans else 0 for t in graph.types])
+    # A set reduction has no cell: its kernel is one call (`SetKernel`).
+    calls = np.array([len(plans[t.program].steps) if t.program in plans else
+                      int(set_reduction_of(t.program) is not None) for t in graph.types])
     used = {graph.types[t].program for t in np.unique(schedule.batch_type)}
     return MemoryStats(int(gathered.sum()), int(table.nbytes[gathered].sum()), int(table.nbytes.sum()),
-                       int(calls[schedule.batch_type].sum()), sum(plans[p].stacked_weights for p in used))
+                       int(calls[schedule.batch_type].sum()), sum(plans[p].stacked_weights for p in used if p in plans))
 
 
 def format_memory(stats: dict[str, MemoryStats], compiled: str, minibatches: int) -> str:

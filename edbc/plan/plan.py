@@ -30,6 +30,7 @@ from ..passes import CompileOptions
 from ..schedule.analysis import lower_bound
 from ..schedule.ir import Schedule, verify_schedule
 from ..spec.model import ModelSpec
+from ..spec.ops import set_reduction_of
 from ..spec.program import Program
 from .checks import check_plan, check_plan_header, op_program, parse_embedded_spec
 
@@ -103,8 +104,11 @@ def verify_plan(plan: Plan) -> None:
         if len(b.cells) != len(b.graph.types):
             raise VerificationError(f"{len(b.cells)} compiled cells for {len(b.graph.types)} node types")
         for t in np.unique(b.schedule.batch_type).tolist():
-            cell = b.cells[t]
-            if cell is None or cell.source != b.graph.types[t].program:
+            cell, program = b.cells[t], b.graph.types[t].program
+            if set_reduction_of(program) is not None:  # run by `SetKernel`, with no cell
+                if cell is not None:
+                    raise VerificationError(f"node type {b.graph.types[t].name} reduces sets; it has no compiled cell")
+            elif cell is None or cell.source != program:
                 raise VerificationError(f"node type {b.graph.types[t].name} has no compiled cell of its program")
     for cell in {id(c): c for b in plan.batches for c in b.cells if c is not None}.values():
         try:
@@ -226,9 +230,9 @@ def load_plan(path: str) -> Plan:
                                if k.startswith(f"{i}/layout/")})
             if stored is None:
                 for t in graph.types:
-                    if t.program not in compiled:
+                    if t.program not in compiled and set_reduction_of(t.program) is None:
                         compiled[t.program] = compile_cell(t.program, shapes, layout.mode)
-                cells = tuple(compiled[t.program] for t in graph.types)
+                cells = tuple(compiled.get(t.program) for t in graph.types)
             else:
                 refs = entry["cells"]
                 if not isinstance(refs, list) or len(refs) != len(graph.types) or any(

@@ -21,10 +21,10 @@ from ..graph.lower import cell_call_of
 from ..plan.plan import CompiledBatch
 from ..schedule.ir import Schedule
 from ..spec.model import ModelSpec
-from ..spec.ops import OPS, Noise
+from ..spec.ops import OPS, Noise, set_reduction_of
 from ..spec.program import TOKEN
 from .dropout import Dropout, call_keys
-from .kernels import Kernel
+from .kernels import Kernel, SetKernel
 from .limits import check_params_fit
 from .reference import reference_outputs
 from .weights import init_weights
@@ -137,6 +137,9 @@ class Executable:
         n_float = np.array([len(p.float_inputs) for p in programs])[schedule.batch_type]
         entry = csr_ptr(n_float).tolist()
         kinds, arenas, firsts = table.kind.tolist(), table.arena.tolist(), table.first_row.tolist()
+        rows_read = table.rows_read.tolist()
+        sets = {t for t, p in enumerate(programs) if set_reduction_of(p) is not None}
+        set_size = np.diff(graph.arg_ptr)
         gather_rows = torch.as_tensor(table.rows, dtype=torch.long, device=device)
         gather_ptr = table.ptr.tolist()
         tokens = _token_inputs(graph, schedule, device)
@@ -151,13 +154,13 @@ class Executable:
             i = entry[b]
             token = tokens.get(b, ())
             n_token = 0
-            reads = []  # (input position, arena, how, first row, gather rows) of each float input read from an arena
+            reads = []  # (input position, arena, how, first row, rows, gather rows) of each float input from an arena
             for position, (is_token, shape) in enumerate(signatures[t]):
                 if is_token:
                     inputs.append((_VIEW, token[n_token]))
                     n_token += 1
                     continue
-                a, first, kind = arenas[i], firsts[i], kinds[i]
+                a, first, kind, n = arenas[i], firsts[i], kinds[i], rows_read[i]
                 if a >= 0:
                     arena = self.arenas[a]
                 else:
@@ -165,22 +168,26 @@ class Executable:
                     if arena is None:
                         arena = zeros[shape] = torch.zeros((1,) + shape, device=device)
                 if kind == table.VIEW_CODE:
-                    inputs.append((_VIEW, arena[first:first + k]))
+                    inputs.append((_VIEW, arena[first:first + n]))
                     how = _VIEW
                 elif kind == table.BROADCAST_CODE:
-                    inputs.append((_VIEW, arena[first:first + 1].expand((k,) + shape)))
+                    inputs.append((_VIEW, arena[first:first + 1].expand((n,) + shape)))
                     how = _BROADCAST
                 else:
                     rows = gather_rows[gather_ptr[i]:gather_ptr[i + 1]]
                     inputs.append((_GATHER, (arena, rows)))
                     how = _GATHER
                 if a >= 0:
-                    reads.append((position, a, how, first, rows if how == _GATHER else None))
+                    reads.append((position, a, how, first, n, rows if how == _GATHER else None))
                 i += 1
             v = int(first_value[b])
             written = [(out_arena[v + s], out_row[v + s]) for s in range(n_outputs[t])]
             outputs = [self.arenas[a][row:row + k] for a, row in written]
-            steps.append((kernels[t], tuple(inputs), outputs))
+            kernel = kernels[t]
+            if t in sets:  # each batch its own: which set each operand row belongs to
+                owner = np.repeat(np.arange(k), set_size[schedule.batch(b)])
+                kernel = SetKernel(programs[t], torch.as_tensor(owner, dtype=torch.long, device=device), k)
+            steps.append((kernel, tuple(inputs), outputs))
             adjoints.append((k, tuple(reads), tuple(written)))
         self._steps = tuple(steps)
         self._adjoints = tuple(adjoints)
@@ -267,14 +274,14 @@ class Executable:
                     outs = kernel(xs, None, noise)
                     pairs = [(o, grads[a][row:row + k]) for o, (a, row) in zip(outs, written) if o.requires_grad]
                     torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
-                    for position, a, how, first, rows in reads:
+                    for position, a, how, first, n, rows in reads:
                         g = xs[position].grad
                         if g is None:  # an input the cell does not use
                             continue
                         if g.untyped_storage().data_ptr() == grads[a].untyped_storage().data_ptr():
                             g = g.clone()  # an op that passes its gradient through (a slice) hands back our rows
                         if how == _VIEW:
-                            grads[a][first:first + k] += g
+                            grads[a][first:first + n] += g
                         elif how == _BROADCAST:
                             grads[a][first] += g.sum(0)
                         else:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cell.ir import BROADCAST, SHARED, STACKED, TOKENS, VALUE, VIEW, CellPlan, CompiledCell
-from ..spec.ops import OPS, Noise
+from ..spec.ops import OPS, Noise, set_reduction_of
 from ..spec.program import Program, affine_terms
 
 
@@ -81,6 +81,26 @@ class Kernel:
         `out` (one tensor per output) when given. `noise`: what noisy ops (dropout) draw from in
         training; None at inference."""
         return self._run(inputs, out, noise)
+
+
+class SetKernel:
+    """One batch of a set reduction: `k` nodes' sets, the operand's row j in the set of node
+    `owner[j]`, reduced by the op's `segment` in one call. It has no weights to bind."""
+
+    __slots__ = ("segment", "owner", "k")
+
+    def __init__(self, program: Program, owner: torch.Tensor, k: int):
+        self.segment = set_reduction_of(program).segment
+        self.owner = owner
+        self.k = k
+
+    def __call__(self, inputs: list[torch.Tensor], out: list[torch.Tensor] | None = None,
+                 noise: Noise | None = None) -> list[torch.Tensor]:
+        reduced = self.segment(inputs[0], self.owner, self.k)
+        if out is None:
+            return [reduced]
+        out[0].copy_(reduced)
+        return out
 
 
 def _generate(program: Program, plan: CellPlan, weights: dict[str, torch.Tensor]) -> tuple[str, dict]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..graph.ir import CELL, Graph
-from ..spec.ops import Noise
+from ..spec.ops import Noise, set_reduction_of
 from ..spec.program import TOKEN
 from .dropout import Dropout, call_keys
 from .kernels import interpret
@@ -33,6 +33,12 @@ def reference_outputs(graph: Graph, weights: dict[str, torch.Tensor], device: st
         values: dict[int, list[torch.Tensor]] = {}  # this instance's node -> its outputs
         for v in by_instance[bounds[i]:bounds[i + 1]].tolist():
             program = graph.types[graph.node_type[v]].program
+            if set_reduction_of(program) is not None:  # its one input: the whole set, stacked
+                rows = [values[u][s] for u, s in graph.args(v)]
+                shape = program.inputs[0].shape
+                values[v] = interpret(program, [torch.cat(rows) if rows else torch.zeros((0,) + shape, device=device)],
+                                      weights)
+                continue
             args = iter(graph.args(v))
             imms = iter(graph.imms(v))
             inputs = []

@@ -142,8 +142,13 @@ class _CellBuilder:
     def call(self, node: ast.Call, n_results: int) -> tuple[int, ...]:
         if not isinstance(node.func, ast.Name) or node.func.id not in OPS:
             name = ast.unparse(node.func)
-            raise self.error(f"unknown op '{name}'; expected one of: {', '.join(sorted(OPS))}", node)
+            cell_ops = sorted(k for k, d in OPS.items() if d.segment is None)
+            raise self.error(f"unknown op '{name}'; expected one of: {', '.join(cell_ops)}", node)
         opdef = OPS[node.func.id]
+        if opdef.segment is not None:
+            how = opdef.kind.removeprefix("set_")
+            raise self.error(f"{opdef.kind} reduces a set of nodes, which no cell value is; bind a cell input "
+                             f"to one in the structure instead, e.g. `h: {how}(children.h)`", node)
         positional = list(node.args)
         attrs: dict[str, object] = {}
         keywords = {k.arg: k.value for k in node.keywords}

@@ -8,6 +8,7 @@ the spec), imported by `onnx_cell`.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..inputs import read_input_bytes, read_input_text
 from ..yaml_input import NAME as _NAME, Checker, Node, compose
 from .cells import OpLine, eval_dim_text, parse_cell
 from .model import INITS, ModelSpec, ParamSpec, RoleSpec, Source, VocabSpec
+from .ops import SET_REDUCTIONS, set_reduction_program
 from .program import Program, Shape
 from .structure import ANY, KINDS, KindDef, RoleDef, readout_role
 
@@ -135,6 +137,12 @@ def parse_model(text: str, path: str | None = None, files: Mapping[str, bytes] |
     role_nodes["readout"] = node
     for role_name, role in roles.items():
         _check_neighbors(c, role_name, role, role_nodes[role_name], kind, roles, cells, at_role=role.at)
+    # Each reduced set is a node of its own type (`assemble` makes the nodes); one type per reduction and shape.
+    for role in roles.values():
+        for value, source in zip(cells[role.cell].inputs, role.bind):
+            if source.kind == "set":
+                program = set_reduction_program(source.reduce, value.shape)
+                cells.setdefault(program.name, program)
 
     vocabs = _vocabs(c, top.get("vocab"), dims, roles, cells, params, root)
     return ModelSpec(name=name, path=path, seed=seed, dims=dims, vocabs=vocabs, params=params,
@@ -248,6 +256,9 @@ def _format_inputs(inputs: list[tuple[str, Shape | None]]) -> str:
     return ", ".join(f"{n}: {'token' if s is None else list(s)}" for n, s in inputs)
 
 
+_SET_BINDING = re.compile(r"\s*([A-Za-z_]\w*)\(\s*([A-Za-z_]\w*)\.([A-Za-z_]\w*)\s*\)\s*\Z")
+
+
 def _role(c: _Checker, role: str, node: Node, role_def: RoleDef, cells: dict[str, Program],
           at: str | None = None) -> RoleSpec:
     what = "readout" if role == "readout" else f"structure.{role}"
@@ -272,7 +283,24 @@ def _role(c: _Checker, role: str, node: Node, role_def: RoleDef, cells: dict[str
         text = snode.value
         if not isinstance(text, str):
             raise c.fail(snode, f"{what}.bind.{value.name} must be a token field or `neighbour.output`")
+        reduced = _SET_BINDING.match(text)
+        if reduced is not None:
+            how, ref, output = reduced.groups()
+            if role_def.set_roles(ref) is None:
+                sets = ", ".join(n for n, _ in role_def.sets) or "none here"
+                raise c.fail(snode, f"{what}.bind.{value.name}: {ref!r} is not a set of neighbours of "
+                                    f"{role}; expected one of: {sets}")
+            if how not in SET_REDUCTIONS:
+                raise c.fail(snode, f"{what}.bind.{value.name}: unknown set reduction {how!r}; expected "
+                                    f"one of: {', '.join(SET_REDUCTIONS)}")
+            if value.dtype != "f32":
+                raise c.fail(snode, f"{what}.bind.{value.name}: a token input cannot read a set")
+            sources.append(Source("set", ref, output, how))
+            continue
         ref, _, output = text.partition(".")
+        if output and role_def.set_roles(ref) is not None:
+            raise c.fail(snode, f"{what}.bind.{value.name}: {ref!r} is a set of nodes; reduce it to one "
+                                f"vector: {' or '.join(f'{h}({text})' for h in SET_REDUCTIONS)}")
         if output:
             if role_def.neighbor_roles(ref) is None:
                 raise c.fail(snode, f"{what}.bind.{value.name}: {ref!r} is not a neighbour of "
@@ -303,9 +331,9 @@ def _check_neighbors(c: _Checker, role: str, spec: RoleSpec, node: Node, kind: K
     program = cells[spec.cell]
     binds = node.value["bind"].value
     for value, source in zip(program.inputs, spec.bind):
-        if source.kind != "state":
+        if source.kind == "token":
             continue
-        fillers = role_def.neighbor_roles(source.ref)
+        fillers = role_def.set_roles(source.ref) if source.kind == "set" else role_def.neighbor_roles(source.ref)
         if ANY in fillers:
             continue
         where = binds[value.name]

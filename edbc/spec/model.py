@@ -53,13 +53,17 @@ class VocabSpec:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """What feeds one cell input: a token field, a neighbour's output, or zeros."""
+    """What feeds one cell input: a token field, a neighbour's output, or a set of neighbours' outputs
+    reduced (`sum(children.h)`)."""
 
-    kind: str  # "token" | "state"
-    ref: str  # token field, or neighbour name (e.g. "left", "prev", "node")
-    output: str | None = None  # the neighbour cell's output name, for kind "state"
+    kind: str  # "token" | "state" | "set"
+    ref: str  # token field, neighbour name (e.g. "left", "prev", "node") or set name ("children")
+    output: str | None = None  # the neighbour cell's output name, for kinds "state" and "set"
+    reduce: str | None = None  # for kind "set": one of `ops.SET_REDUCTIONS`
 
     def __str__(self) -> str:
+        if self.kind == "set":
+            return f"{self.reduce}({self.ref}.{self.output})"
         return self.ref if self.output is None else f"{self.ref}.{self.output}"
 
 

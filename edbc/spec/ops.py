@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .program import F32, TOKEN, Op, Program, Shape, affine_terms
+from .program import F32, TOKEN, Op, Program, Shape, Value, affine_terms
 
 
 class ShapeError(Exception):
@@ -51,6 +51,9 @@ class OpDef:
     # Random in training: `impl(args, attrs, noise)` also takes the call's `Noise` (None: inference), and
     # the spec parser numbers the cell's noisy ops in the attribute `site`, so each draws its own mask.
     noisy: bool = False
+    # Set reductions only (`set_sum`, ...): `segment(rows, owner, k)` reduces the rows of k nodes' sets at
+    # once, row j belonging to node owner[j]; `impl` reduces one node's set, stacked `[n, ...]`.
+    segment: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
 
 
 OPS: dict[str, OpDef] = {}
@@ -243,6 +246,73 @@ _reduction("mean", "mean(x): the mean over the last dimension, kept as a dimensi
 _reduction("max", "max(x): the largest entry of the last dimension, kept as a dimension of size 1 ([d] -> [1]); "
                   "its gradient is shared among tied largest entries",
            lambda a, attrs: (a[0].amax(dim=-1, keepdim=True),))
+
+# Set reductions: a structure binds a cell input to a set of nodes' outputs (a tree node's children)
+# reduced by one of these, written `sum(children.h)`. Each becomes a node of its own, whose arguments
+# are the set, however many; nodes of any arity batch together, reduced per node by `segment`. They
+# are not for op lines: a cell's values are single vectors.
+SET_REDUCTIONS = ("sum", "mean", "max")
+
+
+def _segment_sum(rows: torch.Tensor, owner: torch.Tensor, k: int) -> torch.Tensor:
+    return rows.new_zeros((k,) + rows.shape[1:]).index_add(0, owner, rows)
+
+
+def _segment_count(rows: torch.Tensor, owner: torch.Tensor, k: int) -> torch.Tensor:
+    counts = torch.bincount(owner, minlength=k).clamp(min=1).to(rows.dtype)
+    return counts.view((k,) + (1,) * (rows.dim() - 1))
+
+
+def _segment_max(rows: torch.Tensor, owner: torch.Tensor, k: int) -> torch.Tensor:
+    index = owner.view((-1,) + (1,) * (rows.dim() - 1)).expand_as(rows)
+    # An empty set's row stays 0, as its sum and mean are.
+    return rows.new_zeros((k,) + rows.shape[1:]).scatter_reduce(0, index, rows, "amax", include_self=False)
+
+
+def _per_node(reduce):
+    """One node's set `[n, ...]` -> `[1, ...]` (0 for an empty set), with torch's own reductions:
+    the unbatched reference shares nothing with `segment`."""
+    def impl(args, attrs):
+        rows = args[0]
+        if not len(rows):
+            return (rows.new_zeros((1,) + rows.shape[1:]),)
+        return (reduce(rows),)
+    return impl
+
+
+def _set_reduction(how: str, doc: str, per_node, segment):
+    @_register(f"set_{how}", doc, _per_node(per_node), 1, segment=segment)
+    def rule(ops, attrs):
+        _count(ops, f"set_{how}", 1)
+        _needs_value(ops, f"set_{how}")
+        _float_only(ops, f"set_{how}")
+        return [ops[0].shape]
+
+
+_set_reduction("sum", "sum(set): the sum of a set's vectors (0 for an empty set)",
+               lambda x: x.sum(0, keepdim=True), _segment_sum)
+_set_reduction("mean", "mean(set): the mean of a set's vectors (0 for an empty set)",
+               lambda x: x.mean(0, keepdim=True),
+               lambda rows, owner, k: _segment_sum(rows, owner, k) / _segment_count(rows, owner, k))
+_set_reduction("max", "max(set): the entrywise largest of a set's vectors (0 for an empty set); the gradient "
+                      "is shared among tied largest entries",
+               lambda x: x.amax(0, keepdim=True), _segment_max)
+
+
+def set_reduction_program(how: str, shape: Shape) -> Program:
+    """The node type that reduces sets of `shape` vectors by `how`: one op, any number of arguments."""
+    name = f"set_{how}[{','.join(map(str, shape))}]"
+    return Program(name, (Value("set", tuple(shape)), Value("reduced", tuple(shape))), 1,
+                   (Op(f"set_{how}", (0,), (1,)),), (1,))
+
+
+def set_reduction_of(program: Program | None) -> OpDef | None:
+    """The set reduction a node type runs, or None for a cell (fixed arguments)."""
+    if program is None or len(program.ops) != 1:
+        return None
+    opdef = OPS.get(program.ops[0].kind)
+    return opdef if opdef is not None and opdef.segment is not None else None
+
 
 LAYER_NORM_EPS = 1e-5  # torch's default, and ONNX LayerNormalization's
 

@@ -6,6 +6,10 @@ calls of one of a few roles. The readout role reads neighbours too; which ones
 depends on where it is placed (`at`). Roles a kind marks optional may be left
 out of a spec; `required` lists groups of which each needs one role.
 
+A role may also read *sets* of neighbours (a tree node's `children`, any
+number of them): a cell input bound to a set reduces it, `sum(children.h)`
+(`edbc.spec.ops.SET_REDUCTIONS`), so one cell serves every arity.
+
 The `dag` kind has open roles: any role name, any token field, and neighbours
 `arg0`, `arg1`, ... (a node's arguments as the data file lists them), filled by
 any role; those are checked per instance when the graph is built.
@@ -25,6 +29,10 @@ class RoleDef:
     tokens: tuple[str, ...] = ()
     neighbors: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (neighbour, roles that fill it)
     arg_neighbors: bool = False  # dag: `argK` neighbours
+    sets: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (set of neighbours, roles that fill its members)
+
+    def set_roles(self, name: str) -> tuple[str, ...] | None:
+        return dict(self.sets).get(name)
 
     def neighbor_roles(self, name: str) -> tuple[str, ...] | None:
         for n, roles in self.neighbors:
@@ -39,6 +47,7 @@ class RoleDef:
 
     def describe_neighbors(self) -> str:
         names = [n for n, _ in self.neighbors] + (["arg0", "arg1", "..."] if self.arg_neighbors else [])
+        names += [f"{n} (a set)" for n, _ in self.sets]
         return ", ".join(names) or "(none)"
 
 
@@ -71,10 +80,14 @@ _LATTICE_STATE = ("char", "merge")  # a lattice node's state: its char arc, or i
 KINDS: dict[str, KindDef] = {
     "tree": KindDef(
         name="tree",
-        doc="binary trees: a leaf cell per word, an internal cell per node fed by its two children",
+        doc="trees: a leaf cell per word, an internal cell per node fed by its `left` and `right` children "
+            "(binary trees) or by the set of its `children` (any number); an optional edge cell per child, "
+            "fed by the `child`, whose outputs its parent reads as the set `edges`",
         roles=(
             ("leaf", RoleDef(tokens=("word",))),
-            ("internal", RoleDef(neighbors=(("left", _TREE_NODE), ("right", _TREE_NODE)))),
+            ("internal", RoleDef(neighbors=(("left", _TREE_NODE), ("right", _TREE_NODE)),
+                                 sets=(("children", _TREE_NODE), ("edges", ("edge",))))),
+            ("edge", RoleDef(neighbors=(("child", _TREE_NODE),))),
         ),
         required=(("leaf",), ("internal",)),
         readout_at=(("root", (("node", _TREE_NODE),)), ("nodes", (("node", _TREE_NODE),))),
