@@ -11,7 +11,8 @@ from edbc.data.chain import Sequence
 from edbc.data.lattice import Lattice
 from edbc.data.pairs import Pair
 from edbc.data import encode, spec_vocabs
-from edbc.graph import CELL, OP, build_graph, verify_graph
+from edbc.data import parse_ptb
+from edbc.graph import CELL, OP, build_graph, lower_to_ops, verify_graph
 from edbc.memory import PLANNERS
 from edbc.runtime import Runtime
 from edbc.schedule import POLICIES
@@ -79,6 +80,28 @@ def test_seq2seq_decoder_starts_from_the_last_encoder_step():
     assert g.out_node.tolist() == [5, 6, 7] and g.args(5) == [(2, 0)]
 
 
+def test_child_sum_nodes_read_their_children_and_edges_through_set_reductions():
+    spec = _spec("childsum_treelstm")
+    (tree,) = encode([parse_ptb("(1 (2 a) (2 b) (3 c))")], spec_vocabs(spec))
+    g = build_graph(spec, [tree])
+    verify_graph(g)
+    # the root's block: an edge call per child, then one reduction per set it reads, then the root
+    assert [g.types[t].name for t in g.node_type] == ["leaf"] * 3 + ["edge"] * 3 + ["set_sum[128]"] * 2 + \
+        ["node", "classify"]
+    assert g.args(3) == [(0, 0), (0, 1)]  # edge of child a: its h and c
+    assert g.args(6) == [(0, 0), (1, 0), (2, 0)]  # sum(children.h): three arguments
+    assert g.args(7) == [(3, 0), (4, 0), (5, 0)]  # sum(edges.fc)
+    assert g.args(8) == [(6, 0), (7, 0)] and g.args(9) == [(8, 0)]
+    # one reduction type serves every arity, at op level too
+    (other,) = encode([parse_ptb("(1 (2 a) (2 b))")], spec_vocabs(spec))
+    both = lower_to_ops(build_graph(spec, [tree, other]))
+    verify_graph(both)
+    reductions = [t for t, ty in enumerate(both.types) if ty.name.startswith("set_sum")]
+    assert len(reductions) == 1
+    arities = np.diff(both.arg_ptr)[both.node_type == reductions[0]]
+    assert sorted(arities.tolist()) == [2, 2, 3, 3]
+
+
 def test_lattice_arcs_are_folded_into_node_states():
     spec = _spec("lattice_gru")
     lat = Lattice(3, np.zeros(3, dtype=np.int32), np.array([0, 1, 0], dtype=np.int32),
@@ -94,7 +117,8 @@ def test_lattice_arcs_are_folded_into_node_states():
     assert g.args(4) == [(0, 0)] and g.args(5) == [(3, 0)]  # readouts of nodes 1 and 2
 
 
-@pytest.mark.parametrize("name", ["treelstm", "treegru", "mvrnn", "bilstm_tagger", "lstm_seq2seq"])
+@pytest.mark.parametrize("name", ["treelstm", "treegru", "mvrnn", "childsum_treelstm", "bilstm_tagger",
+                                  "lstm_seq2seq"])
 def test_benchmark_baselines_compute_the_same_model(name):
     from edbc.bench.baselines import make_baseline
     spec = _spec(name)
