@@ -136,6 +136,65 @@ def test_unary(op):
     assert kinds(check(model([node(op, ["x"], ["y"])], [("x", ["N", 7])], [("y", ["N", 7])]))) == [op.lower()]
 
 
+def test_exp_and_div_by_values_and_constants():
+    cell = check(model([node("Exp", ["x"], ["e"]), node("Div", ["e", "h"], ["a"]), node("Div", ["two", "a"], ["b"]),
+                        node("Div", ["b", "v"], ["y"])],
+                       [("x", ["N", 5]), ("h", ["N", 5])], [("y", ["N", 5])],
+                       {"two": np.array(2.0, np.float32), "v": rand(5) + 3}))
+    assert kinds(cell) == ["exp", "div", "div", "div"]
+    assert cell.program.ops[2].args[0] == "c.two" and cell.params["c.two"].shape == (5,)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("opset, axis, dims", [
+    (18, None, [6]), (18, 1, [6]), (13, -1, [1, 6]), (13, 2, [1, 6]),
+    # Before opset 13: axes axis.. (default 1) flattened into one; [1, 6] by default over the 6.
+    (11, None, [6]), (11, None, [1, 6]), (11, 1, [6, 1]), (11, -2, [1, 6, 1]),
+])
+def test_softmax_and_log_softmax_along_the_feature_axis(op, opset, axis, dims):
+    attrs = {} if axis is None else {"axis": axis}
+    cell = check(model([node(op, ["x"], ["y"], **attrs)], [("x", ["N"] + dims)], [("y", ["N"] + dims)], opset=opset))
+    assert kinds(cell) == ["softmax" if op == "Softmax" else "log_softmax"]
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layer_normalization(with_bias):
+    inits = {"g": rand(6), "B": rand(6)} if with_bias else {"g": rand(6)}
+    ins = ["x", "g", "B"] if with_bias else ["x", "g"]
+    # Mean and InvStdDev named but unused, as exporters may write them; axis 1 is the last axis here.
+    cell = check(model([node("LayerNormalization", ins, ["y", "mean", "inv_std"], axis=1)],
+                       [("x", ["N", 6])], [("y", ["N", 6])], inits))
+    assert kinds(cell) == ["layer_norm"]
+    bias = cell.params[cell.program.ops[0].args[2]]
+    np.testing.assert_array_equal(bias.values, inits["B"] if with_bias else np.zeros(6))
+    # Over the axes from the first size-1 one: the same features, normalised alike.
+    check(model([node("LayerNormalization", ["x", "g"], ["y"], axis=-2, epsilon=1e-5)],
+                [("x", ["N", 1, 6])], [("y", ["N", 1, 6])], {"g": rand(1, 6)}))
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax"])
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("keepdims, dims, axes, out", [
+    (1, [6], [-1], [1]), (0, [6], [1], []), (None, [1, 6], [2], [1, 1]), (0, [1, 6], [-1, -2], [])])
+def test_reductions_over_the_feature_axis(op, opset, keepdims, dims, axes, out):
+    attrs, inits, ins = {}, {}, ["x"]
+    if keepdims is not None:
+        attrs["keepdims"] = keepdims
+    if opset >= 18:
+        inits["axes"] = np.array(axes, np.int64)
+        ins.append("axes")
+    else:
+        attrs["axes"] = axes
+    cell = check(model([node(op, ins, ["y"], **attrs)], [("x", ["N"] + dims)], [("y", ["N"] + out)], inits, opset))
+    assert kinds(cell) == ["mean" if op == "ReduceMean" else "max"] and cell.program.output_shapes == ((1,),)
+
+
+def test_reduction_with_no_axes_as_a_no_op():
+    cell = check(model([node("ReduceMax", ["x"], ["m"], noop_with_empty_axes=1), node("Tanh", ["m"], ["y"])],
+                       [("x", ["N", 4])], [("y", ["N", 4])]))
+    assert kinds(cell) == ["tanh"]
+
+
 def test_concat_on_the_feature_axis_also_of_unsqueezed_values():
     check(model([node("Concat", ["x", "h"], ["y"], axis=-1)], [("x", ["N", 2]), ("h", ["N", 3])], [("y", ["N", 5])]))
     axes = {"ax": np.array([1], np.int64)}
@@ -496,7 +555,35 @@ def test_declared_inputs_and_outputs_must_match_the_graph(tmp_path):
      {"one": np.array([1])}, "computes with the batch size, which is dynamic"),
 ])
 def test_what_the_mapping_cannot_honour(nodes, inputs, inits, message):
-    m = model(nodes, inputs, [(nodes[-1].output[-1], None)], inits)
+    refused(model(nodes, inputs, [(nodes[-1].output[-1], None)], inits), message)
+
+
+def refused(m: onnx.ModelProto, message: str):
     with pytest.raises(SpecError, match=message) as e:
         import_onnx_cell("c", m.SerializeToString(), "m.onnx")
     assert "\n" not in str(e.value) and str(e.value).startswith("m.onnx: cell 'c'")
+
+
+NOT_FEATURES = "not along its feature axis"
+
+
+@pytest.mark.parametrize("opset, nodes, dims, inits, message", [
+    (13, [node("Softmax", ["x"], ["y"], axis=0)], [6], {}, "axis 0, the batch axis"),
+    (13, [node("Softmax", ["x"], ["y"], axis=1)], [1, 6], {}, f"axis 1 of \\[batch, 1, 6\\], {NOT_FEATURES}"),
+    (11, [node("Softmax", ["x"], ["y"], axis=0)], [6], {}, "axis 0, the batch axis"),
+    (11, [node("LogSoftmax", ["x"], ["y"], axis=2)], [6, 1], {}, f"axis 2 of \\[batch, 6, 1\\], {NOT_FEATURES}"),
+    (18, [node("LayerNormalization", ["x", "g"], ["y"], epsilon=1e-3)], [6], {"g": rand(6)},
+     "epsilon is 0.001; edbc's layer_norm uses 1e-05"),
+    (18, [node("LayerNormalization", ["x", "g"], ["y", "mean"])], [6], {"g": rand(6)},
+     "its output 'mean' .* is used"),
+    (18, [node("LayerNormalization", ["x", "g"], ["y"], axis=0)], [6], {"g": rand(6)}, "the batch axis"),
+    (18, [node("LayerNormalization", ["x", "g"], ["y"])], [6, 1], {"g": rand(1)}, f"axis 2 .*{NOT_FEATURES}"),
+    (18, [node("LayerNormalization", ["x", "x"], ["y"])], [6], {}, "the scale must be a constant"),
+    (18, [node("ReduceMean", ["x", "ax"], ["y"])], [6], {"ax": np.array([0], np.int64)}, "the batch axis"),
+    (18, [node("ReduceMean", ["x"], ["y"])], [6], {}, "reduces every axis, the batch axis too"),
+    (13, [node("ReduceMax", ["x"], ["y"], axes=[-1])], [6, 1], {}, f"axis 2 .*{NOT_FEATURES}"),
+    (18, [node("Shape", ["x"], ["s"]), node("ReduceMax", ["x", "s"], ["y"])], [6], {},
+     "axes depends on the batch size"),
+])
+def test_what_the_normalising_and_reducing_ops_refuse(opset, nodes, dims, inits, message):
+    refused(model(nodes, [("x", ["N"] + dims)], [(nodes[-1].output[-1], None)], inits, opset), message)
