@@ -57,16 +57,17 @@ def node(op, ins, outs, name=None, **attrs):
     return helper.make_node(op, ins, outs, name=name or f"{op.lower()}_{outs[0]}", **attrs)
 
 
-def check(m: onnx.ModelProto, batch: int = 3, rows: int = 10):
+def check(m: onnx.ModelProto, batch: int = 3, rows: int = 10, reference: onnx.ModelProto | None = None):
     """Import `m`, run it with edbc (op by op, and as a fused kernel) and with onnx's reference
-    evaluator on the same random inputs; they must agree. Returns the imported cell."""
+    evaluator (on `reference`, a model computing the same, if given) on the same random inputs;
+    they must agree. Returns the imported cell."""
     cell = import_onnx_cell("c", m.SerializeToString(), "m.onnx")
     feeds = {}
     for vi in m.graph.input:
         dims = [batch] + [d.dim_value for d in vi.type.tensor_type.shape.dim[1:]]
         feeds[vi.name] = RNG.integers(0, rows, size=dims) if vi.type.tensor_type.elem_type == I64 \
             else rand(*dims)
-    expected = ReferenceEvaluator(m).run(None, feeds)
+    expected = ReferenceEvaluator(reference or m).run(None, feeds)
     inputs = [torch.tensor(feeds[v.name].reshape(batch) if v.dtype == "token"
                            else feeds[v.name].reshape(batch, -1)) for v in cell.program.inputs]
     weights = {k: init_param(p) for k, p in cell.params.items()}
@@ -148,12 +149,17 @@ def test_exp_and_div_by_values_and_constants():
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
 @pytest.mark.parametrize("opset, axis, dims", [
     (18, None, [6]), (18, 1, [6]), (13, -1, [1, 6]), (13, 2, [1, 6]),
-    # Before opset 13: axes axis.. (default 1) flattened into one; [1, 6] by default over the 6.
-    (11, None, [6]), (11, None, [1, 6]), (11, 1, [6, 1]), (11, -2, [1, 6, 1]),
+    # Before opset 13: axes axis.. (default 1) flattened into one; [6, 1] by default over the 6.
+    (11, None, [6]), (11, None, [6, 1]), (11, None, [1, 6]), (11, -2, [1, 6, 1]),
 ])
 def test_softmax_and_log_softmax_along_the_feature_axis(op, opset, axis, dims):
     attrs = {} if axis is None else {"axis": axis}
-    cell = check(model([node(op, ["x"], ["y"], **attrs)], [("x", ["N"] + dims)], [("y", ["N"] + dims)], opset=opset))
+    io = [("x", ["N"] + dims)], [("y", ["N"] + dims)]
+    reference = None
+    if opset < 13:  # onnx's evaluator ignores the old semantics: flatten from the axis, then the last axis
+        reference = model([node("Flatten", ["x"], ["f"], axis=attrs.get("axis", 1)), node(op, ["f"], ["s"]),
+                           node("Shape", ["x"], ["shape"]), node("Reshape", ["s", "shape"], ["y"])], *io)
+    cell = check(model([node(op, ["x"], ["y"], **attrs)], *io, opset=opset), reference=reference)
     assert kinds(cell) == ["softmax" if op == "Softmax" else "log_softmax"]
 
 
@@ -343,6 +349,22 @@ class _GRUCell(torch.nn.Module):
         return self.cell(x, h)
 
 
+class _NormedScores(torch.nn.Module):
+    """LayerNorm (its weights drawn, not torch's ones and zeros), softmaxes, exp, div and reductions."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 8)
+        self.norm = torch.nn.LayerNorm(8)
+        torch.nn.init.normal_(self.norm.weight)
+        torch.nn.init.normal_(self.norm.bias)
+
+    def forward(self, x):
+        h = self.norm(self.linear(x))
+        z = torch.exp(h) / (1 + torch.softmax(h, dim=-1))
+        return torch.log_softmax(z, dim=-1), h.mean(-1, keepdim=True), h.amax(-1)
+
+
 def _export(module, names, outputs, path, dynamo):
     torch.manual_seed(1)
     module = module().eval()
@@ -361,6 +383,14 @@ def test_cells_exported_by_the_torchscript_exporter(module, names, outputs, tmp_
     cell = check(_export(module, names, outputs, tmp_path / "m.onnx", dynamo=False))
     if module is _LSTMCell:
         assert kinds(cell).count("affine") == 1  # both matmuls and both biases in one affine
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_a_normalising_cell_exported_by_torch(dynamo, tmp_path):
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    cell = check(_export(_NormedScores, ["x"], ["y", "m", "mx"], tmp_path / "m.onnx", dynamo))
+    assert {"layer_norm", "softmax", "exp", "div", "log_softmax", "mean", "max"} <= set(kinds(cell))
 
 
 def test_a_cell_exported_by_the_dynamo_exporter(tmp_path):
