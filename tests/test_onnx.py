@@ -2,6 +2,7 @@
 evaluator, torch-exported cells, the bundled example against its YAML twin,
 plans without the file, and the errors."""
 
+import re
 import shutil
 import warnings
 
@@ -20,9 +21,9 @@ from edbc.cell import compile_cell
 from edbc.runtime.kernels import Kernel, interpret
 from edbc.runtime.weights import init_param
 from edbc.schedule import POLICIES
-from edbc.settings import CONFIG_DIR
+from edbc.settings import CONFIG_DIR, REPO_ROOT
 from edbc.spec import load_model
-from edbc.spec.onnx_cell import import_onnx_cell
+from edbc.spec.onnx_cell import SUPPORTED, import_onnx_cell
 
 from .conftest import TREELSTM
 from .test_cli import edbc, one_line_error
@@ -522,6 +523,12 @@ def _tiny(tmp_path, m: onnx.ModelProto | bytes, extra: str = ""):
 def _tiny_cell(op="Add", **attrs):
     return model([node(op, ["l", "r"], ["h"], name="the_node", **attrs)], [("l", ["N", 4]), ("r", ["N", 4])],
                  [("h", ["N", 4])])
+
+
+def test_the_readme_names_every_supported_operator():
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("- Supported operators:"):readme.index("- Anything else is one line")]
+    assert [op for op in SUPPORTED if not re.search(rf"\b{op}\b", section)] == []
 
 
 def test_a_tiny_spec_with_an_onnx_cell_runs(tmp_path):
