@@ -2,6 +2,7 @@
 evaluator, torch-exported cells, the bundled example against its YAML twin,
 plans without the file, and the errors."""
 
+import re
 import shutil
 import warnings
 
@@ -20,9 +21,9 @@ from edbc.cell import compile_cell
 from edbc.runtime.kernels import Kernel, interpret
 from edbc.runtime.weights import init_param
 from edbc.schedule import POLICIES
-from edbc.settings import CONFIG_DIR
+from edbc.settings import CONFIG_DIR, REPO_ROOT
 from edbc.spec import load_model
-from edbc.spec.onnx_cell import import_onnx_cell
+from edbc.spec.onnx_cell import SUPPORTED, import_onnx_cell
 
 from .conftest import TREELSTM
 from .test_cli import edbc, one_line_error
@@ -57,16 +58,17 @@ def node(op, ins, outs, name=None, **attrs):
     return helper.make_node(op, ins, outs, name=name or f"{op.lower()}_{outs[0]}", **attrs)
 
 
-def check(m: onnx.ModelProto, batch: int = 3, rows: int = 10):
+def check(m: onnx.ModelProto, batch: int = 3, rows: int = 10, reference: onnx.ModelProto | None = None):
     """Import `m`, run it with edbc (op by op, and as a fused kernel) and with onnx's reference
-    evaluator on the same random inputs; they must agree. Returns the imported cell."""
+    evaluator (on `reference`, a model computing the same, if given) on the same random inputs;
+    they must agree. Returns the imported cell."""
     cell = import_onnx_cell("c", m.SerializeToString(), "m.onnx")
     feeds = {}
     for vi in m.graph.input:
         dims = [batch] + [d.dim_value for d in vi.type.tensor_type.shape.dim[1:]]
         feeds[vi.name] = RNG.integers(0, rows, size=dims) if vi.type.tensor_type.elem_type == I64 \
             else rand(*dims)
-    expected = ReferenceEvaluator(m).run(None, feeds)
+    expected = ReferenceEvaluator(reference or m).run(None, feeds)
     inputs = [torch.tensor(feeds[v.name].reshape(batch) if v.dtype == "token"
                            else feeds[v.name].reshape(batch, -1)) for v in cell.program.inputs]
     weights = {k: init_param(p) for k, p in cell.params.items()}
@@ -134,6 +136,70 @@ def test_add_chain_becomes_one_sum():
 @pytest.mark.parametrize("op", ["Sigmoid", "Tanh", "Relu"])
 def test_unary(op):
     assert kinds(check(model([node(op, ["x"], ["y"])], [("x", ["N", 7])], [("y", ["N", 7])]))) == [op.lower()]
+
+
+def test_exp_and_div_by_values_and_constants():
+    cell = check(model([node("Exp", ["x"], ["e"]), node("Div", ["e", "h"], ["a"]), node("Div", ["two", "a"], ["b"]),
+                        node("Div", ["b", "v"], ["y"])],
+                       [("x", ["N", 5]), ("h", ["N", 5])], [("y", ["N", 5])],
+                       {"two": np.array(2.0, np.float32), "v": rand(5) + 3}))
+    assert kinds(cell) == ["exp", "div", "div", "div"]
+    assert cell.program.ops[2].args[0] == "c.two" and cell.params["c.two"].shape == (5,)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("opset, axis, dims", [
+    (18, None, [6]), (18, 1, [6]), (13, -1, [1, 6]), (13, 2, [1, 6]),
+    # Before opset 13: axes axis.. (default 1) flattened into one; [6, 1] by default over the 6.
+    (11, None, [6]), (11, None, [6, 1]), (11, None, [1, 6]), (11, -2, [1, 6, 1]),
+])
+def test_softmax_and_log_softmax_along_the_feature_axis(op, opset, axis, dims):
+    attrs = {} if axis is None else {"axis": axis}
+    io = [("x", ["N"] + dims)], [("y", ["N"] + dims)]
+    reference = None
+    if opset < 13:  # onnx's evaluator ignores the old semantics: flatten from the axis, then the last axis
+        reference = model([node("Flatten", ["x"], ["f"], axis=attrs.get("axis", 1)), node(op, ["f"], ["s"]),
+                           node("Shape", ["x"], ["shape"]), node("Reshape", ["s", "shape"], ["y"])], *io)
+    cell = check(model([node(op, ["x"], ["y"], **attrs)], *io, opset=opset), reference=reference)
+    assert kinds(cell) == ["softmax" if op == "Softmax" else "log_softmax"]
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layer_normalization(with_bias):
+    inits = {"g": rand(6), "B": rand(6)} if with_bias else {"g": rand(6)}
+    ins = ["x", "g", "B"] if with_bias else ["x", "g"]
+    # Mean and InvStdDev named but unused, as exporters may write them; axis 1 is the last axis here.
+    cell = check(model([node("LayerNormalization", ins, ["y", "mean", "inv_std"], axis=1)],
+                       [("x", ["N", 6])], [("y", ["N", 6])], inits))
+    assert kinds(cell) == ["layer_norm"]
+    bias = cell.params[cell.program.ops[0].args[2]]
+    np.testing.assert_array_equal(bias.values, inits["B"] if with_bias else np.zeros(6))
+    # Over the axes from the first size-1 one: the same features, normalised alike.
+    check(model([node("LayerNormalization", ["x", "g"], ["y"], axis=-2, epsilon=1e-5)],
+                [("x", ["N", 1, 6])], [("y", ["N", 1, 6])], {"g": rand(1, 6)}))
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax"])
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("keepdims, dims, axes, out", [
+    (1, [6], [-1], [1]), (0, [6], [1], []), (None, [1, 6], [2], [1, 1]), (0, [1, 6], [-1, -2], [])])
+def test_reductions_over_the_feature_axis(op, opset, keepdims, dims, axes, out):
+    attrs, inits, ins = {}, {}, ["x"]
+    if keepdims is not None:
+        attrs["keepdims"] = keepdims
+    if opset >= 18:
+        inits["axes"] = np.array(axes, np.int64)
+        ins.append("axes")
+    else:
+        attrs["axes"] = axes
+    cell = check(model([node(op, ins, ["y"], **attrs)], [("x", ["N"] + dims)], [("y", ["N"] + out)], inits, opset))
+    assert kinds(cell) == ["mean" if op == "ReduceMean" else "max"] and cell.program.output_shapes == ((1,),)
+
+
+def test_reduction_with_no_axes_as_a_no_op():
+    cell = check(model([node("ReduceMax", ["x"], ["m"], noop_with_empty_axes=1), node("Tanh", ["m"], ["y"])],
+                       [("x", ["N", 4])], [("y", ["N", 4])]))
+    assert kinds(cell) == ["tanh"]
 
 
 def test_concat_on_the_feature_axis_also_of_unsqueezed_values():
@@ -284,6 +350,22 @@ class _GRUCell(torch.nn.Module):
         return self.cell(x, h)
 
 
+class _NormedScores(torch.nn.Module):
+    """LayerNorm (its weights drawn, not torch's ones and zeros), softmaxes, exp, div and reductions."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 8)
+        self.norm = torch.nn.LayerNorm(8)
+        torch.nn.init.normal_(self.norm.weight)
+        torch.nn.init.normal_(self.norm.bias)
+
+    def forward(self, x):
+        h = self.norm(self.linear(x))
+        z = torch.exp(h) / (1 + torch.softmax(h, dim=-1))
+        return torch.log_softmax(z, dim=-1), h.mean(-1, keepdim=True), h.amax(-1)
+
+
 def _export(module, names, outputs, path, dynamo):
     torch.manual_seed(1)
     module = module().eval()
@@ -302,6 +384,14 @@ def test_cells_exported_by_the_torchscript_exporter(module, names, outputs, tmp_
     cell = check(_export(module, names, outputs, tmp_path / "m.onnx", dynamo=False))
     if module is _LSTMCell:
         assert kinds(cell).count("affine") == 1  # both matmuls and both biases in one affine
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_a_normalising_cell_exported_by_torch(dynamo, tmp_path):
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    cell = check(_export(_NormedScores, ["x"], ["y", "m", "mx"], tmp_path / "m.onnx", dynamo))
+    assert {"layer_norm", "softmax", "exp", "div", "log_softmax", "mean", "max"} <= set(kinds(cell))
 
 
 def test_a_cell_exported_by_the_dynamo_exporter(tmp_path):
@@ -435,6 +525,12 @@ def _tiny_cell(op="Add", **attrs):
                  [("h", ["N", 4])])
 
 
+def test_the_readme_names_every_supported_operator():
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("- Supported operators:"):readme.index("- Anything else is one line")]
+    assert [op for op in SUPPORTED if not re.search(rf"\b{op}\b", section)] == []
+
+
 def test_a_tiny_spec_with_an_onnx_cell_runs(tmp_path):
     spec, _ = _tiny(tmp_path, _tiny_cell())
     r = edbc("run", spec, "--limit", 8, "--check", "--granularity", "op")
@@ -496,7 +592,35 @@ def test_declared_inputs_and_outputs_must_match_the_graph(tmp_path):
      {"one": np.array([1])}, "computes with the batch size, which is dynamic"),
 ])
 def test_what_the_mapping_cannot_honour(nodes, inputs, inits, message):
-    m = model(nodes, inputs, [(nodes[-1].output[-1], None)], inits)
+    refused(model(nodes, inputs, [(nodes[-1].output[-1], None)], inits), message)
+
+
+def refused(m: onnx.ModelProto, message: str):
     with pytest.raises(SpecError, match=message) as e:
         import_onnx_cell("c", m.SerializeToString(), "m.onnx")
     assert "\n" not in str(e.value) and str(e.value).startswith("m.onnx: cell 'c'")
+
+
+NOT_FEATURES = "not along its feature axis"
+
+
+@pytest.mark.parametrize("opset, nodes, dims, inits, message", [
+    (13, [node("Softmax", ["x"], ["y"], axis=0)], [6], {}, "axis 0, the batch axis"),
+    (13, [node("Softmax", ["x"], ["y"], axis=1)], [1, 6], {}, f"axis 1 of \\[batch, 1, 6\\], {NOT_FEATURES}"),
+    (11, [node("Softmax", ["x"], ["y"], axis=0)], [6], {}, "axis 0, the batch axis"),
+    (11, [node("LogSoftmax", ["x"], ["y"], axis=2)], [6, 1], {}, f"axis 2 of \\[batch, 6, 1\\], {NOT_FEATURES}"),
+    (18, [node("LayerNormalization", ["x", "g"], ["y"], epsilon=1e-3)], [6], {"g": rand(6)},
+     "epsilon is 0.001; edbc's layer_norm uses 1e-05"),
+    (18, [node("LayerNormalization", ["x", "g"], ["y", "mean"])], [6], {"g": rand(6)},
+     "its output 'mean' .* is used"),
+    (18, [node("LayerNormalization", ["x", "g"], ["y"], axis=0)], [6], {"g": rand(6)}, "the batch axis"),
+    (18, [node("LayerNormalization", ["x", "g"], ["y"])], [6, 1], {"g": rand(1)}, f"axis 2 .*{NOT_FEATURES}"),
+    (18, [node("LayerNormalization", ["x", "x"], ["y"])], [6], {}, "the scale must be a constant"),
+    (18, [node("ReduceMean", ["x", "ax"], ["y"])], [6], {"ax": np.array([0], np.int64)}, "the batch axis"),
+    (18, [node("ReduceMean", ["x"], ["y"])], [6], {}, "reduces every axis, the batch axis too"),
+    (13, [node("ReduceMax", ["x"], ["y"], axes=[-1])], [6, 1], {}, f"axis 2 .*{NOT_FEATURES}"),
+    (18, [node("Shape", ["x"], ["s"]), node("ReduceMax", ["x", "s"], ["y"])], [6], {},
+     "axes depends on the batch size"),
+])
+def test_what_the_normalising_and_reducing_ops_refuse(opset, nodes, dims, inits, message):
+    refused(model(nodes, [("x", ["N"] + dims)], [(nodes[-1].output[-1], None)], inits, opset), message)

@@ -41,7 +41,7 @@ from onnx.reference import ReferenceEvaluator
 
 from ..errors import SpecError
 from .model import ParamSpec
-from .ops import OPS, Operand, ShapeError
+from .ops import LAYER_NORM_EPS, OPS, Operand, ShapeError
 from .program import F32, TOKEN, Op, Program, Shape, Value, affine_terms, live_ops, value_uses
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -123,6 +123,8 @@ class _Importer:
         self._param_of: dict[tuple, str] = {}  # (shape, sha256 of the values) -> parameter name
         self.batch: int | None = None  # the static batch size of the export; None if dynamic
         self.where = ""
+        # What some node or the graph's outputs read: a rule may refuse a node for an output that is used.
+        self.consumed = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
 
     # -- errors and helpers used by the rules -------------------------------------------------
 
@@ -164,13 +166,21 @@ class _Importer:
             raise self.error(f"axis {axis} is out of range for rank {rank}")
         return axis + rank if axis < 0 else axis
 
+    def feature_axes(self, x: _Tensor, axes) -> set[int]:
+        """ONNX axes `axes` of `x`, made non-negative; together they must hold all its features (the
+        feature axis, and any axes of size 1), so that working along them is working along the vector."""
+        found = {self.axis(a, len(x.dims) + 1) for a in axes}
+        if 0 in found:
+            raise self.error("works along axis 0, the batch axis; edbc batches cell calls along it")
+        if int(np.prod([x.dims[a - 1] for a in found], dtype=np.int64)) != x.size:
+            listed = ", ".join(map(str, sorted(found)))
+            raise self.error(f"works along {'axis' if len(found) == 1 else 'axes'} {listed} of {_fmt(x.dims)}, "
+                             f"not along its feature axis")
+        return found
+
     def feature_axis(self, x: _Tensor, axis: int) -> int:
         """Index into `x.dims` of ONNX axis `axis`, which must be the axis along the vector."""
-        a = self.axis(axis, len(x.dims) + 1)
-        if a == 0:
-            raise self.error("works along axis 0, the batch axis; edbc batches cell calls along it")
-        if x.dims[a - 1] != x.size:
-            raise self.error(f"works along axis {a} of {_fmt(x.dims)}, which is not its feature axis")
+        (a,) = self.feature_axes(x, [axis])
         return a - 1
 
     def checked(self, x: _Tensor) -> _Tensor:
@@ -413,13 +423,13 @@ def _cast(imp, node, ins, attrs):
     return [x]  # edbc computes in fp32 and keeps token ids as int64
 
 
-@_rule("Sigmoid", "Tanh", "Relu")
+@_rule("Sigmoid", "Tanh", "Relu", "Exp")
 def _unary(imp, node, ins, attrs):
     x = imp.tensor(ins[0], "the operand")
     return imp.emit(node.op_type.lower(), (x.value,), [x.dims])
 
 
-@_rule("Add", "Sub", "Mul")
+@_rule("Add", "Sub", "Mul", "Div")
 def _binary(imp, node, ins, attrs):
     kind = node.op_type.lower()
     a, b = ins
@@ -436,6 +446,38 @@ def _binary(imp, node, ins, attrs):
     x = imp.tensor(b, "operand 2")
     p = imp.broadcast_param(node.input[0], imp.const(a, "operand 1"), x.dims)
     return imp.emit(kind, (p, x.value), [x.dims])
+
+
+@_rule("Softmax", "LogSoftmax")
+def _softmax(imp, node, ins, attrs):
+    x = imp.tensor(ins[0], "the operand")
+    rank = len(x.dims) + 1
+    if imp.opset >= 13:
+        axes = [attrs.get("axis", -1)]
+    else:  # opset < 13 flattens axes axis.. (default 1) into one and normalises over that
+        axes = range(imp.axis(attrs.get("axis", 1), rank), rank)
+    imp.feature_axes(x, axes)
+    return imp.emit("softmax" if node.op_type == "Softmax" else "log_softmax", (x.value,), [x.dims])
+
+
+@_rule("LayerNormalization")
+def _layer_norm(imp, node, ins, attrs):
+    x = imp.tensor(ins[0], "the operand")
+    for name in node.output[1:]:
+        if name in imp.consumed:
+            raise imp.error(f"its output '{name}' (the mean or inverse standard deviation) is used; "
+                            f"edbc's layer_norm gives only the normalised value")
+    eps = attrs.get("epsilon", LAYER_NORM_EPS)
+    if np.float32(eps) != np.float32(LAYER_NORM_EPS):  # the attribute is a float32
+        raise imp.error(f"epsilon is {eps:g}; edbc's layer_norm uses {LAYER_NORM_EPS:g} (torch's default)")
+    rank = len(x.dims) + 1
+    imp.feature_axes(x, range(imp.axis(attrs.get("axis", -1), rank), rank))
+    scale = imp.broadcast_param(node.input[1], imp.const(ins[1], "the scale"), x.dims)
+    if len(ins) > 2 and ins[2] is not None:
+        bias = imp.broadcast_param(node.input[2], imp.const(ins[2], "the bias B"), x.dims)
+    else:  # layer_norm always adds a bias: without B, one of zeros
+        bias = imp.param("zeros", np.zeros(x.size, np.float32))
+    return imp.emit("layer_norm", (x.value, scale, bias), [x.dims])
 
 
 @_rule("MatMul")
@@ -584,6 +626,21 @@ def _axes_of(imp: _Importer, node, ins, attrs) -> list[int] | None:
     if len(ins) > 1 and ins[1] is not None:
         return imp.ints(ins[1], "axes")
     return list(attrs["axes"]) if "axes" in attrs else None
+
+
+@_rule("ReduceMean", "ReduceMax")
+def _reduce(imp, node, ins, attrs):
+    x = imp.tensor(ins[0], "the operand")
+    axes = _axes_of(imp, node, ins, attrs)
+    if not axes:
+        if attrs.get("noop_with_empty_axes", 0):
+            return [x]
+        raise imp.error("reduces every axis, the batch axis too; expected axes=[-1], the feature axis")
+    reduced = imp.feature_axes(x, axes)
+    keep = attrs.get("keepdims", 1)
+    # All features reduce to one: [d] -> [1] (keepdims) or a scalar; edbc's value is [1] either way.
+    dims = tuple(1 if a in reduced else d for a, d in enumerate(x.dims, start=1) if keep or a not in reduced)
+    return imp.emit("mean" if node.op_type == "ReduceMean" else "max", (x.value,), [dims])
 
 
 @_rule("Unsqueeze")
