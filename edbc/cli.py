@@ -481,7 +481,7 @@ def _csv(text: str) -> list[str]:
 
 @main.command()
 @click.option("--models", default=None,
-              help="Comma-separated models (default: the seven benchmark models; with --train, treelstm and "
+              help="Comma-separated models (default: the eight benchmark models; with --train, treelstm and "
                    "bilstm_tagger).")
 @click.option("--batch-sizes", default=None,
               help="Comma-separated batch sizes (default: 1,32,64,128; with --train, 25,64 for treelstm and 32 "

@@ -31,6 +31,7 @@ from ..errors import UsageError
 from ..memory import PLANNERS
 from ..runtime import Runtime
 from ..schedule import lower_bound
+from ..data.tree import merge_same_label
 from ..settings import MODELS_DIR, NO_SPLITS, SHARED_DATA, SHARED_SPLITS
 from .baselines import BASELINES, make_baseline
 
@@ -40,6 +41,7 @@ class Workload:
     model: str
     kind: str  # the model's structure kind, which picks its data in SHARED_SPLITS
     batch_size: int  # the batch size of the headline comparison
+    nary: bool = False  # SST's binarised trees merged into n-ary ones (`merge_same_label`)
 
     @property
     def data(self) -> str | None:
@@ -52,6 +54,7 @@ WORKLOADS = (
     Workload("treelstm", "tree", 64),
     Workload("treegru", "tree", 64),
     Workload("mvrnn", "tree", 64),
+    Workload("childsum_treelstm", "tree", 64, nary=True),
     Workload("bilstm_tagger", "chain", 32),
     Workload("lstm_seq2seq", "seq2seq", 64),
     Workload("lattice_lstm", "lattice", 64),
@@ -96,7 +99,10 @@ def load_workload(w: Workload, batch_size: int, max_minibatches: int | None = No
     path = SHARED_DATA / w.data if w.data else None
     real = path is not None and path.exists()
     data = load_data(spec, str(path) if real else None, limit=None if real else SYNTHETIC_INSTANCES)
-    return spec, data.source, full_minibatches(data.instances, batch_size)[:max_minibatches]
+    instances, source = data.instances, data.source
+    if w.nary and real:  # synthetic trees for such a model are n-ary already
+        instances, source = [merge_same_label(t) for t in instances], f"{source} (merged n-ary)"
+    return spec, source, full_minibatches(instances, batch_size)[:max_minibatches]
 
 
 def _samples(batches: list, count: int) -> list:

@@ -337,15 +337,16 @@ def _check_neighbors(c: _Checker, role: str, spec: RoleSpec, node: Node, kind: K
         if ANY in fillers:
             continue
         where = binds[value.name]
+        who = f"a member of {source.ref}" if source.kind == "set" else source.ref
         present = [f for f in fillers if f in roles]
         if not present:
-            raise c.fail(where, f"bind.{value.name}: {source.ref} would be a {' or '.join(fillers)} node, "
+            raise c.fail(where, f"bind.{value.name}: {who} would be {_a(' or '.join(fillers))} node, "
                                 f"but the model has no such role")
         for filler in present:
             other = cells[roles[filler].cell]
             slot = other.output_slot(source.output)
             if slot is None:
-                raise c.fail(where, f"bind.{value.name}: {source.ref} may be a {filler} node, whose cell "
+                raise c.fail(where, f"bind.{value.name}: {who} may be {_a(filler)} node, whose cell "
                                     f"'{other.name}' has no output '{source.output}'; its outputs are: "
                                     f"{', '.join(other.values[v].name for v in other.outputs)}")
             if other.output_shapes[slot] != value.shape:
@@ -353,6 +354,10 @@ def _check_neighbors(c: _Checker, role: str, spec: RoleSpec, node: Node, kind: K
                                     f"'{program.name}' is {list(value.shape)} but output "
                                     f"'{source.output}' of cell '{other.name}' is "
                                     f"{list(other.output_shapes[slot])}")
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _vocabs(c: _Checker, node: Node | None, dims: dict[str, int], roles: dict[str, RoleSpec],
