@@ -144,8 +144,8 @@ def test_an_edited_spec_warns_once_and_batches_with_typewise(tmp_path):
     assert "another version of model 'treelstm'" in lines[0] and "typewise" in lines[0]
     assert str(tmp_path / "mine.policy.json") in lines[0]
     # Asked for by name or path, the policy that does not fit is refused, as before.
-    one_line_error(edbc("run", spec, "--limit", 4, "--policy", "fsm"), EXIT_ARTIFACT, "with another spec")
-    one_line_error(edbc("run", spec, "--limit", 4, "--policy", SHIPPED), EXIT_ARTIFACT, "with another spec")
+    one_line_error(edbc("run", spec, "--limit", 4, "--policy", "fsm"), EXIT_ARTIFACT, "another version of model")
+    one_line_error(edbc("run", spec, "--limit", 4, "--policy", SHIPPED), EXIT_ARTIFACT, "another version of model")
 
 
 def test_an_edited_spec_warns_from_the_api(tmp_path):

@@ -72,7 +72,7 @@ def test_a_policy_for_another_model_or_level_is_refused():
     check_policy(p, "p.json", "treelstm", "ab" * 32, "cell")
     with pytest.raises(ArtifactError, match="trained for model 'treelstm', not for model 'treegru'"):
         check_policy(p, "p.json", "treegru", "cd" * 32, "cell")
-    with pytest.raises(ArtifactError, match="model 'treelstm' with another spec"):
+    with pytest.raises(ArtifactError, match="another version of model 'treelstm'"):
         check_policy(p, "p.json", "treelstm", "cd" * 32, "cell")
     with pytest.raises(ArtifactError, match="trained at cell level, the graphs are at op level"):
         check_policy(p, "p.json", "treelstm", "ab" * 32, "op")

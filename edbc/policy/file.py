@@ -139,8 +139,10 @@ def check_policy(policy: PolicyFile, path: str, model: str, spec_digest: str | N
     trained_for = f"model '{policy.model}'" if policy.spec_digest else "bare typed DAGs"
     wanted = f"model '{model}'" if spec_digest else "bare typed DAGs"
     if policy.spec_digest != spec_digest:
-        if policy.spec_digest and spec_digest and policy.model == model:
-            trained_for += f" with another spec (digest {policy.spec_digest[:12]}, this one {spec_digest[:12]})"
+        if policy.spec_digest and spec_digest and policy.model == model:  # an edited spec keeping its name
+            raise ArtifactError(f"this policy was trained for another version of model '{model}' (spec digest "
+                                f"{policy.spec_digest[:12]}, this spec {spec_digest[:12]}); train one with "
+                                "`edbc train-policy`", path=path)
         raise ArtifactError(f"this policy was trained for {trained_for}, not for {wanted}; "
                             "train one with `edbc train-policy`", path=path)
     if policy.granularity != granularity:
