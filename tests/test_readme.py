@@ -53,3 +53,13 @@ def test_every_command_of_the_use_block_runs_as_written(tmp_path, monkeypatch):
             assert result.exit_code == 0, (command, result.output)
         ran += 1
     assert ran >= (len(commands) if have_data else 5)
+    if have_data:  # the README shows `inspect`'s memory comparison of the plan the Use block compiled
+        shown = memory_block()
+        printed = CliRunner().invoke(main, ["inspect", "out/sst.plan"]).output.splitlines()
+        assert shown == printed[printed.index(shown[0]):][:len(shown)]
+
+
+def memory_block() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index("```\n", text.index("`edbc inspect PLAN` compares the plan's memory mode")) + 4
+    return text[start:text.index("```", start)].rstrip("\n").splitlines()
