@@ -17,11 +17,8 @@ import torch
 
 from . import api, distributed
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, EdbcError, EdbcWarning, UsageError
-from .graph import CELL
-from .policy.encoding import DEFAULT_ENCODING, ENCODINGS
-from .policy.train import TrainSettings as PolicySettings
-from .train.loop import OPTIMIZERS, TrainSettings
-from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_THREADS
+from .settings import (CELL, CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_ENCODING, DEFAULT_THREADS, ENCODINGS,
+                       OPTIMIZERS, PolicySettings, TrainSettings)
 
 
 _MAX_THREADS = 1024
