@@ -44,7 +44,8 @@ from .runtime.module import WeightsModule
 from .runtime.weights import init_weights
 from .runtime.limits import check_minibatch_fits
 from .schedule import format_schedule, lower_bound, verify_schedule
-from .settings import CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES
+from .settings import (CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_MEMORY, DEFAULT_MODEL, DEFAULT_SYNTHETIC_INSTANCES,
+                       DUMPS, PolicySettings)
 from .spec import ModelSpec, parse_model
 from .spec.ops import set_reduction_of
 from .spec.program import Program
@@ -498,9 +499,6 @@ def memory_comparison(plan: Plan) -> dict[str, MemoryStats]:
     return totals
 
 
-DUMPS = ("graph", "schedule", "layout", "cells")
-
-
 def inspect(plan_path: str, dump: str | None = None, minibatch: int = 0, weights: str | None = None) -> str:
     """`edbc inspect`: a plan's summary (sizes, batches against the lower bound, gathers under each
     memory mode), or one of its IRs in full: a mini-batch's graph, schedule or layout, or the
@@ -557,9 +555,9 @@ def train_policy(inputs: list[str], output: str, dag_files: bool = False, data: 
     """`edbc train-policy`: train the FSM batching policy of a model (default: the bundled TreeLSTM)
     or of bare typed DAG files, and write the policy file; `subprocess_envs` steps each environment in
     a subprocess. Returns the `PolicyFile`."""
-    from .policy.train import TrainSettings, default_checkpoint, train_dag_policy, train_model_policy
+    from .policy.train import default_checkpoint, train_dag_policy, train_model_policy
 
-    settings = settings or TrainSettings()
+    settings = settings or PolicySettings()
     checkpoint = checkpoint or default_checkpoint(output)
     if dag_files:
         return train_dag_policy(list(inputs), list(heldout), settings, output, checkpoint, resume, progress,

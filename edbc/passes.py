@@ -37,11 +37,9 @@ from .graph import CELL, OP, Graph, build_graph, format_graph, lower_to_ops, ver
 from .memory import PLANNERS, Layout, format_layout, verify_layout
 from .policy.resolve import check_policy_name
 from .schedule import Schedule, format_schedule, verify_schedule
-from .settings import DEFAULT_MEMORY
+from .settings import DEFAULT_MEMORY, GRANULARITIES
 from .spec.model import ModelSpec
 from .spec.program import Program, format_program
-
-GRANULARITIES = (CELL, OP)
 
 
 @dataclass(frozen=True)

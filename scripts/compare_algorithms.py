@@ -27,9 +27,9 @@ from edbc.api import load_spec, training_data  # noqa: E402
 from edbc.policy.encoding import TypeVocab, action_mask, observation  # noqa: E402
 from edbc.policy.env import FrontierEnv  # noqa: E402
 from edbc.policy.fsm import Fsm, distil  # noqa: E402
-from edbc.policy.train import TrainSettings, evaluate, model_graph_sets, train_fsm  # noqa: E402
+from edbc.policy.train import evaluate, model_graph_sets, train_fsm  # noqa: E402
 from edbc.schedule import POLICIES  # noqa: E402
-from edbc.settings import MODELS_DIR, SHARED_DATA, SHARED_SPLITS  # noqa: E402
+from edbc.settings import MODELS_DIR, SHARED_DATA, SHARED_SPLITS, PolicySettings  # noqa: E402
 
 
 class Unmasked(FrontierEnv):
@@ -46,7 +46,7 @@ class Unmasked(FrontierEnv):
         return super().step(action)
 
 
-def train_unmasked(algorithm: str, graphs, vocab, settings: TrainSettings, steps_between: int):
+def train_unmasked(algorithm: str, graphs, vocab, settings: PolicySettings, steps_between: int):
     from stable_baselines3 import DQN, PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -102,7 +102,7 @@ def main() -> None:
           f"of 64: agenda {base['agenda']}, typewise {base['typewise']} batches\n")
     print("| algorithm | masking | best held-out batches | at timesteps | invalid choices | seconds |")
     print("|---|---|---:|---:|---:|---:|")
-    settings = TrainSettings(timesteps=args.timesteps, seed=args.seed, eval_every=args.eval_every, target=0.0)
+    settings = PolicySettings(timesteps=args.timesteps, seed=args.seed, eval_every=args.eval_every, target=0.0)
     steps_between = args.eval_every * settings.n_steps * settings.n_envs
     t0 = time.perf_counter()
     r = train_fsm(graphs, vocab, settings)

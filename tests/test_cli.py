@@ -153,6 +153,24 @@ def test_console_script_prints_one_json_object_and_no_traceback(tmp_path):
     assert r.returncode == EXIT_INPUT and "Traceback" not in r.stderr and r.stderr.startswith("Error: ")
 
 
+def test_help_and_usage_errors_do_not_import_torch():
+    # Importing torch and the compiler takes seconds; `edbc --help`, each command's help and a usage
+    # error answer without them (the commands import them when they run).
+    script = """
+import sys
+from edbc.cli import main
+for args in [["--help"], *([name, "--help"] for name in main.commands), ["run", "--no-such-option"]]:
+    try:
+        main(args)
+    except SystemExit:
+        pass
+print(sorted(m for m in ("torch", "edbc.api", "edbc.distributed") if m in sys.modules))
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_work_larger_than_memory_is_refused_with_the_estimate(monkeypatch):
     # The TreeLSTM's parameters take 0.94 MiB; a mini-batch of 8 trees about 1.4 MiB more.
     monkeypatch.setenv("EDBC_MEMORY_LIMIT", str(1_500_000))

@@ -16,11 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..settings import CELL, DAG, OP  # noqa: F401 (the graph levels; defined where the CLI reads them)
 from ..spec.program import Program
-
-CELL = "cell"
-OP = "op"
-DAG = "dag"
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,9 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph.ir import Graph
-
-ENCODINGS = ("sorted", "set", "max")
-DEFAULT_ENCODING = "sorted"
+from ..settings import ENCODINGS  # noqa: F401 (the three above; defined where the CLI reads them)
 
 State = tuple[int, ...]
 

@@ -28,7 +28,8 @@ from ..artifact import _canonical as canonical_json, check_document, expect, exp
     read_bytes, show, write_atomic
 from ..errors import ArtifactError
 from ..graph.ir import CELL, DAG, OP
-from .encoding import ENCODINGS, State, TypeVocab, is_state, state_types
+from ..settings import ENCODINGS
+from .encoding import State, TypeVocab, is_state, state_types
 from .fsm import Fsm
 
 FORMAT = "edbc.policy"

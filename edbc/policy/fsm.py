@@ -17,7 +17,8 @@ from ..graph.ir import Graph
 from ..schedule.frontier import Frontier
 from ..schedule.ir import Schedule
 from ..schedule.policies import drive, typewise_choice
-from .encoding import ENCODINGS, State, TypeVocab, state_of, state_types
+from ..settings import ENCODINGS
+from .encoding import State, TypeVocab, state_of, state_types
 
 
 @dataclass(frozen=True, eq=False)

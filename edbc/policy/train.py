@@ -30,8 +30,9 @@ from ..errors import ArtifactError, UsageError
 from ..graph.ir import CELL, DAG, OP, Graph
 from ..schedule.analysis import batchable_mask, lower_bound
 from ..schedule.policies import POLICIES
+from ..settings import PolicySettings
 from ..spec.model import ModelSpec
-from .encoding import DEFAULT_ENCODING, ENCODINGS, State, TypeVocab, action_mask, observation
+from .encoding import State, TypeVocab, action_mask, observation
 from .file import DAG_MODEL, PolicyFile, parse_table, save_policy
 from .fsm import Fsm, distil, fsm_schedule
 
@@ -39,34 +40,6 @@ ALGORITHM = "MaskablePPO"
 BASELINES = ("depth", "agenda", "typewise")
 
 Progress = Callable[[int, int, float | None], None]  # (timesteps done, timesteps in all, best ratio)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    encoding: str = DEFAULT_ENCODING
-    timesteps: int = 200_000
-    seed: int = 0
-    eval_every: int = 2  # PPO updates between greedy evaluations on the held-out graphs
-    target: float = 1.01  # stop once held-out batches <= target x lower bound
-    n_envs: int = 4
-    n_steps: int = 512  # per environment and update
-    batch_size: int = 256
-    n_epochs: int = 4
-    learning_rate: float = 1e-3
-    gamma: float = 0.95
-    ent_coef: float = 0.01
-    net_arch: tuple[int, ...] = (64, 64)
-
-    def __post_init__(self):
-        if self.encoding not in ENCODINGS:
-            raise UsageError(f"unknown encoding '{self.encoding}'; expected one of: {', '.join(ENCODINGS)}")
-        if self.timesteps < 1:
-            raise UsageError(f"--timesteps must be at least 1, got {self.timesteps}")
-        if self.eval_every < 1:
-            raise UsageError(f"--eval-every must be at least 1, got {self.eval_every}")
-
-    def to_json(self) -> dict:
-        return dict(asdict(self), net_arch=list(self.net_arch))
 
 
 @dataclass(frozen=True, eq=False)
@@ -234,7 +207,7 @@ def _checkpoint_failer(path: str):
     return fail
 
 
-def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: TrainSettings, run: dict | None = None,
+def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: PolicySettings, run: dict | None = None,
               checkpoint: str | None = None, resume: bool = False, progress: Progress | None = None,
               inputs: Sequence[str | None] = (), subprocess_envs: bool = False) -> TrainResult:
     """Train with MaskablePPO on `graphs.train`; return the best distilled table.
@@ -371,7 +344,7 @@ def _figures(result: TrainResult, graphs: GraphSets, batch_size: int | None) -> 
     }
 
 
-def _training(settings: TrainSettings, result: TrainResult, extra: dict) -> dict:
+def _training(settings: PolicySettings, result: TrainResult, extra: dict) -> dict:
     import sb3_contrib
     import stable_baselines3
 
@@ -381,7 +354,7 @@ def _training(settings: TrainSettings, result: TrainResult, extra: dict) -> dict
 
 
 def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granularity: str,
-                       settings: TrainSettings, output: str, checkpoint: str | None = None,
+                       settings: PolicySettings, output: str, checkpoint: str | None = None,
                        resume: bool = False, progress: Progress | None = None,
                        inputs: Sequence[str | None] = (), subprocess_envs: bool = False) -> PolicyFile:
     """Train a policy for `spec` on `train` (an `api.Dataset`), score it on `heldout`, write `output`.
@@ -404,7 +377,7 @@ def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granula
     return policy
 
 
-def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings: TrainSettings, output: str,
+def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings: PolicySettings, output: str,
                      checkpoint: str | None = None, resume: bool = False,
                      progress: Progress | None = None, subprocess_envs: bool = False) -> PolicyFile:
     """Train a policy on bare typed DAG files; held-out files score it (the training files when none)."""
