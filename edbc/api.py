@@ -143,7 +143,8 @@ class Compiler:
     """
 
     def __init__(self, spec: ModelSpec, options: CompileOptions = CompileOptions(), verify: bool = False,
-                 dump_after: str | None = None, dump: Dump | None = None, inference: bool = True):
+                 dump_after: str | None = None, dump: Dump | None = None, inference: bool = True,
+                 runs: int | None = None):
         if dump_after is not None and dump_after not in PASS_NAMES:
             raise UsageError(f"--dump-after: unknown pass '{dump_after}'; expected one of: {', '.join(PASS_NAMES)}")
         self.spec = spec
@@ -153,6 +154,9 @@ class Compiler:
         self.dump_after = dump_after
         self.dump = dump
         self.inference = inference  # False for training: see `compile_cell`
+        # How often each compiled mini-batch will run, where known: `--memory pq` then plans only a
+        # mini-batch whose gathers over those runs cost more than planning it (`planning_pays`).
+        self.runs = runs
         self.param_shapes = {name: p.shape for name, p in spec.params.items()}
         self._cells: dict[Program, CompiledCell] = {}
         self._cells_by_id: dict[int, tuple[Program, CompiledCell]] = {}
@@ -176,8 +180,8 @@ class Compiler:
         (graph, schedule, memory, cells)."""
         first = self._batches == 0
         self._batches += 1
-        state = run_passes(BATCH_PASSES, BatchState(self.spec, instances, self.options, self.policy), self.verify,
-                           self.dump_after if first else None, self.dump, timings)
+        state = run_passes(BATCH_PASSES, BatchState(self.spec, instances, self.options, self.policy, runs=self.runs),
+                           self.verify, self.dump_after if first else None, self.dump, timings)
         t0 = time.perf_counter()
         used = set(np.unique(state.schedule.batch_type).tolist())
         cells = tuple(self.cell(t.program) if i in used and set_reduction_of(t.program) is None else None
@@ -185,7 +189,7 @@ class Compiler:
         if timings is not None:
             timings["cells"] = time.perf_counter() - t0
         return CompiledBatch(state.cell_graph, state.graph, state.schedule, state.layout, cells, state.fsm_fallbacks,
-                             self.inference)
+                             self.inference, state.operands)
 
 
 def _options(options: "CompileOptions | str | None") -> CompileOptions:
@@ -246,6 +250,7 @@ class RunReport:
     policy_digest: str | None = None  # the policy file's checksum, for fsm
     gathers: int = 0
     gather_bytes: int = 0
+    planned: int = 0  # mini-batches laid out by the pq planner (with pq: those where planning repays)
     max_abs_error: float | None = None  # with check: over the values finite in both results
     num_output_values: int = 0
     nonfinite_outputs: int = 0  # output values that are NaN or infinite
@@ -280,7 +285,7 @@ class RunReport:
             "batch_size": self.batch_size, "num_instances": self.num_instances,
             "num_minibatches": self.num_minibatches, "num_batches": self.num_batches,
             "lower_bound": self.lower_bound, "fsm_fallbacks": self.fsm_fallbacks,
-            "gathers": self.gathers, "gather_bytes": self.gather_bytes,
+            "gathers": self.gathers, "gather_bytes": self.gather_bytes, "planned_minibatches": self.planned,
             "ms_per_minibatch": round(self.ms_per_minibatch, 4),
             "instances_per_s": round(self.num_instances / max(self.busy_ms, 1e-9) * 1e3, 2),
             "processes": max(len(self.process_ms), 1),
@@ -309,6 +314,7 @@ class RunReport:
         self.fsm_fallbacks += compiled.fsm_fallbacks
         self.gathers += stats.gathers
         self.gather_bytes += stats.gather_bytes
+        self.planned += compiled.layout.mode == "pq"
         for k, v in phases.items():
             self.phase_ms.setdefault(k, []).append(v * 1e3)
         self.per_minibatch_ms.append(sum(phases.values()) * 1e3)
@@ -341,7 +347,7 @@ class RunReport:
 
 # The counts of `RunReport` that add up over mini-batches, and so over processes.
 _SUMMED = ("num_instances", "num_minibatches", "num_batches", "lower_bound", "fsm_fallbacks", "gathers",
-           "gather_bytes", "num_output_values", "nonfinite_outputs", "nonfinite_reference")
+           "gather_bytes", "planned", "num_output_values", "nonfinite_outputs", "nonfinite_reference")
 
 
 def _gathered(world: World, report: RunReport, spec: ModelSpec) -> RunReport:
@@ -591,7 +597,8 @@ class Model:
         self.labels = checkpoint.labels if checkpoint else default_labels(spec.classes)
         self.runtime = Runtime(spec, device, checkpoint.weights if checkpoint else None)
         # Training keeps dropout, and embeddings unfolded: a folded table costs a pass over the vocabulary a step.
-        self.compiler = Compiler(spec, options, inference=not training)
+        # A mini-batch compiled here runs once (training sets how often it will: `edbc.train.loop.train`).
+        self.compiler = Compiler(spec, options, inference=not training, runs=1)
         self._module = None
 
     def module(self) -> torch.nn.Module:
@@ -652,7 +659,7 @@ class Model:
             verify: bool = False, keep_outputs: bool = False, world: World = SINGLE) -> RunReport:
         """Compile and execute `dataset` (encoded with this model's vocabularies; in a job of several
         processes, this rank's shard of its mini-batches) and report."""
-        compiler = self.compiler if not verify else Compiler(self.spec, self.options, verify)
+        compiler = self.compiler if not verify else Compiler(self.spec, self.options, verify, runs=self.compiler.runs)
         runtime = self.runtime
         report = RunReport(self.spec.name, compiler.policy.name, compiler.options.granularity,
                            compiler.options.memory, runtime.device.type, torch.get_num_threads(), batch_size,

@@ -5,7 +5,8 @@ Across instances (one mini-batch at a time, `BATCH_PASSES`):
     build_graph       instances -> cell-level graph          (edbc.graph.build)
     lower_to_ops      cell-level -> op-level graph           (edbc.graph.lower; --granularity op only)
     schedule          graph -> batches                       (edbc.schedule, edbc.policy; --policy)
-    plan_memory       graph + batches -> batches, layout     (edbc.memory; --memory pq or none)
+    plan_memory       graph + batches -> batches, layout     (edbc.memory; --memory pq or none; pq plans
+                                                             a mini-batch run N times where it repays)
 
 Inside each cell (once per cell program, `CELL_PASSES`):
 
@@ -35,6 +36,8 @@ from .cell.verify import verify_cell_plan, verify_cell_schedule, verify_program
 from .errors import UsageError, VerificationError
 from .graph import CELL, OP, Graph, build_graph, format_graph, lower_to_ops, verify_graph
 from .memory import PLANNERS, Layout, format_layout, verify_layout
+from .memory.operands import OperandTable, operand_table
+from .memory.planner import planning_pays, unplanned
 from .policy.resolve import check_policy_name
 from .schedule import Schedule, format_schedule, verify_schedule
 from .settings import DEFAULT_MEMORY, GRANULARITIES
@@ -156,6 +159,8 @@ class BatchState:
     schedule: Schedule | None = None
     layout: Layout | None = None
     fsm_fallbacks: int = 0
+    runs: int | None = None  # how often the mini-batch will run, where known (None: a plan, run any number)
+    operands: OperandTable | None = None  # the layout's operand table, where the memory pass made it
 
 
 def _schedule(s: BatchState) -> BatchState:
@@ -164,6 +169,11 @@ def _schedule(s: BatchState) -> BatchState:
 
 
 def _plan_memory(s: BatchState) -> BatchState:
+    if s.options.memory == "pq" and s.runs is not None:  # plan only where it repays its cost
+        sched, layout = unplanned(s.graph, s.schedule)
+        table = operand_table(s.graph, sched, layout)
+        if not planning_pays(table, sched.num_batches, s.runs):
+            return replace(s, schedule=sched, layout=layout, operands=table)
     sched, layout = PLANNERS[s.options.memory](s.graph, s.schedule)
     return replace(s, schedule=sched, layout=layout)
 

@@ -146,3 +146,20 @@ def test_pq_layouts_of_random_graphs_verify(graph, policy):
     verify_schedule(graph, planned)
     verify_layout(graph, planned, layout)
     assert sorted_batches(planned) == sorted_batches(sched)
+
+
+def test_pq_plans_a_mini_batch_only_where_its_runs_repay_planning(treelstm, synthetic_trees):
+    from edbc.api import Compiler
+    from edbc.memory.planner import planning_pays
+    from edbc.passes import CompileOptions
+    options = CompileOptions("agenda", "op", "pq")
+    once = Compiler(treelstm, options, runs=1).compile_batch(synthetic_trees)
+    often = Compiler(treelstm, options, runs=10_000).compile_batch(synthetic_trees)
+    ahead = Compiler(treelstm, options).compile_batch(synthetic_trees)  # a plan: planned always
+    assert (once.layout.mode, often.layout.mode, ahead.layout.mode) == ("none", "pq", "pq")
+    table = once.operand_table()
+    assert not planning_pays(table, once.schedule.num_batches, 1)
+    assert planning_pays(table, once.schedule.num_batches, 10_000)
+    assert often.memory_stats().gather_bytes < once.memory_stats().gather_bytes
+    # the table the decision made is the one the mini-batch runs with
+    assert once.known_operands is table

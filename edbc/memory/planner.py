@@ -179,3 +179,24 @@ def unplanned(graph: Graph, schedule: Schedule) -> tuple[Schedule, Layout]:
 # Memory mode -> planner: (graph, schedule) -> (the schedule, its nodes possibly reordered
 # within batches; the layout).
 PLANNERS = {"pq": pq_layout, "none": unplanned}
+
+# The cost model of `pq` where a mini-batch runs a known number of times (`edbc run`, `eval`, `train`;
+# plans compiled ahead of time are always planned). A layout only turns gathers into views, so planning
+# pays when what the unplanned layout's gathers cost over those runs exceeds what planning costs. Both
+# are linear fits measured on the CPU this project runs on, 1 thread (`python scripts/bench_memory.py
+# --cost-model`): an index_select of 16-64 rows of 128 floats took 2-4 us; pq planning took 1.7-32 ms
+# a mini-batch of 64 (TreeLSTM 23 batches, tagger 145, lattice LSTM 664, agenda), about 1 ms + 30 us a
+# batch. The saving measured was 0.12, 0.38 and 4.3 ms a run: the gathers' cost is set high enough to
+# bound it (4 us + 0.1 ns a byte gives 0.5, 0.8 and 4.0 ms), since the planner removes gathers only.
+GATHER_S = 4e-6
+GATHER_BYTE_S = 1e-10
+PLAN_S = 1e-3
+PLAN_BATCH_S = 3e-5
+
+
+def planning_pays(table, num_batches: int, runs: int) -> bool:
+    """Whether pq planning is worth its cost for a mini-batch run `runs` times, given the operand
+    table (`edbc.memory.operands.OperandTable`) of its unplanned layout."""
+    gathered = table.kind == table.GATHER_CODE
+    per_run = GATHER_S * int(gathered.sum()) + GATHER_BYTE_S * int(table.nbytes[gathered].sum())
+    return runs * per_run > PLAN_S + PLAN_BATCH_S * num_batches

@@ -56,9 +56,12 @@ class CompiledBatch:
     cells: tuple[CompiledCell | None, ...]  # per node type of `graph`: what its kernel runs (None: unused)
     fsm_fallbacks: int = 0  # FSM steps that fell back to typewise while scheduling
     inference: bool = True  # its cells were compiled for inference (no dropout); plans always are
+    known_operands: OperandTable | None = None  # its operand table, where compiling it made one already
 
     @cached_property
     def _operands(self) -> OperandTable:
+        if self.known_operands is not None:
+            return self.known_operands
         return operand_table(self.graph, self.schedule, self.layout)
 
     def operand_table(self) -> OperandTable:
