@@ -275,31 +275,46 @@ def write_results(rows: list, out_dir: Path, meta: dict, names: tuple[str, str] 
     draw(rows, out_dir / f"{names[1]}.png", meta)
 
 
+def model_tables(rows: list, title, columns: list[str], cells) -> list[str]:
+    """Markdown lines of one table per model, in the order models first appear: `title(model, its rows)`
+    heads it, `columns` name its columns (B, system, policy, memory, then figures: the second to fourth
+    left-aligned), `cells(row)` fills a line. Rows by batch size, edbc first, fastest first."""
+    lines = []
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        lines += [f"## {title(model, mine)}", "", "| " + " | ".join(columns) + " |",
+                  "|---:|---|---|---|" + "---:|" * (len(columns) - 4)]
+        for r in sorted(mine, key=lambda r: (r.batch_size, r.system != "edbc", r.ms)):
+            lines.append("| " + " | ".join(cells(r)) + " |")
+        lines.append("")
+    return lines
+
+
+def optional_cell(value, fmt: str) -> str:
+    """A table cell of a figure a row may lack."""
+    return format(value, fmt) if value is not None else "-"
+
+
 def markdown(rows: list[Row], meta: dict) -> str:
     lines = ["# edbc benchmark", "",
              f"{meta['machine']}; torch {meta['torch']}, {meta['threads']} thread(s); forward only, hidden 128. "
              "ms per mini-batch end to end (graph build + schedule + memory plan + execution for edbc; "
              "graph construction + forward for DyNet), median over at least "
              f"{meta['samples']} timed mini-batches after a warm-up pass.", ""]
-    for model in dict.fromkeys(r.model for r in rows):
-        mine = [r for r in rows if r.model == model]
-        lines += [f"## {model} ({mine[0].data})", "",
-                  "| B | system | policy | memory | ms / mini-batch | instances / s | batches | lower bound | "
-                  "gathers | gather MiB | build | schedule | plan | execute |",
-                  "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(mine, key=lambda r: (r.batch_size, r.system != "edbc", r.ms)):
-            def opt(v, fmt):
-                return format(v, fmt) if v is not None else "-"
-            p = r.phases
-            lines.append(
-                f"| {r.batch_size} | {r.system} | {r.policy or '-'} | {r.memory or '-'} | {r.ms:.2f} | "
-                f"{r.instances_per_s:.0f} | {opt(r.batches, '.1f')} | {opt(r.lower_bound, '.1f')} | "
-                f"{opt(r.gathers, '.0f')} | {opt(r.gather_bytes and r.gather_bytes / 2**20, '.2f')} | "
-                f"{p.get('graph', 0):.2f} | {p.get('schedule', 0):.2f} | {p.get('memory', 0):.2f} | "
-                f"{p.get('execute', 0):.2f} |" if r.system == "edbc" else
-                f"| {r.batch_size} | {r.system} | - | - | {r.ms:.2f} | {r.instances_per_s:.0f} | - | - | - | - | "
-                f"- | - | - | - |")
-        lines.append("")
+
+    def cells(r: Row) -> list[str]:
+        if r.system != "edbc":
+            return [str(r.batch_size), r.system, "-", "-", f"{r.ms:.2f}", f"{r.instances_per_s:.0f}"] + ["-"] * 8
+        p = r.phases
+        return [str(r.batch_size), r.system, r.policy or "-", r.memory or "-", f"{r.ms:.2f}",
+                f"{r.instances_per_s:.0f}", optional_cell(r.batches, ".1f"), optional_cell(r.lower_bound, ".1f"),
+                optional_cell(r.gathers, ".0f"), optional_cell(r.gather_bytes and r.gather_bytes / 2**20, ".2f"),
+                f"{p.get('graph', 0):.2f}", f"{p.get('schedule', 0):.2f}", f"{p.get('memory', 0):.2f}",
+                f"{p.get('execute', 0):.2f}"]
+
+    lines += model_tables(rows, lambda model, mine: f"{model} ({mine[0].data})",
+                          ["B", "system", "policy", "memory", "ms / mini-batch", "instances / s", "batches",
+                           "lower bound", "gathers", "gather MiB", "build", "schedule", "plan", "execute"], cells)
     return "\n".join(lines)
 
 

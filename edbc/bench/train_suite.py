@@ -47,7 +47,8 @@ from ..memory import PLANNERS
 from ..settings import MAPPINGS_DIR, MODELS_DIR, SHARED_DATA, SHARED_SPLITS
 from ..train import readout_targets, with_readout_at
 from ..train.loop import Batches, loss_of
-from .suite import dynet_available, full_minibatches, require_plotting, save_figure, write_results
+from .suite import (dynet_available, full_minibatches, model_tables, optional_cell, require_plotting, save_figure,
+                    write_results)
 from .torch_models import build_module
 
 LR = 0.05
@@ -354,22 +355,18 @@ def train_markdown(rows: list[TrainRow], meta: dict) -> str:
              f"{meta['samples']} timed steps per system, in interleaved rounds of one epoch "
              f"({meta['max_minibatches']} mini-batches) each, after a warm-up epoch (where edbc compiles). "
              f"DyNet: {meta['dynet']}.", ""]
-    for model in dict.fromkeys(r.model for r in rows):
-        mine = [r for r in rows if r.model == model]
-        lines += [f"## {model} ({mine[0].data}, goal: edbc >= {goals[model]}x DyNet)", "",
-                  "| B | system | policy | memory | ms / mini-batch | instances / s | vs DyNet | forward | backward | "
-                  "update | first loss | compile ms | batches |",
-                  "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(mine, key=lambda r: (r.batch_size, r.system != "edbc", r.ms)):
-            d = _dynet(rows, r)
-            ratio = f"{d.ms / r.ms:.2f}x" if d is not None and r.ms else "-"
-            p = r.phases
-            lines.append(
-                f"| {r.batch_size} | {r.system} | {r.policy or '-'} | {r.memory or '-'} | {r.ms:.2f} | "
-                f"{r.instances_per_s:.0f} | {ratio} | {p['forward']:.2f} | {p['backward']:.2f} | {p['update']:.2f} | "
-                f"{r.first_loss:.5f} | {'-' if r.compile_ms is None else f'{r.compile_ms:.1f}'} | "
-                f"{'-' if r.batches is None else f'{r.batches:.1f}'} |")
-        lines.append("")
+
+    def cells(r: TrainRow) -> list[str]:
+        d = _dynet(rows, r)
+        p = r.phases
+        return [str(r.batch_size), r.system, r.policy or "-", r.memory or "-", f"{r.ms:.2f}",
+                f"{r.instances_per_s:.0f}", f"{d.ms / r.ms:.2f}x" if d is not None and r.ms else "-",
+                f"{p['forward']:.2f}", f"{p['backward']:.2f}", f"{p['update']:.2f}", f"{r.first_loss:.5f}",
+                optional_cell(r.compile_ms, ".1f"), optional_cell(r.batches, ".1f")]
+
+    lines += model_tables(rows, lambda model, mine: f"{model} ({mine[0].data}, goal: edbc >= {goals[model]}x DyNet)",
+                          ["B", "system", "policy", "memory", "ms / mini-batch", "instances / s", "vs DyNet",
+                           "forward", "backward", "update", "first loss", "compile ms", "batches"], cells)
     return "\n".join(lines)
 
 

@@ -89,6 +89,7 @@ class Batches:
         self.keys = [tuple(self._mine(order[s:s + batch_size].tolist())) for s in range(0, len(order), batch_size)]
         self._prepared: dict[int, tuple | None] = {}
         self._targets: dict[int, list[np.ndarray]] = {}
+        self._labelled: dict[int, int] = {}
         self.compile_s = 0.0
 
     def __len__(self) -> int:
@@ -107,8 +108,12 @@ class Batches:
         return known
 
     def labelled(self, index: int) -> int:
-        """The labelled rows of the whole mini-batch: what its mean loss divides by."""
-        return sum(int((t >= 0).sum()) for t in self.targets(index))
+        """The labelled rows of the whole mini-batch: what its mean loss divides by (counted once; a
+        step asks for it every epoch)."""
+        known = self._labelled.get(index)
+        if known is None:
+            known = self._labelled[index] = sum(int((t >= 0).sum()) for t in self.targets(index))
+        return known
 
     def get(self, index: int):
         """(compiled shard, executable, targets in result order, per-instance targets) of this rank's
