@@ -11,8 +11,8 @@ from edbc.schedule import lower_bound
 from .dags import lattice_dag
 
 # Two updates of 2 x 32 steps between evaluations would be slow to learn from; these settings
-# only exercise the machinery.
-TINY = dict(n_envs=2, n_steps=32, batch_size=32, n_epochs=1, eval_every=1)
+# only exercise the machinery of PPO (the warm start would meet the target on these small lattices).
+TINY = dict(n_envs=2, n_steps=32, batch_size=32, n_epochs=1, eval_every=1, warm_start="none")
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,36 @@ def test_bad_settings_are_usage_errors():
         TrainSettings(encoding="bag")
     with pytest.raises(UsageError, match="--timesteps must be at least 1"):
         TrainSettings(timesteps=0)
+
+
+WARM = dict(TINY, warm_start="imitate", search=4, clone_steps=20)
+
+
+@pytest.fixture(scope="module")
+def family():
+    """Op-level lattices, on which the heuristics stay well above the lower bound."""
+    from edbc.data.lattice_dag import lattice_dag
+
+    rng = np.random.default_rng(1)
+    return GraphSets([lattice_dag(rng, 2) for _ in range(4)], [lattice_dag(rng, 2) for _ in range(2)])
+
+
+def test_training_starts_from_the_heuristics_tables(family):
+    vocab = TypeVocab.of_graphs(family.train)
+    result = train_fsm(family, vocab, TrainSettings(timesteps=128, **WARM))
+    stages = [e.stage for e in result.history]
+    assert stages == ["imitate agenda", "imitate typewise", "search", "ppo", "ppo"]
+    assert result.best.batches == min(e.batches for e in result.history)
+    again = train_fsm(family, vocab, TrainSettings(timesteps=128, **WARM))  # the same seed: the same run
+    assert again.history == result.history and again.fsm.table == result.fsm.table
+    assert evaluate(result.fsm, family.heldout).batches == result.best.batches
+
+
+def test_a_resumed_warm_started_run_does_not_start_again(family, tmp_path):
+    vocab = TypeVocab.of_graphs(family.train)
+    ckpt = str(tmp_path / "run.ckpt")
+    first = train_fsm(family, vocab, TrainSettings(timesteps=64, **WARM), {"data": "x"}, ckpt)
+    more = train_fsm(family, vocab, TrainSettings(timesteps=192, **WARM), {"data": "x"}, ckpt, resume=True)
+    assert more.history[:len(first.history)] == first.history
+    assert [e.stage for e in more.history[len(first.history):]] == ["ppo", "ppo"]
+    assert more.timesteps == 192
