@@ -37,14 +37,13 @@ def test_unseen_states_go_by_the_type_priority_and_are_counted(monkeypatch):
     assert empty.fallbacks == empty.schedule.num_batches
 
 
-def test_the_priority_puts_first_the_types_the_table_chooses_most_when_ready():
-    # t2 is chosen in both states that hold it, t1 in one of three.
-    fsm = Fsm(VOCAB, "sorted", {(0,): 0, (0, 1): 1, (1, 0): 1})
-    assert fsm.rank == [1, 0]
-    g = parse_typed_dag(TWO_CHAINS)
-    # (0, 1) is missing from this table: the priority runs t2 there, as the table above would.
-    r = fsm_schedule(g, Fsm(VOCAB, "sorted", {(0,): 0, (1, 0): 1, (1,): 1}))
-    assert r.fallbacks == 1 and [g.types[t].name for t in r.schedule.batch_type[:2]] == ["t1", "t2"]
+def test_a_missing_state_goes_by_its_longest_known_prefix_else_by_the_priority():
+    fsm = Fsm(TypeVocab(("a", "b", "c")), "sorted", {(0,): 0, (2, 1): 1, (1,): 1, (0, 1): 1})
+    # Chosen when held: b 3 of 3, a 1 of 2, c 0 of 1.
+    assert fsm.rank == [1, 0, 2]
+    assert fsm.fallback((0, 2)) == 0  # the table's choice in (0,)
+    assert fsm.fallback((0, 1, 2)) == 1  # in (0, 1)
+    assert fsm.fallback((2, 0)) == 0  # no prefix known: a before c
     assert Fsm(VOCAB, "sorted").rank == [0, 1]  # no table: by id
 
 

@@ -4,9 +4,11 @@
 keep a step O(1) where the table cannot answer (no switch to typewise's
 |F*_t| bookkeeping, which cost 4-20x the schedule):
 
-- a state the table lacks falls back to the policy's type priority (`Fsm.rank`:
-  types the table chooses most often when they are ready come first), and the
-  fallbacks are counted;
+- a state the table lacks falls back to the table's choice in its longest
+  prefix the table holds, else to the policy's type priority (`Fsm.rank`: types
+  the table chooses most often when they are ready come first); the fallbacks
+  are counted (on lattice op-level graphs with half the table: 127 ms a
+  schedule against typewise's 636 ms, and 11658 batches against 12291);
 - types outside the vocabulary (a loss node the training graphs never had) are
   left out of the state and run only when no known type is ready, the one with
   the most ready nodes first: such nodes are mostly sinks, which lose nothing by waiting.
@@ -56,11 +58,24 @@ class Fsm:
             rank[v] = position
         return rank
 
+    def fallback(self, state: State) -> int:
+        """The choice in a state the table lacks: the table's choice in the longest prefix of the
+        state it holds (for `sorted`, the state of the most-ready types; its choice is ready), else
+        the ready type first in the priority (`rank`). A few lookups: no frontier analysis."""
+        ready = state_types(self.encoding, state)
+        if self.encoding != "max":  # a prefix of a `max` state is no state
+            for k in range(len(ready) - 1, 0, -1):
+                action = self.table.get(state[:k])
+                if action is not None:
+                    return action
+        rank = self.rank
+        return min(ready, key=rank.__getitem__)
+
 
 @dataclass(frozen=True, eq=False)
 class FsmResult:
     schedule: Schedule
-    fallbacks: int  # steps whose state the table lacked, decided by the type priority
+    fallbacks: int  # steps whose state the table lacked, decided by `Fsm.fallback`
 
 
 class Stepper:
@@ -97,8 +112,6 @@ def fsm_schedule(graph: Graph, fsm: Fsm, name: str = "fsm", visits: Counter | No
     given, counts the table's states as they are met."""
     s = Stepper(graph, fsm.vocab, fsm.encoding)
     table = fsm.table
-    rank = fsm.rank
-    encoding = fsm.encoding
     fallbacks = 0
 
     def choose(f: Frontier) -> int:
@@ -109,7 +122,7 @@ def fsm_schedule(graph: Graph, fsm: Fsm, name: str = "fsm", visits: Counter | No
         action = table.get(state)
         if action is None:
             fallbacks += 1
-            action = min(state_types(encoding, state), key=rank.__getitem__)
+            action = fsm.fallback(state)
         elif visits is not None:
             visits[state] += 1
         return s.to_graph[action]

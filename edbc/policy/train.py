@@ -56,7 +56,7 @@ Progress = Callable[[int, int, float | None], None]  # (timesteps done, timestep
 @dataclass(frozen=True)
 class TrainSettings:
     encoding: str = DEFAULT_ENCODING
-    timesteps: int = 200_000
+    timesteps: int = 100_000
     seed: int = 0
     warm_start: str = "imitate"  # "none": PPO from a random network, no imitation or search
     search: int | None = None  # rollout tries improving the imitated table; None: `SEARCH_TRIES` by granularity
