@@ -239,7 +239,7 @@ class RunReport:
     num_minibatches: int = 0
     num_batches: int = 0
     lower_bound: int = 0
-    fsm_fallbacks: int = 0  # FSM steps whose state the table lacked (typewise decided)
+    fsm_fallbacks: int = 0  # FSM steps whose state the table lacked (`Fsm.fallback` decided)
     policy_digest: str | None = None  # the policy file's checksum, for fsm
     gathers: int = 0
     gather_bytes: int = 0

@@ -34,6 +34,7 @@ from edbc.schedule import lower_bound, verify_schedule  # noqa: E402
 from edbc.settings import MODELS_DIR, SHARED_DATA  # noqa: E402
 
 HEURISTICS = ("depth", "agenda", "typewise")
+TYPEWISE = "typewise"
 SMALL_NODES = 60
 
 
@@ -77,7 +78,7 @@ def batches_table(workloads, levels):
             print(f"| {spec.name} | {name} | {w.batch_size} | {level} | {len(graphs)} | {' | '.join(cells)} | "
                   f"{fsm if fsm is not None else '-'} | {bound} | "
                   f"{f'{fsm / bound:.3f}' if fsm is not None else '-'} | "
-                  f"{f'{100 * (fsm / counts["typewise"] - 1):+.1f} %' if fsm is not None else '-'} | "
+                  f"{f'{100 * (fsm / counts[TYPEWISE] - 1):+.1f} %' if fsm is not None else '-'} | "
                   f"{fallbacks if fallbacks is not None else '-'} | {verdict} |", flush=True)
 
 

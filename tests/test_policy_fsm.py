@@ -6,7 +6,7 @@ from edbc.data.typed_dag import parse_typed_dag
 from edbc.graph import build_graph
 from edbc.policy.encoding import ENCODINGS, TypeVocab, state_types
 from edbc.policy.fsm import Fsm, distil, fsm_schedule
-from edbc.schedule import Frontier, lower_bound, schedule, verify_schedule
+from edbc.schedule import Frontier, lower_bound, verify_schedule
 from edbc.schedule.policies import run_frontier
 
 from .dags import lattice_dag, typed_dags

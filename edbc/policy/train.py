@@ -1,6 +1,6 @@
 """Train an FSM batching policy, from the heuristics up, with stable-baselines3; distil it into a table.
 
-Training starts where the heuristics are (`search`): each frontier heuristic
+Training starts where the heuristics are (`policy.search`): each frontier heuristic
 is imitated into a table, the best of them on the held-out graphs is improved
 by rollouts on the training graphs (`search` tries), and the network is
 warm-started by cloning that table (`clone_steps` gradient steps), so that RL
@@ -122,8 +122,8 @@ class TrainResult:
 
 def evaluate(fsm: Fsm, graphs: list[Graph], timesteps: int = 0, stage: str = "ppo") -> Evaluation:
     results = [fsm_schedule(g, fsm) for g in graphs]
-    return Evaluation(stage, timesteps, sum(r.schedule.num_batches for r in results), sum(lower_bound(g) for g in graphs),
-                      sum(r.fallbacks for r in results), len(fsm.table))
+    return Evaluation(stage, timesteps, sum(r.schedule.num_batches for r in results),
+                      sum(lower_bound(g) for g in graphs), sum(r.fallbacks for r in results), len(fsm.table))
 
 
 # ---------------------------------------------------------------------------------------------
