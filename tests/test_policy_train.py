@@ -88,6 +88,10 @@ def test_bad_settings_are_usage_errors():
         TrainSettings(encoding="bag")
     with pytest.raises(UsageError, match="--timesteps must be at least 1"):
         TrainSettings(timesteps=0)
+    with pytest.raises(UsageError, match="--search must be at least 0, got -1"):
+        TrainSettings(search=-1)
+    with pytest.raises(UsageError, match="unknown warm start 'copy'; expected one of: imitate, none"):
+        TrainSettings(warm_start="copy")
 
 
 WARM = dict(TINY, warm_start="imitate", search=4, clone_steps=20)

@@ -60,6 +60,7 @@ def imitate(heuristic: str, graphs: list[Graph], vocab: TypeVocab, encoding: str
 
 
 def batches(fsm: Fsm, graphs: list[Graph], visits: Counter | None = None) -> int:
+    """Batches of `fsm` over `graphs`; `visits` counts the table's states met."""
     return sum(fsm_schedule(g, fsm, visits=visits).schedule.num_batches for g in graphs)
 
 
