@@ -246,7 +246,7 @@ class RunReport:
     num_minibatches: int = 0
     num_batches: int = 0
     lower_bound: int = 0
-    fsm_fallbacks: int = 0  # FSM steps whose state the table lacked (typewise decided)
+    fsm_fallbacks: int = 0  # FSM steps whose state the table lacked (`Fsm.fallback` decided)
     policy_digest: str | None = None  # the policy file's checksum, for fsm
     gathers: int = 0
     gather_bytes: int = 0
@@ -557,17 +557,18 @@ def schedule_files(paths: list[str], policy: str = "agenda") -> dict:
 def train_policy(inputs: list[str], output: str, dag_files: bool = False, data: str | None = None,
                  heldout: list[str] = (), limit: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  granularity: str = CELL, settings=None, checkpoint: str | None = None, resume: bool = False,
-                 progress=None, subprocess_envs: bool = False):
+                 progress=None, subprocess_envs: bool = False, allow_worse: bool = False):
     """`edbc train-policy`: train the FSM batching policy of a model (default: the bundled TreeLSTM)
     or of bare typed DAG files, and write the policy file; `subprocess_envs` steps each environment in
-    a subprocess. Returns the `PolicyFile`."""
+    a subprocess. A policy worse than the best heuristic on the held-out graphs is refused
+    (`WorsePolicyError`, nothing written) unless `allow_worse`. Returns the `PolicyFile`."""
     from .policy.train import default_checkpoint, train_dag_policy, train_model_policy
 
     settings = settings or PolicySettings()
     checkpoint = checkpoint or default_checkpoint(output)
     if dag_files:
         return train_dag_policy(list(inputs), list(heldout), settings, output, checkpoint, resume, progress,
-                                subprocess_envs)
+                                subprocess_envs, allow_worse)
     if len(inputs) > 1:
         raise UsageError(f"give one model, got {len(inputs)} arguments; bare typed DAG files need --graphs")
     if len(heldout) > 1:
@@ -576,7 +577,7 @@ def train_policy(inputs: list[str], output: str, dag_files: bool = False, data: 
     spec, _ = load_spec(model)
     train, held = training_data(spec, data, heldout[0] if heldout else None, limit, settings.seed)
     return train_model_policy(spec, train, held, batch_size, granularity, settings, output, checkpoint, resume,
-                              progress, (model, data, *heldout), subprocess_envs)  # the outputs never overwrite these
+                              progress, (model, data, *heldout), subprocess_envs, allow_worse)  # the outputs never overwrite these
 
 
 class Model:

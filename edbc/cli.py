@@ -21,7 +21,7 @@ import click
 
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, EdbcError, EdbcWarning, UsageError
 from .settings import (CELL, CHECK_TOLERANCE, DEFAULT_BATCH_SIZE, DEFAULT_ENCODING, DEFAULT_THREADS, DUMPS, ENCODINGS,
-                       GRANULARITIES, OPTIMIZERS, PolicySettings, TrainSettings)
+                       GRANULARITIES, OPTIMIZERS, WARM_STARTS, PolicySettings, TrainSettings)
 
 if TYPE_CHECKING:
     from . import api
@@ -367,6 +367,14 @@ class _ProgressBar:
 @click.option("--timesteps", type=int, default=PolicySettings().timesteps, show_default=True,
               help="Environment steps to train for (fewer when the early stop is reached).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds sampling, environments and network.")
+@click.option("--warm-start", type=click.Choice(WARM_STARTS), default=PolicySettings().warm_start, show_default=True,
+              help="imitate: start from the heuristics' tables (imitated, searched, cloned into the network); "
+                   "none: PPO from a random network.")
+@click.option("--search", type=int, metavar="N",
+              help="Rollout tries improving the imitated table on the training graphs (default: 48 at cell "
+                   "level and for typed DAGs, 0 at op level, where it did not pay).")
+@click.option("--allow-worse", is_flag=True,
+              help="Write the policy even when it needs more held-out batches than the best heuristic.")
 @click.option("--eval-every", type=int, default=PolicySettings().eval_every, show_default=True, metavar="K",
               help="PPO updates between greedy evaluations of the distilled table on the held-out graphs.")
 @click.option("--checkpoint", metavar="PATH", help="Checkpoint written after every evaluation "
@@ -377,24 +385,27 @@ class _ProgressBar:
                    f"Default: {PolicySettings().n_envs} environments in this process, faster on a few cores.")
 @click.option("--output", "-o", required=True, metavar="POLICY", help="Policy file to write (atomically).")
 def train_policy(inputs, dag_files, data, heldout, limit, batch_size, granularity, encoding, timesteps, seed,
-                 eval_every, checkpoint, resume, envs, output):
-    """Train the FSM batching policy of MODEL (default: the bundled TreeLSTM) with reinforcement
-    learning, distil it into a table and write the policy file."""
+                 warm_start, search, allow_worse, eval_every, checkpoint, resume, envs, output):
+    """Train the FSM batching policy of MODEL (default: the bundled TreeLSTM): imitate the heuristics,
+    improve with search and reinforcement learning, distil it into a table and write the policy file;
+    refuse (exit 9) a policy worse than the best heuristic on the held-out graphs."""
     from . import api
 
     settings = PolicySettings(encoding=encoding, timesteps=timesteps, seed=seed, eval_every=eval_every,
-                              n_envs=envs or PolicySettings().n_envs)
+                              n_envs=envs or PolicySettings().n_envs, warm_start=warm_start, search=search)
     bar = _ProgressBar("training")
     try:
         policy = api.train_policy(list(inputs), output, dag_files, data, list(heldout), limit, batch_size,
-                                  granularity, settings, checkpoint, resume, bar, envs is not None)
+                                  granularity, settings, checkpoint, resume, bar, envs is not None, allow_worse)
     finally:
         bar.close()
     f = policy.figures["heldout"]
     baselines = ", ".join(f"{k} {v}" for k, v in f["baselines"].items())
+    scored = "held-out batches  " if f["held_out"] else "training batches  "  # no --heldout: say so
     click.echo(f"wrote {output}: {policy.model} at {policy.granularity} level, {len(policy.fsm.table)} states "
-               f"({policy.fsm.encoding} encoding), {policy.training['timesteps_trained']} timesteps\n"
-               f"  held-out batches   {f['batches']} (lower bound {f['lower_bound']}, {f['ratio']:.3f}x; "
+               f"({policy.fsm.encoding} encoding), {policy.training['timesteps_trained']} timesteps, "
+               f"best table from {policy.figures['best_from']}\n"
+               f"  {scored} {f['batches']} (lower bound {f['lower_bound']}, {f['ratio']:.3f}x; "
                f"{baselines}), {f['fallbacks']} FSM fallbacks over {f['graphs']} graphs")
 
 

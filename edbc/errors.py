@@ -17,6 +17,7 @@ EXIT_ARTIFACT = 5
 EXIT_LIMIT = 6
 EXIT_WEIGHTS = 7
 EXIT_DISTRIBUTED = 8
+EXIT_WORSE_POLICY = 9
 EXIT_INTERRUPTED = 130
 
 
@@ -104,6 +105,13 @@ class DistributedError(EdbcError):
     was given other inputs than they were."""
 
     exit_code = EXIT_DISTRIBUTED
+
+
+class WorsePolicyError(EdbcError):
+    """A trained batching policy needs more batches on the held-out graphs than the best heuristic,
+    so `train-policy` does not write it (unless `--allow-worse`)."""
+
+    exit_code = EXIT_WORSE_POLICY
 
 
 class EdbcWarning(UserWarning):

@@ -84,13 +84,24 @@ class TrainSettings:
             raise UsageError(f"--weight-decay must be at least 0, got {self.weight_decay}")
 
 
+WARM_STARTS = ("imitate", "none")
+# Default search tries. The search pays at cell level (lattice LSTM: 5865 -> 5841 held-out batches in
+# 28 s, which PPO took 54 s to reach from scratch and never reached from the cloned table) and did
+# not at op level (16 rollouts of 70k-node graphs a try: 130 s for a table worse on the held-out
+# graphs; PPO from the cloned table gets 20413 -> 16415). README, "Training: edbc train-policy".
+SEARCH_TRIES = {CELL: 48, OP: 0, DAG: 48}
+
+
 @dataclass(frozen=True)
 class PolicySettings:
     """How `edbc train-policy` trains the FSM batching policy (edbc/policy/train.py)."""
 
     encoding: str = DEFAULT_ENCODING
-    timesteps: int = 200_000
+    timesteps: int = 100_000
     seed: int = 0
+    warm_start: str = "imitate"  # "none": PPO from a random network, no imitation or search
+    search: int | None = None  # rollout tries improving the imitated table; None: `SEARCH_TRIES` by granularity
+    clone_steps: int = 300  # gradient steps cloning the best table into the network
     eval_every: int = 2  # PPO updates between greedy evaluations on the held-out graphs
     target: float = 1.01  # stop once held-out batches <= target x lower bound
     n_envs: int = 4
@@ -109,6 +120,10 @@ class PolicySettings:
             raise UsageError(f"--timesteps must be at least 1, got {self.timesteps}")
         if self.eval_every < 1:
             raise UsageError(f"--eval-every must be at least 1, got {self.eval_every}")
+        if self.warm_start not in WARM_STARTS:
+            raise UsageError(f"unknown warm start '{self.warm_start}'; expected one of: {', '.join(WARM_STARTS)}")
+        if self.search is not None and self.search < 0:
+            raise UsageError(f"--search must be at least 0, got {self.search}")
 
     def to_json(self) -> dict:
         return dict(asdict(self), net_arch=list(self.net_arch))

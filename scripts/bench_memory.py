@@ -74,9 +74,9 @@ def main() -> None:
                 graph = graph_at(spec, mb, granularity)
                 sched = schedule(graph, args.policy)
                 floor += never_views(graph, sched)
-                for mode, planner in PLANNERS.items():
+                for mode, lay_out in PLANNERS.items():
                     t0 = time.perf_counter()
-                    planned, layout = planner(graph, sched)
+                    planned, layout = lay_out(graph, sched)
                     if mode == "pq":
                         plan_ms.append((time.perf_counter() - t0) * 1e3)
                     cells = {t.program: compilers[mode].cell(t.program).plan for t in graph.types

@@ -102,7 +102,9 @@ def main() -> None:
           f"of 64: agenda {base['agenda']}, typewise {base['typewise']} batches\n")
     print("| algorithm | masking | best held-out batches | at timesteps | invalid choices | seconds |")
     print("|---|---|---:|---:|---:|---:|")
-    settings = PolicySettings(timesteps=args.timesteps, seed=args.seed, eval_every=args.eval_every, target=0.0)
+    # From a random network, as the unmasked learners start: the comparison is of the RL algorithms.
+    settings = PolicySettings(timesteps=args.timesteps, seed=args.seed, eval_every=args.eval_every, target=0.0,
+                              warm_start="none")
     steps_between = args.eval_every * settings.n_steps * settings.n_envs
     t0 = time.perf_counter()
     r = train_fsm(graphs, vocab, settings)

@@ -10,7 +10,8 @@ from safetensors.torch import load as load_tensors, save as save_tensors
 
 from edbc.errors import EXIT_ARTIFACT, ArtifactError
 from edbc.policy.encoding import TypeVocab
-from edbc.policy.train import CHECKPOINT_FORMAT, CHECKPOINT_MAGIC, TrainSettings, train_fsm
+from edbc.policy.train import CHECKPOINT_FORMAT, CHECKPOINT_MAGIC, train_fsm
+from edbc.settings import PolicySettings
 
 from .conftest import TREELSTM
 from .forge import command_pickle, old_checkpoint_with_payload, reencode, sb3_zip_with_payload
@@ -23,12 +24,12 @@ def checkpoint(lattices, tmp_path_factory):
     """A checkpoint after one evaluation, and the vocabulary of its run."""
     path = tmp_path_factory.mktemp("ckpt") / "run.ckpt"
     vocab = TypeVocab.of_graphs(lattices.train)
-    train_fsm(lattices, vocab, TrainSettings(timesteps=64, **TINY), {"data": "x"}, str(path))
+    train_fsm(lattices, vocab, PolicySettings(timesteps=64, **TINY), {"data": "x"}, str(path))
     return path.read_bytes(), vocab
 
 
 def resume(lattices, vocab, path, timesteps=128):
-    return train_fsm(lattices, vocab, TrainSettings(timesteps=timesteps, **TINY), {"data": "x"}, str(path),
+    return train_fsm(lattices, vocab, PolicySettings(timesteps=timesteps, **TINY), {"data": "x"}, str(path),
                      resume=True)
 
 

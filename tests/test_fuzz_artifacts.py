@@ -16,8 +16,8 @@ from edbc.plan import load_plan
 from edbc.plan.plan import FORMAT, MAGIC, VERSION
 from edbc.policy.encoding import TypeVocab
 from edbc.policy.file import load_policy
-from edbc.policy.train import CHECKPOINT_MAGIC, TrainSettings, _load_checkpoint, train_fsm
-from edbc.settings import PLANS_DIR
+from edbc.policy.train import CHECKPOINT_MAGIC, _load_checkpoint, train_fsm
+from edbc.settings import PLANS_DIR, PolicySettings
 
 from .forge import base_plan_bytes, reencode, rewrite_header, rewrite_policy
 from .test_policy_train import TINY, lattices  # noqa: F401 (a fixture)
@@ -155,7 +155,7 @@ def test_deep_nesting_and_huge_integers_are_refused(tmp_path, text):
 @pytest.fixture(scope="module")
 def checkpoint_bytes(lattices, tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz") / "run.ckpt"
-    train_fsm(lattices, TypeVocab.of_graphs(lattices.train), TrainSettings(timesteps=64, **TINY), {"data": "x"},
+    train_fsm(lattices, TypeVocab.of_graphs(lattices.train), PolicySettings(timesteps=64, **TINY), {"data": "x"},
               str(path))
     return path.read_bytes()
 

@@ -7,7 +7,7 @@ import pytest
 
 from edbc import api
 from edbc.data.typed_dag import format_typed_dag
-from edbc.errors import EXIT_ARTIFACT, EXIT_INPUT, EXIT_LIMIT, EXIT_USAGE, PolicyWarning
+from edbc.errors import EXIT_ARTIFACT, EXIT_INPUT, EXIT_LIMIT, EXIT_USAGE, EXIT_WORSE_POLICY, PolicyWarning
 from edbc.policy import resolve
 from edbc.settings import MODELS_DIR
 
@@ -122,6 +122,33 @@ def test_train_policy_for_a_model_and_resume(tmp_path):
                    "belongs to another training run")
     one_line_error(edbc("train-policy", TREELSTM, TREELSTM, "-o", out), EXIT_USAGE, "give one model")
     one_line_error(edbc("train-policy", "--graphs", "-o", out), EXIT_USAGE, "at least one typed DAG file")
+
+
+# In the state "t1 has more ready nodes than t2" running t1 first is right on TRAIN (t2's second node
+# waits for a t1) and wrong on HELD (a t1 node waits for t2): whatever is learnt on TRAIN batches
+# HELD worse than typewise and agenda, which look at more than the state.
+TRAIN = "4\n1 0\n1 0\n2 0\n2 1 0\n"
+HELD = "4\n1 0\n1 0\n2 0\n1 1 2\n"
+
+
+def test_a_policy_worse_than_the_best_heuristic_is_refused_unless_allowed(tmp_path):
+    train, held = tmp_path / "train.txt", tmp_path / "held.txt"
+    train.write_text(TRAIN)
+    held.write_text(HELD)
+    out = tmp_path / "p.policy.json"
+    args = ["train-policy", "--graphs", train, "--heldout", held, "--timesteps", 1, "-o", out]
+    one_line_error(edbc(*args), EXIT_WORSE_POLICY, "needs 3 batches on the 1 held-out graphs, more than agenda's 2",
+                   "--allow-worse")
+    assert not out.exists()
+    r = edbc(*args, "--allow-worse")
+    assert r.exit_code == 0, r.output
+    figures = json.loads(out.read_text())["figures"]["heldout"]
+    assert figures["baselines"] == {"depth": 3, "agenda": 2, "typewise": 2}
+    assert figures["best_heuristic"] == "agenda" and figures["fewer_than_best_heuristic"] == -1
+    # Without --heldout the training graphs score it, and the report says so.
+    r = edbc("train-policy", "--graphs", train, "--timesteps", 1, "-o", out)
+    assert r.exit_code == 0 and "training batches" in r.stdout and "held-out" not in r.stdout, r.output
+    assert json.loads(out.read_text())["figures"]["heldout"]["held_out"] is False
 
 
 def _edited_treelstm(tmp_path, name="mine.yaml"):

@@ -81,3 +81,14 @@ def test_a_policy_for_another_model_or_level_is_refused():
     dag = policy(model="typed-dag", spec_digest=None, granularity="dag")
     with pytest.raises(ArtifactError, match="trained for bare typed DAGs, not for model 'treelstm'"):
         check_policy(dag, "p.json", "treelstm", "ab" * 32, "cell")
+
+
+def test_every_shipped_policy_records_that_it_is_no_worse_than_the_best_heuristic():
+    from edbc.settings import PLANS_DIR
+
+    shipped = sorted(PLANS_DIR.glob("*.policy.json"))
+    assert len(shipped) == 18
+    for path in shipped:
+        f = load_policy(path).figures["heldout"]
+        assert f["held_out"] and set(f["baselines"]) == {"depth", "agenda", "typewise"}, path
+        assert f["batches"] <= min(f["baselines"].values()) == f["baselines"][f["best_heuristic"]], path

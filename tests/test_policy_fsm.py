@@ -1,11 +1,12 @@
 import numpy as np
+import pytest
 from hypothesis import given, settings
 
 from edbc.data.typed_dag import parse_typed_dag
 from edbc.graph import build_graph
 from edbc.policy.encoding import ENCODINGS, TypeVocab, state_types
 from edbc.policy.fsm import Fsm, distil, fsm_schedule
-from edbc.schedule import lower_bound, schedule, verify_schedule
+from edbc.schedule import Frontier, lower_bound, verify_schedule
 from edbc.schedule.policies import run_frontier
 
 from .dags import lattice_dag, typed_dags
@@ -23,21 +24,37 @@ def test_table_lookup_schedules_without_fallbacks():
     assert [b.tolist() for b in map(r.schedule.batch, range(3))] == [[0, 1], [2], [3, 4]]
 
 
-def test_unseen_states_fall_back_to_typewise_and_are_counted():
+def test_unseen_states_go_by_the_type_priority_and_are_counted(monkeypatch):
     g = parse_typed_dag(TWO_CHAINS)
-    r = fsm_schedule(g, Fsm(VOCAB, "sorted", {(0,): 0}))
-    assert r.fallbacks == 2  # (0, 1) and (1,) are not in the table
-    assert r.schedule.num_batches == schedule(g, "typewise").num_batches == 3
-    empty = fsm_schedule(g, Fsm(VOCAB, "sorted"))
-    assert empty.fallbacks == empty.schedule.num_batches
-    assert np.array_equal(empty.schedule.nodes, schedule(g, "typewise").nodes)
-
-
-def test_types_outside_the_vocabulary_fall_back():
-    g = parse_typed_dag("3\n1 0\n3 0\n1 1 1\n")  # t3 is not in the vocabulary
+    # A fallback must stay cheap: never switch on typewise's |F*_t| bookkeeping.
+    monkeypatch.setattr(Frontier, "track_ideal_now", lambda self: pytest.fail("a fallback tracked |F*_t|"))
     r = fsm_schedule(g, Fsm(VOCAB, "sorted", {(0,): 0}))
     verify_schedule(g, r.schedule)
-    assert r.fallbacks == 1 and r.schedule.num_batches == 2
+    assert r.fallbacks == 2  # (0, 1) and (1,) are not in the table
+    assert r.schedule.num_batches == 3
+    empty = fsm_schedule(g, Fsm(VOCAB, "sorted"))
+    verify_schedule(g, empty.schedule)
+    assert empty.fallbacks == empty.schedule.num_batches
+
+
+def test_a_missing_state_goes_by_its_longest_known_prefix_else_by_the_priority():
+    fsm = Fsm(TypeVocab(("a", "b", "c")), "sorted", {(0,): 0, (2, 1): 1, (1,): 1, (0, 1): 1})
+    # Chosen when held: b 3 of 3, a 1 of 2, c 0 of 1.
+    assert fsm.rank == [1, 0, 2]
+    assert fsm.fallback((0, 2)) == 0  # the table's choice in (0,)
+    assert fsm.fallback((0, 1, 2)) == 1  # in (0, 1)
+    assert fsm.fallback((2, 0)) == 0  # no prefix known: a before c
+    assert Fsm(VOCAB, "sorted").rank == [0, 1]  # no table: by id
+
+
+def test_types_outside_the_vocabulary_wait_until_no_known_type_is_ready():
+    # Two chains of t1 of lengths 2 and 1, each ending in a t3 (a loss) the vocabulary lacks.
+    g = parse_typed_dag("5\n1 0\n1 1 0\n3 1 1\n1 0\n3 1 3\n")
+    r = fsm_schedule(g, Fsm(VOCAB, "sorted", {(0,): 0}))
+    verify_schedule(g, r.schedule)
+    assert r.fallbacks == 0
+    assert r.schedule.num_batches == 3 == lower_bound(g)  # both t3 nodes in one batch, at the end
+    assert r.schedule.batch(2).tolist() == [2, 4]
 
 
 def test_a_bad_table_choice_costs_batches():

@@ -5,14 +5,15 @@ from edbc.data.typed_dag import format_typed_dag
 from edbc.errors import ArtifactError, InputError, UsageError
 from edbc.policy.encoding import TypeVocab
 from edbc.policy.file import load_policy
-from edbc.policy.train import GraphSets, TrainSettings, evaluate, train_dag_policy, train_fsm
+from edbc.policy.train import GraphSets, evaluate, train_dag_policy, train_fsm
+from edbc.settings import PolicySettings
 from edbc.schedule import lower_bound
 
 from .dags import lattice_dag
 
 # Two updates of 2 x 32 steps between evaluations would be slow to learn from; these settings
-# only exercise the machinery.
-TINY = dict(n_envs=2, n_steps=32, batch_size=32, n_epochs=1, eval_every=1)
+# only exercise the machinery of PPO (the warm start would meet the target on these small lattices).
+TINY = dict(n_envs=2, n_steps=32, batch_size=32, n_epochs=1, eval_every=1, warm_start="none")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def lattices():
 
 def test_training_keeps_the_best_table_of_its_evaluations(lattices):
     vocab = TypeVocab.of_graphs(lattices.train)
-    result = train_fsm(lattices, vocab, TrainSettings(timesteps=192, **TINY))
+    result = train_fsm(lattices, vocab, PolicySettings(timesteps=192, **TINY))
     assert [e.timesteps for e in result.history] == [64, 128, 192]
     assert result.best.batches == min(e.batches for e in result.history)
     again = evaluate(result.fsm, lattices.heldout)
@@ -33,13 +34,13 @@ def test_training_keeps_the_best_table_of_its_evaluations(lattices):
 
 def test_training_stops_once_within_the_target(lattices):
     vocab = TypeVocab.of_graphs(lattices.train)
-    result = train_fsm(lattices, vocab, TrainSettings(timesteps=640, target=100.0, **TINY))
+    result = train_fsm(lattices, vocab, PolicySettings(timesteps=640, target=100.0, **TINY))
     assert result.timesteps == 64 and len(result.history) == 1
 
 
 def test_environments_in_subprocesses_give_the_same_table(lattices):
     vocab = TypeVocab.of_graphs(lattices.train)
-    settings = TrainSettings(timesteps=128, **TINY)
+    settings = PolicySettings(timesteps=128, **TINY)
     here = train_fsm(lattices, vocab, settings)
     apart = train_fsm(lattices, vocab, settings, subprocess_envs=True)
     assert apart.fsm.table == here.fsm.table and apart.history == here.history
@@ -48,23 +49,23 @@ def test_environments_in_subprocesses_give_the_same_table(lattices):
 def test_resume_continues_from_the_checkpoint(lattices, tmp_path):
     vocab = TypeVocab.of_graphs(lattices.train)
     ckpt = str(tmp_path / "run.ckpt")
-    first = train_fsm(lattices, vocab, TrainSettings(timesteps=64, **TINY), {"data": "x"}, ckpt)
+    first = train_fsm(lattices, vocab, PolicySettings(timesteps=64, **TINY), {"data": "x"}, ckpt)
     assert first.timesteps == 64
-    more = train_fsm(lattices, vocab, TrainSettings(timesteps=192, **TINY), {"data": "x"}, ckpt, resume=True)
+    more = train_fsm(lattices, vocab, PolicySettings(timesteps=192, **TINY), {"data": "x"}, ckpt, resume=True)
     assert more.timesteps == 192
     assert [e.timesteps for e in more.history] == [64, 128, 192]
     assert more.history[0] == first.history[0]
     with pytest.raises(ArtifactError, match="another training run .*settings"):
-        train_fsm(lattices, vocab, TrainSettings(timesteps=256, encoding="set", **TINY), {"data": "x"}, ckpt,
+        train_fsm(lattices, vocab, PolicySettings(timesteps=256, encoding="set", **TINY), {"data": "x"}, ckpt,
                   resume=True)
     with pytest.raises(ArtifactError, match="another training run .*data"):
-        train_fsm(lattices, vocab, TrainSettings(timesteps=256, **TINY), {"data": "y"}, ckpt, resume=True)
+        train_fsm(lattices, vocab, PolicySettings(timesteps=256, **TINY), {"data": "y"}, ckpt, resume=True)
     with pytest.raises(InputError, match="no such checkpoint file"):
-        train_fsm(lattices, vocab, TrainSettings(timesteps=256, **TINY), {"data": "x"}, str(tmp_path / "no.ckpt"),
+        train_fsm(lattices, vocab, PolicySettings(timesteps=256, **TINY), {"data": "x"}, str(tmp_path / "no.ckpt"),
                   resume=True)
     (tmp_path / "run.ckpt").write_bytes(b"EDBC-CHECKPOINT\n0000")
     with pytest.raises(ArtifactError, match="truncated"):
-        train_fsm(lattices, vocab, TrainSettings(timesteps=256, **TINY), {"data": "x"}, ckpt, resume=True)
+        train_fsm(lattices, vocab, PolicySettings(timesteps=256, **TINY), {"data": "x"}, ckpt, resume=True)
 
 
 def test_same_seed_gives_the_same_policy_file(lattices, tmp_path, monkeypatch):
@@ -73,7 +74,7 @@ def test_same_seed_gives_the_same_policy_file(lattices, tmp_path, monkeypatch):
         files.append(tmp_path / f"g{i}.txt")
         files[-1].write_text(format_typed_dag(g))
     train, held = [str(f) for f in files[:4]], [str(f) for f in files[4:]]
-    settings = TrainSettings(timesteps=128, seed=5, **TINY)
+    settings = PolicySettings(timesteps=128, seed=5, **TINY)
     a = train_dag_policy(train, held, settings, str(tmp_path / "a.json"))
     train_dag_policy(train, held, settings, str(tmp_path / "b.json"))
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
@@ -85,6 +86,43 @@ def test_same_seed_gives_the_same_policy_file(lattices, tmp_path, monkeypatch):
 
 def test_bad_settings_are_usage_errors():
     with pytest.raises(UsageError, match="unknown encoding 'bag'"):
-        TrainSettings(encoding="bag")
+        PolicySettings(encoding="bag")
     with pytest.raises(UsageError, match="--timesteps must be at least 1"):
-        TrainSettings(timesteps=0)
+        PolicySettings(timesteps=0)
+    with pytest.raises(UsageError, match="--search must be at least 0, got -1"):
+        PolicySettings(search=-1)
+    with pytest.raises(UsageError, match="unknown warm start 'copy'; expected one of: imitate, none"):
+        PolicySettings(warm_start="copy")
+
+
+WARM = dict(TINY, warm_start="imitate", search=4, clone_steps=20)
+
+
+@pytest.fixture(scope="module")
+def family():
+    """Op-level lattices, on which the heuristics stay well above the lower bound."""
+    from edbc.data.lattice_dag import lattice_dag
+
+    rng = np.random.default_rng(1)
+    return GraphSets([lattice_dag(rng, 2) for _ in range(4)], [lattice_dag(rng, 2) for _ in range(2)])
+
+
+def test_training_starts_from_the_heuristics_tables(family):
+    vocab = TypeVocab.of_graphs(family.train)
+    result = train_fsm(family, vocab, PolicySettings(timesteps=128, **WARM))
+    stages = [e.stage for e in result.history]
+    assert stages == ["imitate agenda", "imitate typewise", "search", "ppo", "ppo"]
+    assert result.best.batches == min(e.batches for e in result.history)
+    again = train_fsm(family, vocab, PolicySettings(timesteps=128, **WARM))  # the same seed: the same run
+    assert again.history == result.history and again.fsm.table == result.fsm.table
+    assert evaluate(result.fsm, family.heldout).batches == result.best.batches
+
+
+def test_a_resumed_warm_started_run_does_not_start_again(family, tmp_path):
+    vocab = TypeVocab.of_graphs(family.train)
+    ckpt = str(tmp_path / "run.ckpt")
+    first = train_fsm(family, vocab, PolicySettings(timesteps=64, **WARM), {"data": "x"}, ckpt)
+    more = train_fsm(family, vocab, PolicySettings(timesteps=192, **WARM), {"data": "x"}, ckpt, resume=True)
+    assert more.history[:len(first.history)] == first.history
+    assert [e.stage for e in more.history[len(first.history):]] == ["ppo", "ppo"]
+    assert more.timesteps == 192

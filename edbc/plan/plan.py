@@ -54,7 +54,7 @@ class CompiledBatch:
     schedule: Schedule
     layout: Layout
     cells: tuple[CompiledCell | None, ...]  # per node type of `graph`: what its kernel runs (None: unused)
-    fsm_fallbacks: int = 0  # FSM steps that fell back to typewise while scheduling
+    fsm_fallbacks: int = 0  # FSM steps whose state the table lacked, while scheduling
     inference: bool = True  # its cells were compiled for inference (no dropout); plans always are
     known_operands: OperandTable | None = None  # its operand table, where compiling it made one already
 

@@ -43,9 +43,9 @@ class FrontierEnv(gym.Env):
         graph = self.graphs[int(self.np_random.integers(len(self.graphs)))]
         self._stepper = Stepper(graph, self.vocab, self.encoding, track_ideal=True)
         self.batches = len(self._stepper.frontier.run_unbatchable())
-        self._state = self._stepper.state()
-        if self._state is None:
+        if self._stepper.unknown:
             raise ValueError("a training graph has a type outside the vocabulary")
+        self._state = self._stepper.state()
         return observation(self.encoding, self._state, len(self.vocab)), {}
 
     def action_masks(self) -> np.ndarray:

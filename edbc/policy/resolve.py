@@ -39,7 +39,7 @@ class BatchingPolicy:
         return self.policy_file.digest if self.policy_file is not None else None
 
     def schedule(self, graph: Graph) -> tuple[Schedule, int]:
-        """The schedule of `graph`, and how many FSM steps fell back to typewise."""
+        """The schedule of `graph`, and how many FSM steps the table could not decide."""
         if self.policy_file is not None:
             result = fsm_schedule(graph, self.policy_file.fsm)
             return result.schedule, result.fallbacks

@@ -1,5 +1,10 @@
-"""Train an FSM batching policy with stable-baselines3 and distil it into a table.
+"""Train an FSM batching policy, from the heuristics up, with stable-baselines3; distil it into a table.
 
+Training starts where the heuristics are (`policy.search`): each frontier heuristic
+is imitated into a table, the best of them on the held-out graphs is improved
+by rollouts on the training graphs (`search` tries), and the network is
+warm-started by cloning that table (`clone_steps` gradient steps), so that RL
+improves on the best heuristic instead of climbing to it from a random start.
 The learner is sb3-contrib's MaskablePPO over `FrontierEnv` (types with no
 ready node are masked). Every `eval_every` PPO updates the network is
 distilled into a table (`fsm.distil`, greedily, over the training graphs and
@@ -17,7 +22,7 @@ the training and write the policy file.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from typing import Callable, Sequence
 
@@ -26,15 +31,16 @@ import torch
 
 from ..artifact import (check_output, decode_artifact, encode_artifact, expect, expect_int, read_bytes, show,
                         write_atomic)
-from ..errors import ArtifactError, UsageError
+from ..errors import ArtifactError, UsageError, WorsePolicyError
 from ..graph.ir import CELL, DAG, OP, Graph
 from ..schedule.analysis import batchable_mask, lower_bound
-from ..schedule.policies import POLICIES
-from ..settings import PolicySettings
+from ..schedule.policies import CHOOSERS, POLICIES
+from ..settings import SEARCH_TRIES, PolicySettings
 from ..spec.model import ModelSpec
 from .encoding import State, TypeVocab, action_mask, observation
 from .file import DAG_MODEL, PolicyFile, parse_table, save_policy
 from .fsm import Fsm, distil, fsm_schedule
+from .search import imitate, improve
 
 ALGORITHM = "MaskablePPO"
 BASELINES = ("depth", "agenda", "typewise")
@@ -51,6 +57,7 @@ class GraphSets:
 
 @dataclass(frozen=True)
 class Evaluation:
+    stage: str  # what made the table: "imitate agenda", "imitate typewise", "search", "ppo"
     timesteps: int
     batches: int
     lower_bound: int
@@ -73,10 +80,10 @@ class TrainResult:
     history: list[Evaluation]
 
 
-def evaluate(fsm: Fsm, graphs: list[Graph], timesteps: int = 0) -> Evaluation:
+def evaluate(fsm: Fsm, graphs: list[Graph], timesteps: int = 0, stage: str = "ppo") -> Evaluation:
     results = [fsm_schedule(g, fsm) for g in graphs]
-    return Evaluation(timesteps, sum(r.schedule.num_batches for r in results), sum(lower_bound(g) for g in graphs),
-                      sum(r.fallbacks for r in results), len(fsm.table))
+    return Evaluation(stage, timesteps, sum(r.schedule.num_batches for r in results),
+                      sum(lower_bound(g) for g in graphs), sum(r.fallbacks for r in results), len(fsm.table))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +158,8 @@ def _evaluation(entry, fail) -> Evaluation:
     names = [f.name for f in fields(Evaluation)]
     if type(entry) is not dict or sorted(entry) != sorted(names):
         fail(f"corrupt history: entry {show(entry)}; expected an object of {', '.join(names)}")
-    return Evaluation(**{k: expect_int(entry[k], f"history's {k}", fail) for k in names})
+    return Evaluation(expect(entry["stage"], str, "history's stage", fail),
+                      **{k: expect_int(entry[k], f"history's {k}", fail) for k in names if k != "stage"})
 
 
 def _read_tensors(blob, fail) -> dict[str, torch.Tensor]:
@@ -250,6 +258,8 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: PolicySettings, run
             _restore(model, saved, checkpoint)
             history, best_table = saved.history, saved.best_table
             best = min(history, key=lambda e: (e.batches, e.fallbacks, e.timesteps)) if history else None
+        elif settings.warm_start == "imitate":
+            best, best_table = _warm_start(model, graphs, vocab, settings, history)
 
         def choose(state: State) -> int:
             action, _ = model.predict(observation(enc, state, len(vocab)),
@@ -265,7 +275,7 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: PolicySettings, run
         def evaluate_now():
             nonlocal best, best_table
             table = distil(choose, graphs.train + graphs.extra, vocab, enc)
-            e = evaluate(Fsm(vocab, enc, table), graphs.heldout, int(model.num_timesteps))
+            e = evaluate(Fsm(vocab, enc, table), graphs.heldout, int(model.num_timesteps), "ppo")
             history.append(e)
             if e.better_than(best):
                 best, best_table = e, table
@@ -278,6 +288,8 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: PolicySettings, run
                 if progress is not None:
                     progress(self.num_timesteps, settings.timesteps, best.ratio if best else None)
 
+        if saved is None and best is not None:
+            checkpoint_and_report()
         per_update = settings.n_steps * settings.n_envs
         while model.num_timesteps < settings.timesteps and (best is None or best.ratio > settings.target):
             left = settings.timesteps - model.num_timesteps
@@ -291,6 +303,51 @@ def train_fsm(graphs: GraphSets, vocab: TypeVocab, settings: PolicySettings, run
         if env is not None:
             env.close()  # ends the subprocesses
         torch.set_num_threads(threads)
+
+
+def _warm_start(model, graphs: GraphSets, vocab: TypeVocab, settings: PolicySettings,
+                history: list[Evaluation]) -> tuple[Evaluation, dict[State, int]]:
+    """Imitate every frontier heuristic, search from the best imitation, clone the best table into
+    `model`'s network; the tables' evaluations go to `history`. Returns the best and its table."""
+    enc = settings.encoding
+    best: Evaluation | None = None
+    best_table: dict[State, int] = {}
+    for heuristic in CHOOSERS:
+        table = imitate(heuristic, graphs.train + graphs.extra, vocab, enc)
+        e = evaluate(Fsm(vocab, enc, table), graphs.heldout, 0, f"imitate {heuristic}")
+        history.append(e)
+        if e.better_than(best):
+            best, best_table = e, table
+    if settings.search and best.ratio > settings.target:
+        table, _ = improve(best_table, graphs.train, vocab, enc, settings.search)
+        e = evaluate(Fsm(vocab, enc, table), graphs.heldout, 0, "search")
+        history.append(e)
+        if e.better_than(best):
+            best, best_table = e, table
+    _clone(model, best_table, vocab, enc, settings.clone_steps)
+    return best, best_table
+
+
+def _clone(model, table: dict[State, int], vocab: TypeVocab, encoding: str, steps: int) -> None:
+    """Behaviour cloning: fit the policy network to `table`'s choices (cross-entropy over the legal
+    types), so that PPO's first rollouts already batch like the table."""
+    if not table or not steps:
+        return
+    states = sorted(table)
+    obs = torch.as_tensor(np.stack([observation(encoding, s, len(vocab)) for s in states]))
+    masks = np.stack([action_mask(encoding, s, len(vocab)) for s in states])
+    actions = torch.as_tensor([table[s] for s in states])
+    policy = model.policy
+    policy.set_training_mode(True)
+    for _ in range(steps):
+        values, log_prob, _ = policy.evaluate_actions(obs, actions, action_masks=masks)
+        # The value head is left as it is, but given (zero) gradients: Adam then holds a state for every
+        # parameter, which a checkpoint written before PPO's first update must have.
+        loss = -log_prob.mean() + 0.0 * values.sum()
+        policy.optimizer.zero_grad()
+        loss.backward()
+        policy.optimizer.step()
+    policy.set_training_mode(False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,21 +384,36 @@ def model_graph_sets(spec: ModelSpec, train: list, heldout: list, batch_size: in
     return sets
 
 
-def _figures(result: TrainResult, graphs: GraphSets, batch_size: int | None) -> dict:
+def _figures(result: TrainResult, graphs: GraphSets, batch_size: int | None, held_out: bool) -> dict:
     held = graphs.heldout
     best = result.best
+    baselines = {p: sum(POLICIES[p](g).num_batches for g in held) for p in BASELINES}
+    best_heuristic = min(BASELINES, key=lambda p: (baselines[p], BASELINES.index(p)))
     return {
         "heldout": {
+            "held_out": held_out,  # false: scored on the training graphs (no held-out graphs were given)
             "graphs": len(held), "batch_size": batch_size, "nodes": sum(g.num_nodes for g in held),
             "batches": best.batches, "lower_bound": best.lower_bound, "ratio": round(best.ratio, 4),
-            "fallbacks": best.fallbacks,
-            "baselines": {p: sum(POLICIES[p](g).num_batches for g in held) for p in BASELINES},
+            "fallbacks": best.fallbacks, "baselines": baselines, "best_heuristic": best_heuristic,
+            "fewer_than_best_heuristic": baselines[best_heuristic] - best.batches,
         },
         "table_states": len(result.fsm.table),
         "distilled_over_graphs": len(graphs.train) + len(graphs.extra),
         "best_at_timesteps": best.timesteps,
-        "evaluations": [[e.timesteps, e.batches] for e in result.history],
+        "best_from": best.stage,
+        "evaluations": [[e.stage, e.timesteps, e.batches] for e in result.history],
     }
+
+
+def _refuse_worse(figures: dict, allow_worse: bool) -> None:
+    """No policy that batches worse than the best heuristic is written unless asked for."""
+    f = figures["heldout"]
+    if f["fewer_than_best_heuristic"] < 0 and not allow_worse:
+        scored = "held-out" if f["held_out"] else "training"
+        raise WorsePolicyError(
+            f"the trained policy needs {f['batches']} batches on the {f['graphs']} {scored} graphs, more than "
+            f"{f['best_heuristic']}'s {f['baselines'][f['best_heuristic']]}; not written: train longer "
+            "(--timesteps, --search) or pass --allow-worse to write it anyway")
 
 
 def _training(settings: PolicySettings, result: TrainResult, extra: dict) -> dict:
@@ -356,31 +428,38 @@ def _training(settings: PolicySettings, result: TrainResult, extra: dict) -> dic
 def train_model_policy(spec: ModelSpec, train, heldout, batch_size: int, granularity: str,
                        settings: PolicySettings, output: str, checkpoint: str | None = None,
                        resume: bool = False, progress: Progress | None = None,
-                       inputs: Sequence[str | None] = (), subprocess_envs: bool = False) -> PolicyFile:
-    """Train a policy for `spec` on `train` (an `api.Dataset`), score it on `heldout`, write `output`.
-    `inputs` (the spec and data files) are never overwritten by the output or the checkpoint."""
+                       inputs: Sequence[str | None] = (), subprocess_envs: bool = False,
+                       allow_worse: bool = False) -> PolicyFile:
+    """Train a policy for `spec` on `train` (an `api.Dataset`), score it on `heldout`, write `output`;
+    a policy worse than the best heuristic on `heldout` is refused (`WorsePolicyError`) unless
+    `allow_worse`. `inputs` (the spec and data files) are never overwritten by the output or the
+    checkpoint."""
     _check_outputs(output, checkpoint, inputs)
     if granularity not in (CELL, OP):
         raise UsageError(f"unknown granularity '{granularity}'; expected one of: {CELL}, {OP}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     graphs = model_graph_sets(spec, train.instances, heldout.instances, batch_size, granularity, settings.seed)
+    settings = _with_search(settings, granularity)
     vocab = TypeVocab.of_graphs(graphs.train)
     data = {"train": train.source, "train_digest": train.digest, "heldout": heldout.source,
             "heldout_digest": heldout.digest, "batch_size": batch_size}
     run = {"model": spec.name, "spec_digest": spec.digest, "granularity": granularity, "data": data}
     result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress, (*inputs, output), subprocess_envs)
+    figures = _figures(result, graphs, batch_size, True)
+    _refuse_worse(figures, allow_worse)
     policy = PolicyFile(spec.name, spec.digest, granularity, result.fsm,
-                        _training(settings, result, {"data": data, "graphs": len(graphs.train)}),
-                        _figures(result, graphs, batch_size))
+                        _training(settings, result, {"data": data, "graphs": len(graphs.train)}), figures)
     save_policy(policy, output, (*inputs, checkpoint))
     return policy
 
 
 def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings: PolicySettings, output: str,
                      checkpoint: str | None = None, resume: bool = False,
-                     progress: Progress | None = None, subprocess_envs: bool = False) -> PolicyFile:
-    """Train a policy on bare typed DAG files; held-out files score it (the training files when none)."""
+                     progress: Progress | None = None, subprocess_envs: bool = False,
+                     allow_worse: bool = False) -> PolicyFile:
+    """Train a policy on bare typed DAG files; held-out files score it (the training files when none,
+    and the figures say so). Refused as `train_model_policy`, unless `allow_worse`."""
     from ..artifact import file_digest
     from ..data.typed_dag import read_typed_dag
 
@@ -392,16 +471,22 @@ def train_dag_policy(train_paths: list[str], heldout_paths: list[str], settings:
     if not train:
         raise UsageError("the training graphs have no batchable node; there is nothing to learn")
     graphs = GraphSets(train, [read_typed_dag(p) for p in heldout_paths or train_paths])
+    settings = _with_search(settings, DAG)
     vocab = TypeVocab.of_graphs(graphs.train)
     data = {"train": [file_digest(p) for p in train_paths],
             "heldout": [file_digest(p) for p in heldout_paths or train_paths]}
     run = {"model": DAG_MODEL, "spec_digest": None, "granularity": DAG, "data": data}
     result = train_fsm(graphs, vocab, settings, run, checkpoint, resume, progress, (*inputs, output), subprocess_envs)
+    figures = _figures(result, graphs, None, bool(heldout_paths))
+    _refuse_worse(figures, allow_worse)
     policy = PolicyFile(DAG_MODEL, None, DAG, result.fsm,
-                        _training(settings, result, {"data": data, "graphs": len(graphs.train)}),
-                        _figures(result, graphs, None))
+                        _training(settings, result, {"data": data, "graphs": len(graphs.train)}), figures)
     save_policy(policy, output, (*inputs, checkpoint))
     return policy
+
+
+def _with_search(settings: PolicySettings, granularity: str) -> PolicySettings:
+    return settings if settings.search is not None else replace(settings, search=SEARCH_TRIES[granularity])
 
 
 def _check_outputs(output: str, checkpoint: str | None, inputs: Sequence[str | None]) -> None:

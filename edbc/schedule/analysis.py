@@ -167,7 +167,7 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
         # Quadratic in the nodes of one type in one instance (a 40k-token sentence: 5 GB): refuse
         # up front rather than run out of memory. Imported here: the limits import this package.
         from ..runtime.limits import check_host_fits
-        check_host_fits(f"|F*_t| for a graph of {n} nodes (typewise, or FSM fallbacks)",
+        check_host_fits(f"|F*_t| for a graph of {n} nodes (typewise, or policy training)",
                         "use --policy agenda, or smaller instances", bitsets=8 * (n + 1) * 2 * total + 8 * n * width)
         # `seen` and `shadowed` side by side, so that one reduction a level propagates both.
         bits = np.zeros((n + 1, 2 * total), dtype=np.uint64)

@@ -57,8 +57,8 @@ def depth_policy(graph: Graph) -> Schedule:
     return Schedule("depth", ptr, order, graph.node_type[order[starts]])
 
 
-def agenda(graph: Graph) -> Schedule:
-    """DyNet's agenda: among ready types, the one whose nodes have the lowest average depth."""
+def agenda_chooser(graph: Graph) -> Chooser:
+    """DyNet's agenda choice on `graph`: the ready type whose nodes have the lowest average depth."""
     counts = np.bincount(graph.node_type, minlength=len(graph.types))
     sums = np.bincount(graph.node_type, weights=depth(graph), minlength=len(graph.types))
     average = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
@@ -67,7 +67,12 @@ def agenda(graph: Graph) -> Schedule:
         ready = f.ready_types()
         return int(ready[np.argmin(average[ready])])  # argmin keeps the lowest type id on ties
 
-    return run_frontier(graph, "agenda", choose)
+    return choose
+
+
+def agenda(graph: Graph) -> Schedule:
+    """DyNet's agenda: among ready types, the one whose nodes have the lowest average depth."""
+    return run_frontier(graph, "agenda", agenda_chooser(graph))
 
 
 def typewise_choice(f: Frontier) -> int:
@@ -83,6 +88,12 @@ def typewise(graph: Graph) -> Schedule:
     """Greedy: the ready type with the largest |F_t| / |F*_t|, the share of its ideal batch."""
     return run_frontier(graph, "typewise", typewise_choice, track_ideal=True)
 
+
+# The frontier heuristics as (graph -> chooser, needs |F*_t|): what a learned policy imitates.
+CHOOSERS: dict[str, tuple[Callable[[Graph], Chooser], bool]] = {
+    "agenda": (agenda_chooser, False),
+    "typewise": (lambda graph: typewise_choice, True),
+}
 
 POLICIES: dict[str, Callable[[Graph], Schedule]] = {
     "eager": eager,
