@@ -193,7 +193,7 @@ def train(model, train_instances: list, heldout_instances: list, settings: Train
         state = _load_resume(paths["resume"], run, module, optimizer)
     # Every mini-batch is compiled once and runs forward and backward every epoch: pq planning repays
     # itself where its gathers over those runs cost more (`edbc.memory.planner.planning_pays`).
-    model.compiler.runs = 2 * (settings.epochs - state.epoch)
+    model.compiler.runs = 2 * settings.epochs  # the same in a resumed run: its layouts, and so its sums, too
     train_batches = Batches(model, train_instances, settings.batch_size, settings.seed, world)
     held_batches = Batches(model, heldout_instances, settings.batch_size, None, world)
     metric = selection_metric(model.spec.kind)
