@@ -26,8 +26,7 @@ from edbc import api  # noqa: E402
 from edbc.artifact import write_atomic  # noqa: E402
 from edbc.data.lattice_dag import lattice_dag_text  # noqa: E402
 from edbc.data.typed_dag import read_typed_dag  # noqa: E402
-from edbc.errors import LimitError  # noqa: E402
-from edbc.policy.optimal import optimal_schedule  # noqa: E402
+from edbc.policy.optimal import against_optimal  # noqa: E402
 from edbc.schedule import lower_bound, schedule, verify_schedule  # noqa: E402
 
 HEURISTICS = ("depth", "agenda", "typewise")
@@ -71,17 +70,10 @@ def main() -> None:
     print(f"| {len(graphs)} held-out | {counts['depth']} | {counts['agenda']} | {counts['typewise']} | **{total}** | "
           f"{bound} | {total / bound:.3f} | {100 * (total / counts['typewise'] - 1):+.1f} % | {fallbacks} |\n")
 
-    ratios, typewise, gave_up, nodes = [], [], 0, []
-    for p in small:
-        g = read_typed_dag(p)
-        try:
-            best = optimal_schedule(g).num_batches
-        except LimitError:
-            gave_up += 1
-            continue
-        ratios.append(fsm.schedule(g)[0].num_batches / best)
-        typewise.append(schedule(g, "typewise").num_batches / best)
-        nodes.append(g.num_nodes)
+    by_name, nodes, gave_up = against_optimal(
+        (read_typed_dag(p) for p in small),
+        {"fsm": lambda g: fsm.schedule(g)[0].num_batches, "typewise": lambda g: schedule(g, "typewise").num_batches})
+    ratios, typewise = by_name["fsm"], by_name["typewise"]
     print("| small graphs | search gave up | mean nodes | mean fsm / optimal | worst | mean typewise / optimal | "
           "fsm optimal on |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

@@ -27,9 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edbc.api import load_data, load_spec, minibatches, resolve_policy, shipped_policy_path  # noqa: E402
 from edbc.bench.suite import WORKLOADS  # noqa: E402
-from edbc.errors import LimitError  # noqa: E402
 from edbc.graph import build_graph, graph_at  # noqa: E402
-from edbc.policy.optimal import optimal_schedule  # noqa: E402
+from edbc.policy.optimal import against_optimal  # noqa: E402
 from edbc.schedule import lower_bound, verify_schedule  # noqa: E402
 from edbc.settings import MODELS_DIR, SHARED_DATA  # noqa: E402
 
@@ -137,16 +136,11 @@ def optimal_table(workloads, per_model):
             continue
         policy = resolve_policy("fsm", spec, "cell")
         typewise = resolve_policy("typewise", spec, "cell")
-        ratios, tw, nodes, gave_up = [], [], [], 0
-        for g in small_graphs(spec, data.instances, per_model):
-            try:
-                best = optimal_schedule(g).num_batches
-            except LimitError:
-                gave_up += 1
-                continue
-            ratios.append(policy.schedule(g)[0].num_batches / best)
-            tw.append(typewise.schedule(g)[0].num_batches / best)
-            nodes.append(g.num_nodes)
+        by_name, nodes, gave_up = against_optimal(
+            small_graphs(spec, data.instances, per_model),
+            {"fsm": lambda g: policy.schedule(g)[0].num_batches,
+             "typewise": lambda g: typewise.schedule(g)[0].num_batches})
+        ratios, tw = by_name["fsm"], by_name["typewise"]
         if not ratios:
             continue
         ratios_all += ratios

@@ -126,3 +126,22 @@ def optimal_schedule(graph: Graph, max_nodes: int = MAX_NODES, max_states: int =
     types = iter(optimal_types(graph, max_nodes, max_states))
     return run_frontier(graph, "optimal", lambda f: next(types))
 
+
+
+def against_optimal(graphs, schedulers: dict) -> tuple[dict[str, list[float]], list[int], int]:
+    """Each scheduler's batches over the optimum, on every graph whose optimum the search finds.
+    `schedulers`: name -> (graph -> number of batches). Returns the ratios by name, the node counts of
+    those graphs, and how many graphs the search gave up on (benchmark scripts' tables)."""
+    ratios: dict[str, list[float]] = {name: [] for name in schedulers}
+    nodes: list[int] = []
+    gave_up = 0
+    for g in graphs:
+        try:
+            best = optimal_schedule(g).num_batches
+        except LimitError:
+            gave_up += 1
+            continue
+        for name, batches in schedulers.items():
+            ratios[name].append(batches(g) / best)
+        nodes.append(g.num_nodes)
+    return ratios, nodes, gave_up
