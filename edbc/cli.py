@@ -142,8 +142,8 @@ def _print_report(report: api.RunReport, source: str, as_json: bool) -> int:
             f"  ms per mini-batch  {d['ms_per_minibatch']:.2f} (median; {phases})",
             f"  instances/s        {d['instances_per_s']:.0f}",
             f"  gathers            {report.gathers} ({report.gather_bytes / 2**20:.2f} MiB)",
-            *([f"  pq planned         {report.planned} of {report.num_minibatches} mini-batches (the others "
-               "would not repay planning in one run; `edbc compile` plans every one)"]
+            *([f"  pq planned         {report.planned} of {report.num_minibatches} mini-batches (planning the "
+               "rest would cost more than it saves in one run; `edbc compile` plans every one)"]
               if report.memory == "pq" and report.planned < report.num_minibatches else []),
         ]
         if report.max_abs_error is not None:
