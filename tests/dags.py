@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
+from edbc.data.lattice_dag import CELL_LEVEL, lattice_dag as generated_lattice_dag
 from edbc.data.typed_dag import parse_typed_dag
 from edbc.graph import Graph
 
@@ -73,27 +74,5 @@ def lattice_dag(rng: np.random.Generator, num_lattices: int = 4, min_len: int = 
     """A typed DAG shaped like a lattice model's cell-level graph: per character a char cell
     (t1) fed by the previous node's state, word arcs (t2) spanning 2-4 characters fed by the
     state where they start, merge cells (t3) folding each word arc into the state where it
-    ends, and a tag (t4) on every node's state."""
-    lines = []
-
-    def add(t: int, args: list[int]) -> int:
-        lines.append(" ".join(map(str, [t, len(args), *args])))
-        return len(lines) - 1
-
-    for _ in range(num_lattices):
-        length = int(rng.integers(min_len, max_len + 1))
-        words = [(b, b + span) for b in range(length) for span in (2, 3, 4)
-                 if b + span < length and rng.random() < word_prob / 3]
-        state: dict[int, int] = {}
-        word_node: dict[tuple[int, int], int] = {}
-        for i in range(length):
-            s = add(1, [state[i - 1]] if i else [])
-            for b, e in words:
-                if e == i:
-                    s = add(3, [s, word_node[(b, e)]])
-            state[i] = s
-            add(4, [s])
-            for b, e in words:
-                if b == i:
-                    word_node[(b, e)] = add(2, [s])
-    return parse_typed_dag(f"{len(lines)}\n" + "\n".join(lines) + "\n")
+    ends, and a tag (t4) on every node's state (`edbc.data.lattice_dag` at cell level)."""
+    return generated_lattice_dag(rng, num_lattices, min_len, max_len, word_prob, CELL_LEVEL)

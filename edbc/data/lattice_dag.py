@@ -28,16 +28,24 @@ CELLS = {
 }
 
 
+# The same lattices at cell level: a node a cell, both word kinds one type.
+CELL_LEVEL = {"char": (1,), "short": (2,), "long": (2,), "merge": (3,), "tag": (4,)}
+
+
 def lattice_dag_text(rng: np.random.Generator, lattices: int = 8, min_len: int = 4, max_len: int = 12,
-                     word_prob: float = 0.5) -> str:
-    """One graph of `lattices` lattices of `min_len` to `max_len` characters, in the typed DAG format."""
+                     word_prob: float = 0.5, cells: dict[str, tuple[int, ...]] = CELLS) -> str:
+    """One graph of `lattices` lattices of `min_len` to `max_len` characters, in the typed DAG format;
+    `cells`: each cell kind's op types in chain order (`CELLS`, or `CELL_LEVEL`)."""
     lines: list[str] = []
 
     def cell(kind: str, first_args: list[int], extra: int | None = None) -> int:
-        """The chain of `kind`'s ops; the second op also reads `extra` (a merge's arc). Its last node."""
+        """The chain of `kind`'s ops; its second op (a lone op: that one) also reads `extra` (a merge's
+        arc). Its last node."""
         node = -1
-        for k, t in enumerate(CELLS[kind]):
-            args = first_args if k == 0 else [node] + ([extra] if k == 1 and extra is not None else [])
+        chain = cells[kind]
+        reads_extra = min(1, len(chain) - 1)
+        for k, t in enumerate(chain):
+            args = (first_args if k == 0 else [node]) + ([extra] if k == reads_extra and extra is not None else [])
             lines.append(" ".join(map(str, [t, len(args), *args])))
             node = len(lines) - 1
         return node
@@ -62,5 +70,5 @@ def lattice_dag_text(rng: np.random.Generator, lattices: int = 8, min_len: int =
 
 
 def lattice_dag(rng: np.random.Generator, lattices: int = 8, min_len: int = 4, max_len: int = 12,
-                word_prob: float = 0.5) -> Graph:
-    return parse_typed_dag(lattice_dag_text(rng, lattices, min_len, max_len, word_prob))
+                word_prob: float = 0.5, cells: dict[str, tuple[int, ...]] = CELLS) -> Graph:
+    return parse_typed_dag(lattice_dag_text(rng, lattices, min_len, max_len, word_prob, cells))
