@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from edbc.data.lattice_dag import CELL_LEVEL, CELLS, lattice_dag
 from edbc.data.typed_dag import format_typed_dag
 from edbc.errors import ArtifactError, InputError, UsageError
 from edbc.policy.encoding import TypeVocab
@@ -9,17 +10,21 @@ from edbc.policy.train import GraphSets, evaluate, train_dag_policy, train_fsm
 from edbc.settings import PolicySettings
 from edbc.schedule import lower_bound
 
-from .dags import lattice_dag
 
 # Two updates of 2 x 32 steps between evaluations would be slow to learn from; these settings
 # only exercise the machinery of PPO (the warm start would meet the target on these small lattices).
 TINY = dict(n_envs=2, n_steps=32, batch_size=32, n_epochs=1, eval_every=1, warm_start="none")
 
 
+def lattice_sets(seed: int, lattices: int, cells=CELL_LEVEL) -> GraphSets:
+    """Four training and two held-out lattice-shaped DAGs of `lattices` lattices each."""
+    rng = np.random.default_rng(seed)
+    return GraphSets(*([lattice_dag(rng, lattices, cells=cells) for _ in range(n)] for n in (4, 2)))
+
+
 @pytest.fixture(scope="module")
 def lattices():
-    rng = np.random.default_rng(0)
-    return GraphSets([lattice_dag(rng, 3) for _ in range(4)], [lattice_dag(rng, 3) for _ in range(2)])
+    return lattice_sets(0, 3)
 
 
 def test_training_keeps_the_best_table_of_its_evaluations(lattices):
@@ -101,10 +106,7 @@ WARM = dict(TINY, warm_start="imitate", search=4, clone_steps=20)
 @pytest.fixture(scope="module")
 def family():
     """Op-level lattices, on which the heuristics stay well above the lower bound."""
-    from edbc.data.lattice_dag import lattice_dag
-
-    rng = np.random.default_rng(1)
-    return GraphSets([lattice_dag(rng, 2) for _ in range(4)], [lattice_dag(rng, 2) for _ in range(2)])
+    return lattice_sets(1, 2, CELLS)
 
 
 def test_training_starts_from_the_heuristics_tables(family):
