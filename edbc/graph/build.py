@@ -55,8 +55,8 @@ def assemble(spec: ModelSpec, calls: Calls, num_instances: int) -> Graph:
 
     n_struct = len(calls.instance)
     extra = np.zeros(n_struct, dtype=np.int64)  # reduction nodes placed before each structure node
-    for role, sets in reduced.items():
-        if sets and role != "readout":
+    for role, sets in reduced.items():  # the readout reads no sets: the spec loader refuses them
+        if sets:
             extra[calls.roles[role]] = len(sets)
     moved = np.arange(n_struct, dtype=np.int64) + np.cumsum(extra)  # structure node -> its id in the graph
 

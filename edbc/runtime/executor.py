@@ -139,7 +139,7 @@ class Executable:
         kinds, arenas, firsts = table.kind.tolist(), table.arena.tolist(), table.first_row.tolist()
         rows_read = table.rows_read.tolist()
         sets = {t for t, p in enumerate(programs) if set_reduction_of(p) is not None}
-        set_size = np.diff(graph.arg_ptr)
+        set_size = np.diff(graph.arg_ptr) if sets else None  # arguments a node: a set reduction's set
         gather_rows = torch.as_tensor(table.rows, dtype=torch.long, device=device)
         gather_ptr = table.ptr.tolist()
         tokens = _token_inputs(graph, schedule, device)
