@@ -136,11 +136,9 @@ def cost_model(names: list[str], batch_size: int, policy: str, count: int) -> No
             plan_s = _median_s(lambda: planner.pq_layout(none.graph, none.schedule))
             run = {mode: runtime.prepare(c) for mode, c in compiled.items()}
             saved = _median_s(run["none"].run, 9) - _median_s(run["pq"].run, 9)
-            table = operand_table(none.graph, none.schedule, none.layout)
-            gathered = table.kind == table.GATHER_CODE
-            cost = planner.GATHER_S * gathered.sum() + planner.GATHER_BYTE_S * table.nbytes[gathered].sum()
+            cost = planner.gathers_cost(operand_table(none.graph, none.schedule, none.layout))
             batches = none.schedule.num_batches
-            rows.append((batches, plan_s, planner.PLAN_S + planner.PLAN_BATCH_S * batches, saved, cost))
+            rows.append((batches, plan_s, planner.planning_cost(batches), saved, cost))
         b, p, e, s, c = (statistics.median(col) for col in zip(*rows))
         print(f"| {name} | {b:.0f} | {p * 1e3:.2f} | {e * 1e3:.2f} | {s * 1e3:.2f} | {c * 1e3:.2f} |", flush=True)
 

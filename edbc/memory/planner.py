@@ -194,9 +194,19 @@ PLAN_S = 1e-3
 PLAN_BATCH_S = 3e-5
 
 
+def gathers_cost(table) -> float:
+    """Seconds a run spends on the gathers of an operand table (`edbc.memory.operands.OperandTable`),
+    by the cost model: what planning could save at most."""
+    gathered = table.kind == table.GATHER_CODE
+    return GATHER_S * int(gathered.sum()) + GATHER_BYTE_S * int(table.nbytes[gathered].sum())
+
+
+def planning_cost(num_batches: int) -> float:
+    """Seconds pq planning of a mini-batch of `num_batches` batches takes, by the cost model."""
+    return PLAN_S + PLAN_BATCH_S * num_batches
+
+
 def planning_pays(table, num_batches: int, runs: int) -> bool:
     """Whether pq planning is worth its cost for a mini-batch run `runs` times, given the operand
-    table (`edbc.memory.operands.OperandTable`) of its unplanned layout."""
-    gathered = table.kind == table.GATHER_CODE
-    per_run = GATHER_S * int(gathered.sum()) + GATHER_BYTE_S * int(table.nbytes[gathered].sum())
-    return runs * per_run > PLAN_S + PLAN_BATCH_S * num_batches
+    table of its unplanned layout."""
+    return runs * gathers_cost(table) > planning_cost(num_batches)
