@@ -70,11 +70,6 @@ def agenda_chooser(graph: Graph) -> Chooser:
     return choose
 
 
-def agenda(graph: Graph) -> Schedule:
-    """DyNet's agenda: among ready types, the one whose nodes have the lowest average depth."""
-    return run_frontier(graph, "agenda", agenda_chooser(graph))
-
-
 def typewise_choice(f: Frontier) -> int:
     """The ready type with the largest |F_t| / |F*_t|, the share of its ideal batch (needs `f.ideal`)."""
     ready = f.ready_types()
@@ -84,22 +79,25 @@ def typewise_choice(f: Frontier) -> int:
     return int(ready[best])
 
 
-def typewise(graph: Graph) -> Schedule:
-    """Greedy: the ready type with the largest |F_t| / |F*_t|, the share of its ideal batch."""
-    return run_frontier(graph, "typewise", typewise_choice, track_ideal=True)
-
-
-# The frontier heuristics as (graph -> chooser, needs |F*_t|): what a learned policy imitates.
+# The frontier heuristics as (graph -> chooser, needs |F*_t|): the policies `agenda` (DyNet's) and
+# `typewise` (greedy on the share of the ideal batch), and what a learned policy imitates.
 CHOOSERS: dict[str, tuple[Callable[[Graph], Chooser], bool]] = {
     "agenda": (agenda_chooser, False),
     "typewise": (lambda graph: typewise_choice, True),
 }
 
+
+def _frontier_policy(name: str) -> Callable[[Graph], Schedule]:
+    """The heuristic `name` of `CHOOSERS` as a policy: its chooser drives the whole graph."""
+    make, needs_ideal = CHOOSERS[name]
+    return lambda graph: run_frontier(graph, name, make(graph), track_ideal=needs_ideal)
+
+
 POLICIES: dict[str, Callable[[Graph], Schedule]] = {
     "eager": eager,
     "depth": depth_policy,
-    "agenda": agenda,
-    "typewise": typewise,
+    "agenda": _frontier_policy("agenda"),
+    "typewise": _frontier_policy("typewise"),
 }
 
 
