@@ -8,7 +8,10 @@ TORCH ?= torch==2.13.0
 
 .PHONY: setup demo test bench clean
 
-setup: $(VENV)/.installed
+# The native core (csrc/), rebuilt when a source changes; the stamp holds the sources' digest.
+NATIVE := edbc/native/_build/sources.sha256
+
+setup: $(VENV)/.installed $(NATIVE)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
+
+$(NATIVE): $(VENV)/.installed $(wildcard csrc/*.cpp csrc/*.h)
+	$(BIN)/python -m edbc.native.build
 
 demo: setup
 	$(BIN)/edbc run --check
@@ -29,4 +35,4 @@ bench: setup
 	$(BIN)/edbc bench --train
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis edbc/native/_build

@@ -18,6 +18,7 @@ EXIT_LIMIT = 6
 EXIT_WEIGHTS = 7
 EXIT_DISTRIBUTED = 8
 EXIT_WORSE_POLICY = 9
+EXIT_NATIVE = 10
 EXIT_INTERRUPTED = 130
 
 
@@ -112,6 +113,12 @@ class WorsePolicyError(EdbcError):
     so `train-policy` does not write it (unless `--allow-worse`)."""
 
     exit_code = EXIT_WORSE_POLICY
+
+
+class NativeError(EdbcError):
+    """The native core (C++) is not built, was built from other sources, or cannot be built here."""
+
+    exit_code = EXIT_NATIVE
 
 
 class EdbcWarning(UserWarning):

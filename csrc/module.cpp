@@ -1,0 +1,9 @@
+// The native core of edbc: one extension module, each part registering its own functions.
+#include <torch/extension.h>
+
+#include "parts.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "edbc's native core: frontier scheduling and the plan replay loop";
+  edbc::register_frontier(m);
+}
