@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-$(NATIVE): $(VENV)/.installed $(wildcard csrc/*.cpp csrc/*.h)
+$(NATIVE): $(VENV)/.installed $(wildcard csrc/*.cpp csrc/*.h) edbc/native/__init__.py edbc/native/build.py
 	$(BIN)/python -m edbc.native.build
 
 demo: setup

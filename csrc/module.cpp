@@ -6,4 +6,5 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "edbc's native core: frontier scheduling and the plan replay loop";
   edbc::register_frontier(m);
+  edbc::register_replay(m);
 }

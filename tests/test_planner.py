@@ -65,7 +65,7 @@ def test_memory_comparison_agrees_with_the_executor(treelstm):
     assert by_mode["pq"] == executed[0] + executed[1]
     # the figures count what the executor really gathers
     runtime = Runtime(spec)
-    gathers = [sum(kind == _GATHER for _, inputs, _ in runtime.prepare(b)._steps for kind, _ in inputs)
+    gathers = [sum(kind == _GATHER for _, inputs, _ in runtime.prepare(b)._python_steps()[0] for kind, _ in inputs)
                for b in plan.batches]
     assert gathers == [s.gathers for s in executed] and sum(gathers) > 0
     assert by_mode["pq"].view_fraction > by_mode["none"].view_fraction

@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 
-from . import BUILD_DIR, MODULE_NAME, SOURCES, source_digest, STAMP
+from . import BUILD_DIR, CFLAGS, MODULE_NAME, SOURCES, STAMP, source_digest
 
 
 def find_compiler() -> str | None:
@@ -37,8 +37,7 @@ def build(verbose: bool = False) -> float:
     start = time.perf_counter()
     cpp_extension.load(
         name=MODULE_NAME, sources=[str(s) for s in SOURCES], build_directory=str(BUILD_DIR),
-        # The build runs on the machine that runs it (make setup), so it may use all its vector units.
-        extra_cflags=["-O3", "-march=native", "-std=c++17"], verbose=verbose)
+        extra_cflags=list(CFLAGS), verbose=verbose)
     STAMP.write_text(source_digest() + "\n")
     return time.perf_counter() - start
 

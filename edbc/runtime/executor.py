@@ -26,6 +26,7 @@ from ..spec.program import TOKEN
 from .dropout import Dropout, call_keys
 from .kernels import Kernel, SetKernel
 from .limits import check_params_fit
+from .native import lower, native_params, native_replay
 from .reference import reference_outputs
 from .weights import init_weights
 
@@ -48,8 +49,13 @@ class Runtime:
     recomputed when a weight's version counter or identity has moved since they were made.
     """
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", weights: dict[str, torch.Tensor] | None = None):
+    def __init__(self, spec: ModelSpec, device: str = "cpu", weights: dict[str, torch.Tensor] | None = None,
+                 fused: bool = True):
+        """`fused`: on the CPU the native replay reads and writes rows in place and runs each run of
+        elementwise ops as one pass over the rows; False sends every op through ATen, as on other
+        devices (so the CPU can test that path)."""
         self.spec = spec
+        self.fused = fused
         self.device = resolve_device(device)
         check_params_fit(spec, self.device)
         if weights is None:
@@ -60,6 +66,7 @@ class Runtime:
         self._derived: dict[str, torch.Tensor] = {}  # what cells derive from the weights, by name
         self._recipes: dict[str, Derived] = {}
         self._kernels: dict[int, tuple[CompiledCell, Kernel]] = {}  # by the compiled cell's identity
+        self._natives: dict[int, tuple[CompiledCell, object]] = {}  # native kernels (or None), likewise
         self._seen = self._versions()
 
     def _versions(self) -> tuple:
@@ -87,6 +94,17 @@ class Runtime:
         self._kernels[id(cell)] = (cell, k)  # the entry keeps `cell` alive, so its id stays its own
         return k
 
+    def native_kernel(self, cell: CompiledCell):
+        """The native kernel of a compiled cell (`native.lower`), with this runtime's weights bound;
+        None for a cell the native programs cannot express."""
+        known = self._natives.get(id(cell))
+        if known is not None and known[0] is cell:
+            return known[1]
+        self.kernel(cell)  # derives the tables the cell reads
+        k = lower(cell, self.bound())
+        self._natives[id(cell)] = (cell, k)
+        return k
+
     def refresh(self) -> None:
         """Recompute the derived tables and rebind every kernel if a weight changed since they were made."""
         seen = self._versions()
@@ -99,6 +117,9 @@ class Runtime:
             bound = self.bound()
             for _, k in self._kernels.values():
                 k.bind(bound)
+            for cell, k in self._natives.values():
+                if k is not None:
+                    k.set_params(native_params(cell, bound))
 
     def prepare(self, compiled: CompiledBatch) -> "Executable":
         return Executable(self, compiled)
@@ -124,6 +145,39 @@ class Executable:
                        for shape, rows in zip(layout.arena_shapes, layout.arena_rows)]
         for a in self.arenas:
             a[-1].zero_()
+        programs = [t.program for t in graph.types]
+        self._compiled = compiled
+        self._python: tuple | None = None  # (steps, adjoints, kernels), made when first needed
+        self._replay_native = native_replay(runtime, compiled, self.arenas)
+
+        out_values = graph.value_ptr[graph.out_node] + graph.out_slot
+        out_arena = np.unique(layout.value_arena[out_values])
+        if len(out_arena) != 1:
+            raise VerificationError("the results are spread over several arenas")
+        self._result_index = int(out_arena[0])
+        self._result_arena = self.arenas[self._result_index]
+        self._result_rows = torch.as_tensor(layout.value_row[out_values], dtype=torch.long, device=device)
+
+        # Noisy ops (dropout) draw from each row's cell call: the call of every schedule position.
+        def noisy(programs) -> bool:
+            return any(OPS[op.kind].noisy for p in programs for op in p.ops)
+
+        self._stripped = compiled.inference and noisy(programs)
+        self._cell_graph = compiled.cell_graph
+        self._calls = None
+        if noisy(c.program for c in compiled.cells if c is not None):
+            self._calls = cell_call_of(compiled.cell_graph)[schedule.nodes] if graph.granularity == OP \
+                else schedule.nodes
+        self._bounds = schedule.ptr.tolist()
+        self._quiet = (None,) * schedule.num_batches
+
+    def _python_steps(self) -> tuple:
+        """Each batch as (Python kernel, its input tensors, its output rows), where its gradients go,
+        and the kernels: what the backward replay recomputes, and what noisy (dropout) forwards run."""
+        if self._python is not None:
+            return self._python
+        runtime, compiled, device = self._runtime, self._compiled, self.device
+        graph, schedule, layout = compiled.graph, compiled.schedule, compiled.layout
         programs = [t.program for t in graph.types]
         kernels = [runtime.kernel(cell) if cell is not None else None for cell in compiled.cells]
         table = compiled.operand_table()
@@ -189,30 +243,9 @@ class Executable:
                 kernel = SetKernel(programs[t], torch.as_tensor(owner, dtype=torch.long, device=device), k)
             steps.append((kernel, tuple(inputs), outputs))
             adjoints.append((k, tuple(reads), tuple(written)))
-        self._steps = tuple(steps)
-        self._adjoints = tuple(adjoints)
-        self._kernels = tuple({id(k): k for k in kernels if k is not None}.values())
+        self._python = (tuple(steps), tuple(adjoints), tuple({id(k): k for k in kernels if k is not None}.values()))
+        return self._python
 
-        out_values = graph.value_ptr[graph.out_node] + graph.out_slot
-        out_arena = np.unique(layout.value_arena[out_values])
-        if len(out_arena) != 1:
-            raise VerificationError("the results are spread over several arenas")
-        self._result_index = int(out_arena[0])
-        self._result_arena = self.arenas[self._result_index]
-        self._result_rows = torch.as_tensor(layout.value_row[out_values], dtype=torch.long, device=device)
-
-        # Noisy ops (dropout) draw from each row's cell call: the call of every schedule position.
-        def noisy(programs) -> bool:
-            return any(OPS[op.kind].noisy for p in programs for op in p.ops)
-
-        self._stripped = compiled.inference and noisy(programs)
-        self._cell_graph = compiled.cell_graph
-        self._calls = None
-        if noisy(c.program for c in compiled.cells if c is not None):
-            self._calls = cell_call_of(compiled.cell_graph)[schedule.nodes] if graph.granularity == OP \
-                else schedule.nodes
-        self._bounds = schedule.ptr.tolist()
-        self._quiet = (None,) * len(steps)
 
     def _noises(self, dropout: Dropout | None) -> list[Noise | None] | tuple[None, ...]:
         """What each batch's noisy ops draw from (None at inference, or where the model has none)."""
@@ -233,9 +266,12 @@ class Executable:
     def _replay(self, noises) -> torch.Tensor:
         self._runtime.refresh()
         with torch.no_grad():
-            for (kernel, inputs, outputs), noise in zip(self._steps, noises):
-                kernel([src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs],
-                       outputs, noise)
+            if noises is self._quiet:
+                self._replay_native.run()
+            else:  # dropout in training draws its masks in the Python kernels
+                for (kernel, inputs, outputs), noise in zip(self._python_steps()[0], noises):
+                    kernel([src if kind == _VIEW else torch.index_select(src[0], 0, src[1])
+                            for kind, src in inputs], outputs, noise)
             return torch.index_select(self._result_arena, 0, self._result_rows)
 
     def forward(self, dropout: Dropout | None = None) -> torch.Tensor:
@@ -264,9 +300,10 @@ class Executable:
         with torch.enable_grad():
             weights = {name: w.detach().requires_grad_() for name, w in runtime.weights.items()}
             bound = runtime.bound(weights)
-            leaves = [pair for k in self._kernels for pair in k.bind_leaves(bound)]
+            steps, adjoints, kernels = self._python_steps()
+            leaves = [pair for k in kernels for pair in k.bind_leaves(bound)]
             try:
-                backwards = zip(reversed(self._steps), reversed(self._adjoints), reversed(noises))
+                backwards = zip(reversed(steps), reversed(adjoints), reversed(noises))
                 for (kernel, inputs, _), (k, reads, written), noise in backwards:
                     xs = [src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs]
                     for position, *_ in reads:
@@ -291,7 +328,7 @@ class Executable:
                     torch.autograd.backward([m for m, _ in made], [g for _, g in made])
             finally:
                 plain = runtime.bound()
-                for k in self._kernels:
+                for k in kernels:
                     k.bind(plain)
         return [w.grad if w.grad is not None else torch.zeros_like(w) for w in weights.values()]
 

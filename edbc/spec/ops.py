@@ -54,6 +54,9 @@ class OpDef:
     # Set reductions only (`set_sum`, ...): `segment(rows, owner, k)` reduces the rows of k nodes' sets at
     # once, row j belonging to node owner[j]; `impl` reduces one node's set, stacked `[n, ...]`.
     segment: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
+    # Its instruction in the native core's cell programs (`edbc.runtime.native.OPCODES`); None: a cell
+    # using it runs its generated Python kernel.
+    native: str | None = None
 
 
 OPS: dict[str, OpDef] = {}
@@ -125,7 +128,7 @@ def _same_shapes(ops: list[Operand], kind: str) -> Shape:
 
 
 @_register("embed", "embed(TABLE, token): row `token` of the [rows, dim] parameter TABLE",
-           lambda a, attrs: (F.embedding(a[1], a[0]),), 2, batchable=True)
+           lambda a, attrs: (F.embedding(a[1], a[0]),), 2, batchable=True, native="embed")
 def _embed(ops, attrs):
     _count(ops, "embed", 2)
     table, index = ops
@@ -146,7 +149,8 @@ def _affine_impl(args, attrs):
 
 
 @_register("affine", "affine(x1 @ W1, x2 @ W2, ..., b): sum of x_i·W_i plus an optional bias b "
-                     "(a parameter, or a value of the result's shape)", _affine_impl, pairs=True, batchable=True)
+                     "(a parameter, or a value of the result's shape)", _affine_impl, pairs=True, batchable=True,
+           native="affine")
 def _affine(ops, attrs):
     pairs, bias = affine_terms(tuple(ops))
     if not pairs:
@@ -173,8 +177,8 @@ def _affine(ops, attrs):
 
 
 def _elementwise(kind: str, arity: int, doc: str, impl: Impl, direct: str | None = None,
-                 elementwise: bool = True):
-    @_register(kind, doc, impl, arity, elementwise=elementwise, batchable=True, direct=direct)
+                 elementwise: bool = True, native: str | None = None):
+    @_register(kind, doc, impl, arity, elementwise=elementwise, batchable=True, direct=direct, native=native)
     def rule(ops, attrs):
         _count(ops, kind, arity)
         _needs_value(ops, kind)
@@ -182,17 +186,17 @@ def _elementwise(kind: str, arity: int, doc: str, impl: Impl, direct: str | None
 
 
 _elementwise("add", 2, "add(a, b): elementwise a + b; either may be a parameter of the same shape",
-             lambda a, attrs: (a[0] + a[1],), "torch.add({0}, {1}{out})")
+             lambda a, attrs: (a[0] + a[1],), "torch.add({0}, {1}{out})", native="add")
 _elementwise("sub", 2, "sub(a, b): elementwise a - b; either may be a parameter of the same shape",
-             lambda a, attrs: (a[0] - a[1],), "torch.sub({0}, {1}{out})")
+             lambda a, attrs: (a[0] - a[1],), "torch.sub({0}, {1}{out})", native="sub")
 _elementwise("mul", 2, "mul(a, b): elementwise a * b; either may be a parameter of the same shape",
-             lambda a, attrs: (a[0] * a[1],), "torch.mul({0}, {1}{out})")
+             lambda a, attrs: (a[0] * a[1],), "torch.mul({0}, {1}{out})", native="mul")
 _elementwise("div", 2, "div(a, b): elementwise a / b; either may be a parameter of the same shape",
-             lambda a, attrs: (a[0] / a[1],), "torch.div({0}, {1}{out})")
+             lambda a, attrs: (a[0] / a[1],), "torch.div({0}, {1}{out})", native="div")
 _elementwise("addcmul", 3, "addcmul(a, b, c): elementwise a + b * c",
-             lambda a, attrs: (torch.addcmul(a[0], a[1], a[2]),), "torch.addcmul({0}, {1}, {2}{out})")
+             lambda a, attrs: (torch.addcmul(a[0], a[1], a[2]),), "torch.addcmul({0}, {1}, {2}{out})", native="addcmul")
 _elementwise("lerp", 3, "lerp(x, y, w): elementwise x + w * (y - x)",
-             lambda a, attrs: (torch.lerp(a[0], a[1], a[2]),), "torch.lerp({0}, {1}, {2}{out})")
+             lambda a, attrs: (torch.lerp(a[0], a[1], a[2]),), "torch.lerp({0}, {1}, {2}{out})", native="lerp")
 
 
 def _sum_impl(args, attrs):
@@ -203,7 +207,7 @@ def _sum_impl(args, attrs):
 
 
 @_register("sum", "sum(a, b, ...): elementwise sum of one or more operands", _sum_impl,
-           elementwise=True, batchable=True)
+           elementwise=True, batchable=True, native="add")
 def _sum(ops, attrs):
     if not ops:
         raise ShapeError("sum needs at least one operand")
@@ -212,17 +216,17 @@ def _sum(ops, attrs):
 
 
 _elementwise("sigmoid", 1, "sigmoid(x): elementwise logistic sigmoid",
-             lambda a, attrs: (torch.sigmoid(a[0]),), "torch.sigmoid({0}{out})")
-_elementwise("tanh", 1, "tanh(x): elementwise tanh", lambda a, attrs: (torch.tanh(a[0]),), "fast_tanh({0}{out})")
+             lambda a, attrs: (torch.sigmoid(a[0]),), "torch.sigmoid({0}{out})", native="sigmoid")
+_elementwise("tanh", 1, "tanh(x): elementwise tanh", lambda a, attrs: (torch.tanh(a[0]),), "fast_tanh({0}{out})", native="tanh")
 _elementwise("relu", 1, "relu(x): elementwise max(x, 0)", lambda a, attrs: (torch.relu(a[0]),),
-             "torch.clamp_min({0}, 0{out})")
-_elementwise("exp", 1, "exp(x): elementwise e to the x", lambda a, attrs: (torch.exp(a[0]),), "torch.exp({0}{out})")
-_elementwise("identity", 1, "identity(x): x itself (a copy)", lambda a, attrs: (a[0],))
+             "torch.clamp_min({0}, 0{out})", native="relu")
+_elementwise("exp", 1, "exp(x): elementwise e to the x", lambda a, attrs: (torch.exp(a[0]),), "torch.exp({0}{out})", native="exp")
+_elementwise("identity", 1, "identity(x): x itself (a copy)", lambda a, attrs: (a[0],), native="copy")
 # Not elementwise: they read the whole last dimension, so m of them cannot share columns.
 _elementwise("log_softmax", 1, "log_softmax(x): log-softmax over the last dimension",
-             lambda a, attrs: (torch.log_softmax(a[0], dim=-1),), elementwise=False)
+             lambda a, attrs: (torch.log_softmax(a[0], dim=-1),), elementwise=False, native="log_softmax")
 _elementwise("softmax", 1, "softmax(x): softmax over the last dimension",
-             lambda a, attrs: (torch.softmax(a[0], dim=-1),), elementwise=False)
+             lambda a, attrs: (torch.softmax(a[0], dim=-1),), elementwise=False, native="softmax")
 
 
 def _last_dim_value(ops: list[Operand], kind: str) -> Operand:
@@ -281,7 +285,7 @@ def _per_node(reduce):
 
 
 def _set_reduction(how: str, doc: str, per_node, segment):
-    @_register(f"set_{how}", doc, _per_node(per_node), 1, segment=segment)
+    @_register(f"set_{how}", doc, _per_node(per_node), 1, segment=segment, native=f"set_{how}")
     def rule(ops, attrs):
         _count(ops, f"set_{how}", 1)
         _needs_value(ops, f"set_{how}")

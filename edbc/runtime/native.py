@@ -1,0 +1,222 @@
+"""Compiled cells as native programs, and compiled mini-batches as a native replay.
+
+`lower` turns a cell plan into the native core's instructions (`csrc/replay.cpp`):
+each internal batch becomes one instruction on column ranges of `[k, width]` bases,
+exactly as the generated Python kernel (`kernels.py`) slices them; the core runs
+affines and embeddings through ATen and each run of elementwise instructions as one
+fused pass over the rows. A cell with an op that has no instruction (the op table's
+`native` field is None: matvec, dropout in training, ...) or a batch shape the
+instructions do not cover lowers to None and runs its Python kernel, called from
+the replay loop.
+
+`replay_of` hands a compiled mini-batch's flat arrays (schedule, operand table,
+layout) to the core's `Replay`, which runs every batch with no Python per batch.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import numpy as np
+import torch
+
+from ..cell.ir import BROADCAST, SHARED, STACKED, TOKENS, VALUE, VIEW, CompiledCell
+from ..spec.ops import OPS, set_reduction_of
+from ..spec.program import TOKEN, affine_terms
+
+# The core's opcodes, in its order (`enum Code`); the op table's `native` field names one.
+OPCODES = ("add", "sub", "mul", "div", "addcmul", "lerp", "sigmoid", "tanh", "relu", "exp", "copy",
+           "affine", "affine_add", "embed", "log_softmax", "softmax")
+CODE = {name: i for i, name in enumerate(OPCODES)}
+SET_HOWS = ("set_sum", "set_mean", "set_max")  # the core's `SetHow`
+FIELDS = 10  # code, dst base, dst col, width, then three (base, col) operands
+NONE = -(2 ** 63)  # an operand field not used
+
+
+class NotNative(Exception):
+    """The cell has an op or batch shape without a native instruction."""
+
+
+class _Lowering:
+    """Instructions and parameter rows of one cell plan, given the weights its constants come from."""
+
+    def __init__(self, cell: CompiledCell, weights: dict[str, torch.Tensor]):
+        self.program = program = cell.program
+        self.plan = plan = cell.plan
+        self.params: list[torch.Tensor] = []
+        self.instrs: list[tuple[int, ...]] = []
+        self.widths = [prod(v.shape) if v.dtype != TOKEN else 0 for v in program.inputs]
+        for (b, slot), base in sorted(plan.base_of.items(), key=lambda item: item[1]):
+            step = plan.steps[b]
+            assert base == len(self.widths), "bases are numbered in run order"
+            self.widths.append(len(step.ops) * prod(program.values[program.ops[step.ops[0]].outs[slot]].shape))
+        for b, step in enumerate(plan.steps):
+            self._step(b, step, weights)
+
+    def _param(self, t: torch.Tensor) -> tuple[int, int]:
+        self.params.append(t.detach().reshape(-1).contiguous())
+        return -len(self.params), 0
+
+    def _value(self, v: int) -> tuple[int, int]:
+        h = self.plan.homes[v]
+        return h.base, h.start
+
+    def _operand(self, o, m: int, weights) -> tuple[int, int]:
+        """An elementwise operand as (base, first column) covering the batch's m*d columns."""
+        if o.kind == VALUE:
+            return self._value(o.values[0])
+        if o.kind == VIEW:
+            return o.base, o.start
+        if o.kind == SHARED:
+            t = weights[o.values[0]]
+            return self._param(t.repeat(m) if m > 1 else t)
+        if o.kind == STACKED:
+            return self._param(torch.cat([weights[n].reshape(-1) for n in o.values]))
+        raise NotNative(f"operand kind {o.kind}")
+
+    def _emit(self, code: str, dst: tuple[int, int], width: int, *operands: tuple[int, int]) -> None:
+        fields = [CODE[code], *dst, width]
+        for a in operands:
+            fields += a
+        fields += [NONE, 0] * (3 - len(operands))
+        self.instrs.append(tuple(fields))
+
+    def _step(self, b: int, step, weights) -> None:
+        program, plan = self.program, self.plan
+        op = program.ops[step.ops[0]]
+        opdef = OPS[op.kind]
+        m = len(step.ops)
+        if opdef.native is None or opdef.noisy:
+            raise NotNative(op.kind)
+        if len(op.outs) != 1:
+            raise NotNative(f"{op.kind} with {len(op.outs)} outputs")
+        dst = (plan.base_of[(b, 0)], 0)
+        width = self.widths[dst[0]]
+        if any(o.kind in (BROADCAST, TOKENS) for o in step.operands):
+            raise NotNative("a broadcast or stacked-token operand")
+        if opdef.elementwise:
+            if any(len(program.values[v].shape) > 1 for j in step.ops for v in program.ops[j].outs):
+                raise NotNative("an elementwise op on matrices")
+            args = [self._operand(o, m, weights) for o in step.operands]
+            if op.kind == "sum":
+                if len(args) == 1:
+                    self._emit("copy", dst, width, args[0])
+                    return
+                self._emit("add", dst, width, args[0], args[1])
+                for a in args[2:]:
+                    self._emit("add", dst, width, dst, a)
+                return
+            self._emit(opdef.native, dst, width, *args)
+            return
+        if m != 1:
+            raise NotNative(f"{m} {op.kind} ops side by side")
+        out_shape = program.values[op.outs[0]].shape
+        if op.kind == "embed":
+            table, ids = step.operands
+            if table.kind != SHARED or len(out_shape) != 1:
+                raise NotNative("embed of a non-vector")
+            self._emit("embed", dst, width, self._value(ids.values[0]), self._param_matrix(weights[table.values[0]]))
+            return
+        if op.kind == "affine":
+            pairs, bias = affine_terms(tuple(range(len(step.operands))))
+            if len(out_shape) != 1 or any(len(program.values[step.operands[x].values[0]].shape) != 1
+                                          or step.operands[w].kind != SHARED for x, w in pairs):
+                raise NotNative("an affine of matrices")
+            if bias is None:
+                b_ref = (NONE, 0)
+            elif step.operands[bias].kind == SHARED:
+                b_ref = self._param(weights[step.operands[bias].values[0]])
+            else:
+                b_ref = self._value(step.operands[bias].values[0])
+            for n, (x, w) in enumerate(pairs):
+                weight = self._param_matrix(weights[step.operands[w].values[0]])
+                x_ref = self._value(step.operands[x].values[0])
+                self._emit("affine" if n == 0 else "affine_add", dst, width, x_ref, weight, b_ref)
+            return
+        if op.kind in ("log_softmax", "softmax") and len(out_shape) == 1:
+            self._emit(op.kind, dst, width, self._value(step.operands[0].values[0]))
+            return
+        raise NotNative(op.kind)
+
+    def _param_matrix(self, t: torch.Tensor) -> tuple[int, int]:
+        """A 2-D parameter (weight, table), kept 2-D: ATen reads it whole."""
+        self.params.append(t.detach())
+        return -len(self.params), 0
+
+    def outputs(self) -> list[tuple[int, int, int]]:
+        homes = self.plan.homes
+        return [(homes[v].base, homes[v].start, homes[v].size) for v in self.program.outputs]
+
+
+def lower(cell: CompiledCell, weights: dict[str, torch.Tensor]):
+    """The native kernel of a compiled cell, bound to `weights`; None where it has no native form."""
+    from ..native import core
+
+    try:
+        low = _Lowering(cell, weights)
+    except NotNative:
+        return None
+    instrs = torch.tensor(low.instrs, dtype=torch.long).reshape(-1, FIELDS)
+    token = [int(v.dtype == TOKEN) for v in cell.program.inputs]
+    return core().NativeKernel(instrs, low.widths, token, low.outputs(), low.params)
+
+
+def native_params(cell: CompiledCell, weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The parameter rows of `cell`'s native kernel, made from `weights` (after an update)."""
+    return _Lowering(cell, weights).params
+
+
+def native_replay(runtime, compiled, arenas: list[torch.Tensor]):
+    """The core's `Replay` of a compiled mini-batch into `arenas`: every batch's kernel (native,
+    set reduction or Python), and the flat arrays saying what each batch reads and writes."""
+    from ..native import core
+
+    native = core()
+    graph, schedule, layout = compiled.graph, compiled.schedule, compiled.layout
+    device = runtime.device
+    table = compiled.operand_table()
+    kernels = []
+    for t, cell in enumerate(compiled.cells):
+        program = graph.types[t].program
+        token = [int(v.dtype == TOKEN) for v in program.inputs]
+        reduction = set_reduction_of(program)
+        if reduction is not None:
+            kernels.append(native.TypeKernel(None, SET_HOWS.index(reduction.native), None, token, 1))
+            continue
+        k = runtime.native_kernel(cell) if cell is not None else None
+        python = runtime.kernel(cell) if cell is not None and k is None else None
+        kernels.append(native.TypeKernel(k, -1, python, token, len(program.outputs)))
+
+    # Operands of no arena (zeros of a shape no value has) read a zero row of their own.
+    arena = table.arena.astype(np.int64)
+    arenas = list(arenas)
+    missing = np.flatnonzero(arena < 0)
+    if len(missing):
+        types = schedule.batch_type[table.batch[missing]]
+        zeros: dict[tuple, int] = {}
+        for i, t, p in zip(missing.tolist(), types.tolist(), table.position[missing].tolist()):
+            program = graph.types[t].program
+            shape = program.values[program.float_inputs[p]].shape
+            if shape not in zeros:
+                zeros[shape] = len(arenas)
+                arenas.append(torch.zeros((1,) + tuple(shape), device=device))
+            arena[i] = zeros[shape]
+
+    programs = [t.program for t in graph.types]
+    n_float = np.array([len(p.float_inputs) for p in programs], dtype=np.int64)[schedule.batch_type]
+    entry = np.zeros(schedule.num_batches + 1, dtype=np.int64)
+    np.cumsum(n_float, out=entry[1:])
+    nodes = schedule.nodes
+    arrays = [schedule.batch_type, schedule.ptr, entry, graph.value_ptr[nodes[schedule.ptr[:-1]]],
+              table.kind, arena, table.first_row, table.ptr, table.rows, layout.value_arena, layout.value_row,
+              np.diff(graph.arg_ptr)[nodes]]
+    arrays = [torch.from_numpy(np.require(a, np.int64, ["C", "W"])) for a in arrays]  # (plans' arrays are read-only)
+    arrays[8] = arrays[8].to(device)  # gather rows: the core hands them to index_select
+
+    # Token ids by schedule position, one array per token input position (0 where a node has fewer).
+    n_tokens = max((len(p.token_inputs) for p in programs), default=0)
+    counts = graph.imm_ptr[nodes + 1] - graph.imm_ptr[nodes]
+    tokens = [torch.as_tensor(np.where(counts > q, graph.imm[np.minimum(graph.imm_ptr[nodes] + q, len(graph.imm) - 1)],
+                                       0), dtype=torch.long, device=device) for q in range(n_tokens)]
+    # Rows are read and written in place, elementwise runs fused, on the CPU (unless the runtime says not).
+    return native.Replay(arenas, kernels, arrays, tokens, runtime.fused and device.type == "cpu")
