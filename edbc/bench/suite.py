@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from math import prod
+
 import numpy as np
 import torch
 
@@ -33,6 +35,7 @@ from ..runtime import Runtime
 from ..schedule import lower_bound
 from ..data.tree import merge_same_label
 from ..settings import MODELS_DIR, NO_SPLITS, SHARED_DATA, SHARED_SPLITS
+from ..spec.program import affine_terms
 from .baselines import BASELINES, make_baseline
 
 
@@ -82,6 +85,7 @@ class Row:
     gathers: float | None = None  # runtime gathers per mini-batch, mean
     gather_bytes: float | None = None
     phases: dict[str, float] = field(default_factory=dict)  # median ms of each compile phase
+    floor: float | None = None  # ms of one matmul with the mini-batch's matmul FLOPs (mean)
 
     @property
     def instances_per_s(self) -> float:
@@ -137,7 +141,39 @@ def time_edbc(spec, source: str, batches: list, policy: str, memory: str, runtim
         gathers=statistics.mean(s.gathers for _, (_, s) in compiled),
         gather_bytes=statistics.mean(s.gather_bytes for _, (_, s) in compiled),
         phases={k: statistics.median(p[k] * 1e3 for p, _ in timed) for k in timed[0][0]},
+        floor=matmul_floor_ms(statistics.mean(matmul_flops(c, runtime) for _, (c, _) in compiled), runtime.device),
     )
+
+
+COMPILE_PHASES = ("graph", "schedule", "memory")  # the per-mini-batch compile the overhead goal counts
+
+
+def matmul_flops(compiled, runtime: Runtime) -> float:
+    """FLOPs of a compiled mini-batch's matmuls: every affine term of every cell call, 2·in·out a row
+    (what is left after the cell compiler folded embeddings into tables; matvec/matmul ops not counted)."""
+    bound = runtime.bound()
+    per_row = np.zeros(len(compiled.graph.types))
+    for t, cell in enumerate(compiled.cells):
+        for op in cell.program.ops if cell is not None else ():
+            if op.kind == "affine":
+                pairs, _ = affine_terms(op.args)
+                per_row[t] += sum(2 * prod(cell.program.values[x].shape) * bound[w].shape[-1] for x, w in pairs)
+    return float((per_row[compiled.schedule.batch_type] * compiled.schedule.sizes).sum())
+
+
+def matmul_floor_ms(flops: float, device: torch.device) -> float:
+    """The execute phase's floor: ms of one [M, 256] x [256, 512] matmul of `flops` FLOPs (median of 7)."""
+    rows = max(1, round(flops / (2 * 256 * 512)))
+    a, b = torch.randn(rows, 256, device=device), torch.randn(256, 512, device=device)
+    out = torch.empty(rows, 512, device=device)
+    times = []
+    for _ in range(8):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:]) * 1e3
 
 
 def time_baseline(spec, source: str, batches: list, baseline, samples: int = 20) -> Row:
@@ -300,21 +336,27 @@ def markdown(rows: list[Row], meta: dict) -> str:
              f"{meta['machine']}; torch {meta['torch']}, {meta['threads']} thread(s); forward only, hidden 128. "
              "ms per mini-batch end to end (graph build + schedule + memory plan + execution for edbc; "
              "graph construction + forward for DyNet), median over at least "
-             f"{meta['samples']} timed mini-batches after a warm-up pass.", ""]
+             f"{meta['samples']} timed mini-batches after a warm-up pass. The matmul floor is one "
+             "[M, 256] x [256, 512] matmul with the mini-batch's matmul FLOPs (every affine of every cell "
+             "call): the least any batching could spend on them.", ""]
 
     def cells(r: Row) -> list[str]:
         if r.system != "edbc":
-            return [str(r.batch_size), r.system, "-", "-", f"{r.ms:.2f}", f"{r.instances_per_s:.0f}"] + ["-"] * 8
+            return [str(r.batch_size), r.system, "-", "-", f"{r.ms:.2f}", f"{r.instances_per_s:.0f}"] + ["-"] * 11
         p = r.phases
         return [str(r.batch_size), r.system, r.policy or "-", r.memory or "-", f"{r.ms:.2f}",
                 f"{r.instances_per_s:.0f}", optional_cell(r.batches, ".1f"), optional_cell(r.lower_bound, ".1f"),
                 optional_cell(r.gathers, ".0f"), optional_cell(r.gather_bytes and r.gather_bytes / 2**20, ".2f"),
                 f"{p.get('graph', 0):.2f}", f"{p.get('schedule', 0):.2f}", f"{p.get('memory', 0):.2f}",
-                f"{p.get('execute', 0):.2f}"]
+                f"{p.get('execute', 0):.2f}", optional_cell(r.floor, ".2f"),
+                optional_cell(r.floor and p.get("execute", 0) / r.floor, ".2f"),
+                optional_cell(p.get("execute") and 100 * sum(p.get(k, 0) for k in COMPILE_PHASES) / p["execute"],
+                              ".0f")]
 
     lines += model_tables(rows, lambda model, mine: f"{model} ({mine[0].data})",
                           ["B", "system", "policy", "memory", "ms / mini-batch", "instances / s", "batches",
-                           "lower bound", "gathers", "gather MiB", "build", "schedule", "plan", "execute"], cells)
+                           "lower bound", "gathers", "gather MiB", "build", "schedule", "plan", "execute",
+                           "matmul floor", "execute / floor", "compile % of execute"], cells)
     return "\n".join(lines)
 
 
