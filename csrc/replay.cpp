@@ -6,6 +6,7 @@
 // operand is a column range of a base, or of a parameter row (the same row for every call).
 #include <cmath>
 #include <cstring>
+#include <map>
 
 #include "parts.h"
 
@@ -66,6 +67,7 @@ struct Program {
   std::vector<std::array<int64_t, 3>> outputs;  // per program output: base, col, width
   std::vector<int64_t> out_base;    // per base: the output it is, written in place (-1: scratch)
   std::vector<at::Tensor> params;
+  std::vector<char> rewrites;       // per instruction: it reads its own destination (a sum's chain)
 };
 
 // Where a base's rows are: data, row stride, and for gathered rows the row indices.
@@ -95,6 +97,7 @@ class NativeKernel {
                acc[i][5], acc[i][6], acc[i][7], acc[i][8], acc[i][9]};
       TORCH_CHECK(in.code >= 0 && in.code < NUM_CODES, "unknown opcode ", in.code);
       if (in.code > LAST_ELEMENTWISE && in.a >= 0) p_.ref_aten[in.a] = 1;
+      p_.rewrites.push_back(in.a == in.dst || in.b == in.dst || in.c == in.dst);
       p_.instrs.push_back(in);
     }
     // An output that is a whole step base is written straight into its destination rows; an
@@ -108,6 +111,108 @@ class NativeKernel {
   }
 
   void set_params(std::vector<at::Tensor> params) { p_.params = std::move(params); }
+
+  std::vector<at::Tensor> zero_param_grads() const {
+    std::vector<at::Tensor> grads;
+    for (const auto& p : p_.params) grads.push_back(at::zeros_like(p));
+    return grads;
+  }
+
+  // The gradients of one batch, after `run` on the same operands: `gout` holds the outputs'
+  // gradients; `gin` gets each input's ([k, width], undefined where none flows); parameters'
+  // gradients add into `gparams`. Instruction by instruction in reverse, through ATen.
+  void backward(const std::vector<Rows>& bases, const std::vector<at::Tensor>& ids,
+                const std::vector<at::Tensor>& gout, std::vector<at::Tensor>& gin,
+                std::vector<at::Tensor>& gparams, int64_t k) const {
+    const auto opts = gout.front().options();
+    std::vector<at::Tensor> g(p_.widths.size());
+    auto grad_of = [&](int64_t base) -> at::Tensor& {
+      if (!g[base].defined()) g[base] = at::zeros({k, p_.widths[base]}, opts);
+      return g[base];
+    };
+    auto add = [&](int64_t base, int64_t col, int64_t width, const at::Tensor& d) {
+      if (base == kNone) return;
+      if (base < 0) {
+        gparams[-1 - base].narrow(0, col, width).add_(d.sum(0));
+      } else {
+        grad_of(base).narrow(1, col, width).add_(d);
+      }
+    };
+    for (size_t o = 0; o < p_.outputs.size(); ++o) {
+      auto [base, col, width] = p_.outputs[o];
+      grad_of(base).narrow(1, col, width).add_(gout[o]);
+    }
+    for (size_t i = p_.instrs.size(); i-- > 0;) {
+      const Instr& in = p_.instrs[i];
+      at::Tensor gd = grad_of(in.dst).narrow(1, in.dst_col, in.width);
+      if (p_.rewrites[i]) {  // the destination held another value before: its gradient starts anew
+        gd = gd.clone();
+        grad_of(in.dst).narrow(1, in.dst_col, in.width).zero_();
+      }
+      auto val = [&](int64_t base, int64_t col) { return columns(bases, base, col, in.width, k); };
+      const int64_t w = in.width;
+      switch (in.code) {
+        case ADD: add(in.a, in.a_col, w, gd); add(in.b, in.b_col, w, gd); break;
+        case SUB: add(in.a, in.a_col, w, gd); add(in.b, in.b_col, w, -gd); break;
+        case MUL:
+          add(in.a, in.a_col, w, gd * val(in.b, in.b_col));
+          add(in.b, in.b_col, w, gd * val(in.a, in.a_col));
+          break;
+        case DIV: {
+          at::Tensor q = gd / val(in.b, in.b_col);
+          add(in.a, in.a_col, w, q);
+          add(in.b, in.b_col, w, -q * val(in.dst, in.dst_col));
+          break;
+        }
+        case ADDCMUL:
+          add(in.a, in.a_col, w, gd);
+          add(in.b, in.b_col, w, gd * val(in.c, in.c_col));
+          add(in.c, in.c_col, w, gd * val(in.b, in.b_col));
+          break;
+        case LERP: {
+          at::Tensor c = val(in.c, in.c_col);
+          add(in.a, in.a_col, w, gd * (1 - c));
+          add(in.b, in.b_col, w, gd * c);
+          add(in.c, in.c_col, w, gd * (val(in.b, in.b_col) - val(in.a, in.a_col)));
+          break;
+        }
+        case SIGMOID: {
+          at::Tensor d = val(in.dst, in.dst_col);
+          add(in.a, in.a_col, w, gd * d * (1 - d));
+          break;
+        }
+        case TANH: {
+          at::Tensor d = val(in.dst, in.dst_col);
+          add(in.a, in.a_col, w, gd * (1 - d * d));
+          break;
+        }
+        case RELU: add(in.a, in.a_col, w, gd * (val(in.dst, in.dst_col) > 0)); break;
+        case EXP: add(in.a, in.a_col, w, gd * val(in.dst, in.dst_col)); break;
+        case COPY: add(in.a, in.a_col, w, gd); break;
+        case AFFINE:
+        case AFFINE_ADD: {
+          const at::Tensor& weight = p_.params[-1 - in.b];
+          const int64_t rows = weight.size(0);
+          add(in.a, in.a_col, rows, gd.mm(weight.t()));
+          gparams[-1 - in.b].addmm_(columns(bases, in.a, in.a_col, rows, k).t(), gd);
+          if (in.code == AFFINE) add(in.c, in.c_col, w, gd);
+          break;
+        }
+        case EMBED: gparams[-1 - in.b].index_add_(0, ids[in.a], gd); break;
+        case LOG_SOFTMAX: {
+          at::Tensor d = val(in.dst, in.dst_col);
+          add(in.a, in.a_col, w, gd - d.exp() * gd.sum(1, true));
+          break;
+        }
+        case SOFTMAX: {
+          at::Tensor d = val(in.dst, in.dst_col);
+          add(in.a, in.a_col, w, d * (gd - (gd * d).sum(1, true)));
+          break;
+        }
+      }
+    }
+    gin.assign(g.begin(), g.begin() + num_inputs());
+  }
   int64_t num_inputs() const { return static_cast<int64_t>(p_.token.size()); }
   const std::vector<int64_t>& token() const { return p_.token; }
   // Whether input p must be a tensor (ATen reads it), rather than rows read in place.
@@ -286,6 +391,23 @@ void reduce_sets_aten(const at::Tensor& rows, const at::Tensor& out, const at::T
   }
 }
 
+// The gradient of a set batch's rows, given its reduced rows `out` and their gradient `gout`: a
+// sum hands each member its node's gradient, a mean that over the set's size, a max shares it
+// among the members equal to the largest.
+at::Tensor set_backward(const at::Tensor& rows, const at::Tensor& out, const at::Tensor& gout,
+                        const at::Tensor& counts, int64_t how) {
+  const int64_t k = counts.numel();
+  at::Tensor owner = at::repeat_interleave(at::arange(k, counts.options()), counts).to(rows.device());
+  at::Tensor g = gout.index_select(0, owner);
+  if (how == SET_MEAN) return g / counts.clamp_min(1).to(gout.options()).index_select(0, owner).unsqueeze(1);
+  if (how == SET_MAX) {
+    at::Tensor tied = (rows == out.index_select(0, owner)).to(rows.scalar_type());
+    at::Tensor ties = at::zeros_like(out).index_add_(0, owner, tied);
+    return g * tied / ties.index_select(0, owner);
+  }
+  return g;
+}
+
 // What a type runs: a native program, a set reduction, or (cells the lowering cannot express)
 // its Python kernel, called as kernel(inputs, out).
 struct TypeKernel {
@@ -316,105 +438,184 @@ class Replay {
   }
 
   void run() {
-    auto ptr = [&](int i) { return arrays_[i].data_ptr<int64_t>(); };
-    const int64_t* batch_type = ptr(0);
-    const int64_t* node_ptr = ptr(1);
-    const int64_t* entry = ptr(2);
-    const int64_t* first_value = ptr(3);
-    const int64_t* kind = ptr(4);
-    const int64_t* arena = ptr(5);
-    const int64_t* first = ptr(6);
-    const int64_t* gptr = ptr(7);
-    const int64_t* value_arena = ptr(9);
-    const int64_t* value_row = ptr(10);
-    const int64_t* set_count = ptr(11);
-    const at::Tensor& grows = arrays_[8];
-    const int64_t num_batches = arrays_[0].numel();
-    std::vector<Rows> bases;
-    std::vector<at::Tensor> ids, out, natural;
+    Batch x;
     pybind11::gil_scoped_release released;
-    for (int64_t b = 0; b < num_batches; ++b) {
-      const TypeKernel& tk = kernels_[batch_type[b]];
-      const int64_t lo = node_ptr[b], k = node_ptr[b + 1] - lo;
-      bases.clear();
-      ids.clear();
-      out.clear();
-      const std::vector<int64_t>& token = tk.native ? tk.native->token() : tk.token;
-      bases.resize(token.size());
-      natural.assign(token.size(), at::Tensor());
-      ids.assign(token.size(), at::Tensor());
-      int64_t e = entry[b], q = 0;
-      for (size_t p = 0; p < token.size(); ++p) {
-        if (token[p]) {
-          ids[p] = tokens_[q++].narrow(0, lo, k);
-          continue;
-        }
-        Rows& r = bases[p];
-        const at::Tensor& src = arenas_[arena[e]];
-        const int64_t width = src.stride(0);
-        const bool tensor = tk.native ? tk.native->needs_tensor(p, direct_) : tk.set_how < 0 || !direct_;
-        r.stride = width;
-        r.data = src.data_ptr<float>();
-        if (kind[e] == kGather) {
-          const int64_t n = gptr[e + 1] - gptr[e];
-          r.index = grows.data_ptr<int64_t>() + gptr[e];
-          if (tensor) {
-            if (direct_) {  // a row copy loop: index_select's own overhead is several times the copy's
-              r.tensor = at::empty({n, width}, src.options());
-              float* d = r.tensor.data_ptr<float>();
-              for (int64_t j = 0; j < n; ++j) std::memcpy(d + j * width, r.row(j), width * sizeof(float));
-              std::vector<int64_t> shape(src.sizes().begin(), src.sizes().end());
-              shape[0] = n;
-              natural[p] = tk.python ? r.tensor.view(shape) : r.tensor;
-            } else {
-              natural[p] = at::index_select(src, 0, grows.narrow(0, gptr[e], n));
-              r.tensor = natural[p].view({n, width});
-            }
-            r.data = r.tensor.data_ptr<float>();
-            r.index = nullptr;
-          }
-        } else {
-          const int64_t rows = tk.set_how >= 0 ? set_rows(set_count, lo, k) : k;
-          r.data += first[e] * width;
-          if (kind[e] == kBroadcast) r.stride = 0;
-          if (tensor) {
-            if (kind[e] == kBroadcast) {
-              std::vector<int64_t> shape(src.sizes().begin(), src.sizes().end());
-              shape[0] = rows;
-              natural[p] = src.narrow(0, first[e], 1).expand(shape);
-            } else {
-              natural[p] = src.narrow(0, first[e], rows);
-            }
-            r.tensor = natural[p].dim() == 2 ? natural[p] : natural[p].view({rows, width});
-          }
-        }
-        ++e;
-      }
-      const int64_t v = first_value[b];
-      for (int64_t s = 0; s < tk.n_outputs; ++s) {
-        const at::Tensor& dst = arenas_[value_arena[v + s]];
-        out.push_back(dst.narrow(0, value_row[v + s], k));
-      }
+    for (int64_t b = 0; b < num_batches(); ++b) {
+      const TypeKernel& tk = kernel_of(b);
+      prepare(b, x, false);
       if (tk.native) {
-        for (auto& o : out) {
-          if (o.dim() != 2) o = o.view({k, o.stride(0)});
-        }
-        tk.native->run(bases, ids, out, k, direct_);
+        tk.native->run(x.bases, x.ids, x.out, x.k, direct_);
       } else if (tk.set_how >= 0 && direct_) {
-        reduce_sets(bases[0], out[0].view({k, out[0].stride(0)}), set_count + lo, k, tk.set_how);
+        reduce_sets(x.bases[0], x.out[0], at_(11) + x.lo, x.k, tk.set_how);
       } else if (tk.set_how >= 0) {
-        reduce_sets_aten(natural[0], out[0], arrays_[11].narrow(0, lo, k), tk.set_how);
+        reduce_sets_aten(x.bases[0].tensor, x.out[0], arrays_[11].narrow(0, x.lo, x.k), tk.set_how);
       } else {
         pybind11::gil_scoped_acquire held;
         pybind11::list inputs;
-        for (size_t p = 0; p < token.size(); ++p) inputs.append(token[p] ? ids[p] : natural[p]);
+        for (size_t p = 0; p < x.token->size(); ++p) inputs.append((*x.token)[p] ? x.ids[p] : x.natural[p]);
+        pybind11::list out;
+        for (size_t s = 0; s < x.out.size(); ++s) out.append(x.natural_out[s]);
         tk.python(inputs, out);
       }
     }
   }
 
+  // Whether `backward` can run: every type is a native program or a set reduction.
+  bool can_backward() const {
+    for (const auto& tk : kernels_) {
+      if (!tk.native && tk.set_how < 0 && !tk.python.is_none()) return false;
+    }
+    return true;
+  }
+
+  // The backward of `run`, batch by batch in reverse: each batch recomputes its program on its
+  // inputs (which the arenas still hold), takes its outputs' gradients from `grads` (arena-shaped,
+  // the results' already there) and adds its inputs' gradients into them: onto a view's rows, summed
+  // into a broadcast row, index_add for a gather. Returns each type's parameter gradients, in its
+  // native program's parameter order (types sharing a program share the tensors).
+  std::vector<std::vector<at::Tensor>> backward(std::vector<at::Tensor> grads) {
+    TORCH_CHECK(can_backward(), "a type of this mini-batch runs a Python kernel");
+    std::map<const NativeKernel*, std::vector<at::Tensor>> params;
+    std::vector<std::vector<at::Tensor>> by_type(kernels_.size());
+    for (size_t t = 0; t < kernels_.size(); ++t) {
+      const auto& tk = kernels_[t];
+      if (!tk.native) continue;
+      auto it = params.find(tk.native.get());
+      if (it == params.end()) it = params.emplace(tk.native.get(), tk.native->zero_param_grads()).first;
+      by_type[t] = it->second;
+    }
+    Batch x;
+    std::vector<at::Tensor> gbases;
+    pybind11::gil_scoped_release released;
+    for (int64_t b = num_batches() - 1; b >= 0; --b) {
+      const TypeKernel& tk = kernel_of(b);
+      prepare(b, x, true);
+      std::vector<at::Tensor> gout;
+      for (int64_t s = 0; s < static_cast<int64_t>(x.out.size()); ++s) {
+        const int64_t v = at_(3)[b] + s;
+        gout.push_back(grads[at_(9)[v]].narrow(0, at_(10)[v], x.k).view({x.k, x.out[s].size(1)}));
+      }
+      gbases.clear();
+      if (tk.native) {
+        tk.native->run(x.bases, x.ids, x.out, x.k, direct_);  // the same values again, for the derivatives
+        tk.native->backward(x.bases, x.ids, gout, gbases, by_type[batch_type_(b)], x.k);
+      } else {
+        gbases.push_back(set_backward(x.bases[0].tensor, x.out[0], gout[0], arrays_[11].narrow(0, x.lo, x.k),
+                                      tk.set_how));
+      }
+      scatter_input_grads(b, x, gbases, grads);
+    }
+    return by_type;
+  }
+
  private:
   static constexpr int64_t kBroadcast = 1, kGather = 2;  // OperandTable's kind codes (view is 0)
+
+  // One batch's operands: each input's rows (and tensor), token ids, output rows.
+  struct Batch {
+    int64_t lo = 0, k = 0;
+    const std::vector<int64_t>* token = nullptr;
+    std::vector<Rows> bases;
+    std::vector<at::Tensor> ids, natural, out, natural_out;
+  };
+
+  const int64_t* at_(int i) const { return arrays_[i].data_ptr<int64_t>(); }
+  int64_t num_batches() const { return arrays_[0].numel(); }
+  int64_t batch_type_(int64_t b) const { return at_(0)[b]; }
+  const TypeKernel& kernel_of(int64_t b) const { return kernels_[batch_type_(b)]; }
+
+  // Batch b's operands into x; `all_tensors`: every float input as a tensor (the backward's reads).
+  void prepare(int64_t b, Batch& x, bool all_tensors) const {
+    const TypeKernel& tk = kernel_of(b);
+    const int64_t *kind = at_(4), *arena = at_(5), *first = at_(6), *gptr = at_(7);
+    const at::Tensor& grows = arrays_[8];
+    x.lo = at_(1)[b];
+    x.k = at_(1)[b + 1] - x.lo;
+    const int64_t k = x.k;
+    x.token = tk.native ? &tk.native->token() : &tk.token;
+    const auto& token = *x.token;
+    x.bases.assign(token.size(), Rows());
+    x.natural.assign(token.size(), at::Tensor());
+    x.ids.assign(token.size(), at::Tensor());
+    int64_t e = at_(2)[b], q = 0;
+    for (size_t p = 0; p < token.size(); ++p) {
+      if (token[p]) {
+        x.ids[p] = tokens_[q++].narrow(0, x.lo, k);
+        continue;
+      }
+      Rows& r = x.bases[p];
+      const at::Tensor& src = arenas_[arena[e]];
+      const int64_t width = src.stride(0);
+      const bool tensor = all_tensors || (tk.native ? tk.native->needs_tensor(p, direct_) : tk.set_how < 0 || !direct_);
+      r.stride = width;
+      r.data = src.data_ptr<float>();
+      if (kind[e] == kGather) {
+        const int64_t n = gptr[e + 1] - gptr[e];
+        r.index = grows.data_ptr<int64_t>() + gptr[e];
+        if (tensor) {
+          if (direct_) {  // a row copy loop: index_select's own overhead is several times the copy's
+            r.tensor = at::empty({n, width}, src.options());
+            float* d = r.tensor.data_ptr<float>();
+            for (int64_t j = 0; j < n; ++j) std::memcpy(d + j * width, r.row(j), width * sizeof(float));
+          } else {
+            r.tensor = at::index_select(src, 0, grows.narrow(0, gptr[e], n)).view({n, width});
+          }
+          if (!tk.python.is_none()) x.natural[p] = r.tensor.view(shape_of(src, n));
+          r.data = r.tensor.data_ptr<float>();
+          r.index = nullptr;
+        }
+      } else {
+        const int64_t rows = tk.set_how >= 0 ? set_rows(at_(11), x.lo, k) : k;
+        r.data += first[e] * width;
+        if (kind[e] == kBroadcast) r.stride = 0;
+        if (tensor) {
+          at::Tensor t = kind[e] == kBroadcast ? src.narrow(0, first[e], 1).expand(shape_of(src, rows))
+                                               : src.narrow(0, first[e], rows);
+          r.tensor = t.dim() == 2 ? t : t.view({rows, width});
+          if (!tk.python.is_none()) x.natural[p] = t;
+        }
+      }
+      ++e;
+    }
+    x.out.clear();
+    x.natural_out.clear();
+    const int64_t v = at_(3)[b];
+    for (int64_t s = 0; s < tk.n_outputs; ++s) {
+      const at::Tensor& dst = arenas_[at_(9)[v + s]];
+      at::Tensor rows = dst.narrow(0, at_(10)[v + s], k);
+      if (!tk.python.is_none()) x.natural_out.push_back(rows);
+      x.out.push_back(rows.dim() == 2 ? rows : rows.view({k, dst.stride(0)}));
+    }
+  }
+
+  static std::vector<int64_t> shape_of(const at::Tensor& src, int64_t rows) {
+    std::vector<int64_t> shape(src.sizes().begin(), src.sizes().end());
+    shape[0] = rows;
+    return shape;
+  }
+
+  // Adds each float input's gradient (gbases[p], [rows, width]; undefined: none) where batch b read it.
+  void scatter_input_grads(int64_t b, const Batch& x, const std::vector<at::Tensor>& gbases,
+                           std::vector<at::Tensor>& grads) const {
+    const int64_t *kind = at_(4), *arena = at_(5), *first = at_(6), *gptr = at_(7);
+    int64_t e = at_(2)[b];
+    for (size_t p = 0; p < x.token->size(); ++p) {
+      if ((*x.token)[p]) continue;
+      const int64_t a = arena[e];
+      if (p < gbases.size() && gbases[p].defined() && a < static_cast<int64_t>(grads.size())) {
+        const at::Tensor& g = gbases[p];
+        at::Tensor flat = grads[a].view({grads[a].size(0), grads[a].stride(0)});
+        if (kind[e] == kGather) {
+          flat.index_add_(0, arrays_[8].narrow(0, gptr[e], gptr[e + 1] - gptr[e]), g);
+        } else if (kind[e] == kBroadcast) {
+          flat[first[e]].add_(g.sum(0));
+        } else {
+          flat.narrow(0, first[e], g.size(0)).add_(g);
+        }
+      }
+      ++e;
+    }
+  }
 
   static int64_t set_rows(const int64_t* counts, int64_t lo, int64_t k) {
     int64_t n = 0;
@@ -448,7 +649,9 @@ void register_replay(pybind11::module_& m) {
       .def(py::init<std::vector<at::Tensor>, std::vector<TypeKernel>, std::vector<at::Tensor>,
                     std::vector<at::Tensor>, bool>(),
            py::arg("arenas"), py::arg("kernels"), py::arg("arrays"), py::arg("tokens"), py::arg("direct"))
-      .def("run", &Replay::run);
+      .def("run", &Replay::run)
+      .def("can_backward", &Replay::can_backward)
+      .def("backward", &Replay::backward, py::arg("grads"));
 }
 
 }  // namespace edbc

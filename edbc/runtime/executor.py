@@ -26,7 +26,7 @@ from ..spec.program import TOKEN
 from .dropout import Dropout, call_keys
 from .kernels import Kernel, SetKernel
 from .limits import check_params_fit
-from .native import lower, native_params, native_replay
+from .native import differentiable_params, lower, native_params, native_replay
 from .reference import reference_outputs
 from .weights import init_weights
 
@@ -297,6 +297,8 @@ class Executable:
         runtime = self._runtime
         grads = [torch.zeros_like(a) for a in self.arenas]
         grads[self._result_index].index_add_(0, self._result_rows, grad_results.to(self.device))
+        if noises is self._quiet and self._replay_native.can_backward():
+            return self._native_backward(grads)
         with torch.enable_grad():
             weights = {name: w.detach().requires_grad_() for name, w in runtime.weights.items()}
             bound = runtime.bound(weights)
@@ -330,6 +332,30 @@ class Executable:
                 plain = runtime.bound()
                 for k in kernels:
                     k.bind(plain)
+        return [w.grad if w.grad is not None else torch.zeros_like(w) for w in weights.values()]
+
+
+    def _native_backward(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`_backward` in the native core: the same batch loop in reverse, each batch's program
+        differentiated instruction by instruction. The core returns the gradients of the programs'
+        parameter rows; autograd takes them back to the weights once, through the rows as made from
+        the weights (stacked, repeated, derived tables)."""
+        runtime = self._runtime
+        by_type = self._replay_native.backward(grads)
+        with torch.enable_grad():
+            weights = {name: w.detach().requires_grad_() for name, w in runtime.weights.items()}
+            bound = runtime.bound(weights)
+            made, made_grads, seen = [], [], set()
+            for cell, param_grads in zip(self._compiled.cells, by_type):
+                if cell is None or not param_grads or id(cell) in seen:
+                    continue
+                seen.add(id(cell))
+                for param, grad in zip(differentiable_params(cell, bound), param_grads):
+                    if param.requires_grad:
+                        made.append(param)
+                        made_grads.append(grad)
+            if made:
+                torch.autograd.backward(made, made_grads)
         return [w.grad if w.grad is not None else torch.zeros_like(w) for w in weights.values()]
 
 

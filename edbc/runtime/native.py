@@ -54,7 +54,7 @@ class _Lowering:
             self._step(b, step, weights)
 
     def _param(self, t: torch.Tensor) -> tuple[int, int]:
-        self.params.append(t.detach().reshape(-1).contiguous())
+        self.params.append(t.reshape(-1).contiguous())
         return -len(self.params), 0
 
     def _value(self, v: int) -> tuple[int, int]:
@@ -140,7 +140,7 @@ class _Lowering:
 
     def _param_matrix(self, t: torch.Tensor) -> tuple[int, int]:
         """A 2-D parameter (weight, table), kept 2-D: ATen reads it whole."""
-        self.params.append(t.detach())
+        self.params.append(t)
         return -len(self.params), 0
 
     def outputs(self) -> list[tuple[int, int, int]]:
@@ -158,11 +158,17 @@ def lower(cell: CompiledCell, weights: dict[str, torch.Tensor]):
         return None
     instrs = torch.tensor(low.instrs, dtype=torch.long).reshape(-1, FIELDS)
     token = [int(v.dtype == TOKEN) for v in cell.program.inputs]
-    return core().NativeKernel(instrs, low.widths, token, low.outputs(), low.params)
+    return core().NativeKernel(instrs, low.widths, token, low.outputs(), [p.detach() for p in low.params])
 
 
 def native_params(cell: CompiledCell, weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """The parameter rows of `cell`'s native kernel, made from `weights` (after an update)."""
+    return [p.detach() for p in _Lowering(cell, weights).params]
+
+
+def differentiable_params(cell: CompiledCell, weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The same rows made from `weights` under autograd, so that their gradients (what the core's
+    backward returns) reach the weights."""
     return _Lowering(cell, weights).params
 
 
