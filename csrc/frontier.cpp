@@ -436,9 +436,30 @@ py::array_t<int64_t> counts_view(py::object owner, int64_t* data, int64_t size) 
   return view;
 }
 
+// Level 0 has no node arguments; a node's level is 1 + its deepest argument's. Arguments come
+// before their node, so one scan in node order computes it.
+py::array_t<int32_t> depths(const Array<int64_t>& arg_ptr, const Array<int32_t>& arg_node) {
+  const int64_t n = arg_ptr.size() - 1;
+  const int64_t* ptr = arg_ptr.data();
+  const int32_t* arg = arg_node.data();
+  if (n < 0 || ptr[0] != 0 || ptr[n] != arg_node.size()) throw py::value_error("the argument CSR does not match its nodes");
+  std::vector<int32_t> depth(n);
+  for (int64_t v = 0; v < n; ++v) {
+    int32_t deepest = -1;
+    for (int64_t e = ptr[v]; e < ptr[v + 1]; ++e) {
+      if (arg[e] >= v) throw py::value_error("node " + std::to_string(v) + " has an argument that does not come before it");
+      if (arg[e] >= 0) deepest = std::max(deepest, depth[arg[e]]);
+    }
+    depth[v] = deepest + 1;
+  }
+  return to_numpy(std::move(depth));
+}
+
 }  // namespace
 
 void register_frontier(py::module_& m) {
+  m.def("depths", &depths, py::arg("arg_ptr"), py::arg("arg_node"),
+        "Each node's depth from the inputs (0: no node arguments), in one scan in node order.");
   py::class_<FsmTable>(m, "FsmTable", "A learned policy's table (state -> vocabulary id), with its fallback priority.")
       .def(py::init<const std::string&, const std::vector<std::vector<int32_t>>&, const std::vector<int32_t>&,
                     std::vector<int32_t>>(),

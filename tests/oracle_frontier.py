@@ -1,8 +1,9 @@
 """The pure-Python frontier and policies, as they were before the native core: the oracle the
 native engine (csrc/frontier.cpp) must equal, batch for batch, and nothing else.
 
-`Frontier` is numpy over the ready frontier by type; `drive` is the loop every frontier policy
-ran; `batches_of` (agenda, typewise) and `fsm_schedule` (with `state_of` and `fallback`) are the policies.
+`depth` is the nodes' depths; `Frontier` is numpy over the ready frontier by type; `drive` is the
+loop every frontier policy ran; `batches_of` (agenda, typewise) and `fsm_schedule` (with `state_of`
+and `fallback`) are the policies.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from edbc.graph.ir import Graph, csr_gather
 from edbc.policy.encoding import state_types
-from edbc.schedule.analysis import batchable_mask, consumers, depth, same_type_links
+from edbc.schedule.analysis import batchable_mask, consumers, same_type_links
 from edbc.schedule.ir import Schedule
 
 
@@ -194,6 +195,15 @@ class Frontier:
             t = sorted_types[lo]
             self._chunks[t].append(nodes[order[lo:hi]])
             self.count[t] += hi - lo
+
+
+def depth(graph: Graph) -> np.ndarray:
+    """Each node's depth: 0 without node arguments, else 1 + its deepest argument's."""
+    ptr, args = graph.arg_ptr.tolist(), graph.arg_node.tolist()
+    d = [0] * graph.num_nodes
+    for v in range(graph.num_nodes):
+        d[v] = 1 + max((d[u] for u in args[ptr[v]:ptr[v + 1]] if u >= 0), default=-1)
+    return np.array(d, dtype=np.int32)
 
 
 def drive(f: Frontier, choose) -> list[np.ndarray]:

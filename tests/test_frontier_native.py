@@ -16,7 +16,7 @@ from edbc.policy.file import load_policy
 from edbc.policy.fsm import Fsm, fsm_schedule
 from edbc.policy.resolve import shipped_policy_path
 from edbc.policy.search import imitate
-from edbc.schedule import Schedule, frontier, schedule
+from edbc.schedule import Schedule, depth, frontier, schedule
 from edbc.schedule.policies import HEURISTICS
 from edbc.settings import ENCODINGS, MODELS_DIR
 
@@ -114,6 +114,11 @@ def fallback_kinds(fsm: Fsm, graph) -> Counter:
 
     oracle.drive(s.frontier, choose)
     return kinds
+
+
+def test_depths_equal_the_oracle(model_graphs):
+    for g in GRAPHS + [g for _, _, g in model_graphs]:
+        assert np.array_equal(depth(g), oracle.depth(g)) and depth(g).dtype == np.int32
 
 
 def test_heuristic_schedules_equal_the_oracle_on_random_graphs():

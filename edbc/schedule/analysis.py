@@ -1,8 +1,7 @@
 """Graph analyses the schedulers share, computed once per graph and memoised on it.
 
-Depths come from one scan of the nodes in their (topological) order over plain
-lists, which is cheaper than numpy calls per level whatever the graph's shape.
-The other analyses run level by level with whole levels as numpy arrays, their
+Depths come from one scan of the nodes in their (topological) order in the
+native core (csrc/frontier.cpp), whatever the graph's shape. The other analyses run level by level with whole levels as numpy arrays, their
 Python work a few numpy calls a level, prepared for all levels at once.
 """
 
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph.ir import Graph, csr_gather, csr_ptr
+from ..native import core
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,20 +44,8 @@ def levels(graph: Graph) -> list[np.ndarray]:
 
 
 def depth(graph: Graph) -> np.ndarray:
-    """Level 0 has no node arguments; a node's level is 1 + its deepest argument's. Arguments come
-    before their node, so one scan in node order computes it (a deep chain costs no more than a
-    wide graph of the same size)."""
-    def compute(g: Graph) -> np.ndarray:
-        ptr, args = g.arg_ptr.tolist(), g.arg_node.tolist()
-        d = [0] * g.num_nodes
-        for v in range(g.num_nodes):
-            deepest = -1
-            for u in args[ptr[v]:ptr[v + 1]]:
-                if u >= 0 and d[u] > deepest:
-                    deepest = d[u]
-            d[v] = deepest + 1
-        return np.array(d, dtype=np.int32)
-    return graph.cached("depth", compute)
+    """Level 0 has no node arguments; a node's level is 1 + its deepest argument's (int32)."""
+    return graph.cached("depth", lambda g: core().depths(g.arg_ptr, g.arg_node))
 
 
 def batchable_mask(graph: Graph) -> np.ndarray:
