@@ -455,9 +455,55 @@ py::array_t<int32_t> depths(const Array<int64_t>& arg_ptr, const Array<int32_t>&
   return to_numpy(std::move(depth));
 }
 
+// The nearest same-type ancestors of every node (`analysis.same_type_links` says what they are and
+// numbers the bits): bitsets `seen` and `shadowed` travel down the graph, node by node in node order;
+// a node's own type owns `words[t]` words from `col0[t]`. Returns (node, bit) for every nearest
+// ancestor, the bit being the ancestor's rank among its type's nodes in its instance.
+py::tuple nearest_same_type(const Array<int64_t>& arg_ptr, const Array<int32_t>& arg_node,
+                            const Array<int32_t>& node_type, const Array<int64_t>& rank,
+                            const Array<int64_t>& col0, const Array<int64_t>& words) {
+  const int64_t n = node_type.size();
+  const int64_t num_types = words.size();
+  const int64_t* ptr = arg_ptr.data();
+  const int32_t* arg = arg_node.data();
+  if (arg_ptr.size() != n + 1 || ptr[0] != 0 || ptr[n] != arg_node.size() || rank.size() != n ||
+      col0.size() != num_types + 1)
+    throw py::value_error("the same-type link inputs do not match the graph");
+  const int64_t total = col0.data()[num_types];
+  // Each node's `seen` words, then its `shadowed` words.
+  std::vector<uint64_t> bits(static_cast<size_t>(n) * 2 * total, 0);
+  std::vector<int64_t> near_node, near_bit;
+  for (int64_t v = 0; v < n; ++v) {
+    uint64_t* acc = bits.data() + v * 2 * total;
+    for (int64_t e = ptr[v]; e < ptr[v + 1]; ++e) {
+      if (arg[e] >= v) throw py::value_error("node " + std::to_string(v) + " has an argument that does not come before it");
+      if (arg[e] < 0) continue;
+      const uint64_t* from = bits.data() + static_cast<int64_t>(arg[e]) * 2 * total;
+      for (int64_t j = 0; j < 2 * total; ++j) acc[j] |= from[j];
+    }
+    const int32_t t = node_type.data()[v];
+    if (t < 0 || t >= num_types) throw py::value_error("a node's type is out of range");
+    const int64_t own = col0.data()[t];
+    for (int64_t j = 0; j < words.data()[t]; ++j) {
+      const uint64_t mine = acc[own + j];
+      for (uint64_t near = mine & ~acc[total + own + j]; near; near &= near - 1) {
+        near_node.push_back(v);
+        near_bit.push_back(j * 64 + __builtin_ctzll(near));
+      }
+      acc[total + own + j] = mine;
+    }
+    const int64_t r = rank.data()[v];
+    if (r < 0 || r >= 64 * words.data()[t]) throw py::value_error("a node's rank is out of its type's bits");
+    acc[own + r / 64] |= uint64_t{1} << (r % 64);
+  }
+  return py::make_tuple(to_numpy(std::move(near_node)), to_numpy(std::move(near_bit)));
+}
+
 }  // namespace
 
 void register_frontier(py::module_& m) {
+  m.def("nearest_same_type", &nearest_same_type, py::arg("arg_ptr"), py::arg("arg_node"), py::arg("node_type"),
+        py::arg("rank"), py::arg("col0"), py::arg("words"));
   m.def("depths", &depths, py::arg("arg_ptr"), py::arg("arg_node"),
         "Each node's depth from the inputs (0: no node arguments), in one scan in node order.");
   py::class_<FsmTable>(m, "FsmTable", "A learned policy's table (state -> vocabulary id), with its fallback priority.")

@@ -1,8 +1,8 @@
 """The pure-Python frontier and policies, as they were before the native core: the oracle the
 native engine (csrc/frontier.cpp) must equal, batch for batch, and nothing else.
 
-`depth` is the nodes' depths; `Frontier` is numpy over the ready frontier by type; `drive` is the
-loop every frontier policy ran; `batches_of` (agenda, typewise) and `fsm_schedule` (with `state_of`
+`same_type_links` and `depth` are the analyses; `Frontier` is numpy over the ready frontier by
+type; `drive` is the loop every frontier policy ran; `batches_of` (agenda, typewise) and `fsm_schedule` (with `state_of`
 and `fallback`) are the policies.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edbc.graph.ir import Graph, csr_gather
+from edbc.graph.ir import Graph, csr_gather, csr_ptr
 from edbc.policy.encoding import state_types
-from edbc.schedule.analysis import batchable_mask, consumers, same_type_links
+from edbc.schedule.analysis import SameTypeLinks, batchable_mask, consumers, level_args
 from edbc.schedule.ir import Schedule
 
 
@@ -195,6 +195,79 @@ class Frontier:
             t = sorted_types[lo]
             self._chunks[t].append(nodes[order[lo:hi]])
             self.count[t] += hi - lo
+
+
+def same_type_links(graph: Graph) -> SameTypeLinks:
+    """`analysis.same_type_links` in numpy, level by level (bitsets reduced over each level's arguments)."""
+    def compute(g: Graph) -> SameTypeLinks:
+        n = g.num_nodes
+        types = g.node_type.astype(np.int64)
+        # Rank of each node among the nodes of its type in its instance.
+        order = np.lexsort((np.arange(n), g.instance, types))
+        key = types[order] * g.num_instances + g.instance[order]
+        group_start = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+        group_size = np.diff(np.append(group_start, n))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - np.repeat(group_start, group_size)
+        first_of_group = np.empty(n, dtype=np.int64)  # position in `order` of rank 0 of v's group
+        first_of_group[order] = np.repeat(group_start, group_size)
+        words = np.zeros(len(g.types), dtype=np.int64)
+        np.maximum.at(words, types[order[group_start]], (group_size + 63) // 64)
+        col0 = np.concatenate([[0], np.cumsum(words)])
+
+        width = int(words.max()) if n else 0
+        total = int(col0[-1])
+        # `seen` and `shadowed` side by side, so that one reduction a level propagates both.
+        bits = np.zeros((n + 1, 2 * total), dtype=np.uint64)
+        near_words = np.zeros((n, width), dtype=np.uint64)
+        # Each node's own type's columns, padded to `width` (padding masked off).
+        own_valid = np.arange(width) < words[types][:, None]
+        own_cols = np.where(own_valid, col0[types][:, None] + np.arange(width), 0)
+        own_word = col0[types] + rank // 64
+        own_bit = np.uint64(1) << (rank % 64).astype(np.uint64)
+        la = level_args(g)
+        for nodes, rows, starts in zip(la.nodes, la.rows, la.starts):
+            acc = np.bitwise_or.reduceat(bits[rows], starts, axis=0)
+            acc_seen, acc_shadowed = acc[:, :total], acc[:, total:]
+            rows = np.broadcast_to(np.arange(len(nodes))[:, None], (len(nodes), width))
+            valid = own_valid[nodes]
+            r, c = rows[valid], own_cols[nodes][valid]
+            mine = acc_seen[r, c]
+            near = np.zeros((len(nodes), width), dtype=np.uint64)
+            near[valid] = mine & ~acc_shadowed[r, c]
+            near_words[nodes] = near
+            acc_shadowed[r, c] = mine
+            acc_seen[rows[:, 0], own_word[nodes]] |= own_bit[nodes]
+            bits[nodes] = acc
+        dst, r = set_bits(near_words)
+        src = order[first_of_group[dst] + r]
+        link_order = np.lexsort((dst, src))
+        ptr = csr_ptr(np.bincount(src, minlength=n))
+        num_nearest = np.bincount(dst, minlength=n).astype(np.int32)
+        return SameTypeLinks(ptr, dst[link_order].astype(np.int32), num_nearest)
+    return graph.cached("oracle_same_type_links", compute)
+
+
+def set_bits(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and bit index of every set bit of a [rows, k] uint64 matrix.
+
+    Peels the lowest set bit of every nonzero word at once, so the work grows
+    with the number of set bits, not with the width of the bitsets.
+    """
+    rows, cols = np.nonzero(words)
+    vals = words[rows, cols]
+    found_rows, found_bits = [], []
+    while vals.size:
+        low = vals & (~vals + np.uint64(1))
+        # frexp of an exact power of two 2**k is (0.5, k + 1), exactly.
+        found_rows.append(rows)
+        found_bits.append(cols * 64 + np.frexp(low.astype(np.float64))[1] - 1)
+        vals = vals ^ low
+        more = vals != 0
+        rows, cols, vals = rows[more], cols[more], vals[more]
+    if not found_rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(found_rows).astype(np.int64), np.concatenate(found_bits).astype(np.int64)
 
 
 def depth(graph: Graph) -> np.ndarray:

@@ -17,6 +17,7 @@ from edbc.policy.fsm import Fsm, fsm_schedule
 from edbc.policy.resolve import shipped_policy_path
 from edbc.policy.search import imitate
 from edbc.schedule import Schedule, depth, frontier, schedule
+from edbc.schedule.analysis import same_type_links
 from edbc.schedule.policies import HEURISTICS
 from edbc.settings import ENCODINGS, MODELS_DIR
 
@@ -119,6 +120,15 @@ def fallback_kinds(fsm: Fsm, graph) -> Counter:
 def test_depths_equal_the_oracle(model_graphs):
     for g in GRAPHS + [g for _, _, g in model_graphs]:
         assert np.array_equal(depth(g), oracle.depth(g)) and depth(g).dtype == np.int32
+
+
+def test_same_type_links_equal_the_oracle(model_graphs):
+    wide = lattice_dag(np.random.default_rng(2), 2, 70, 80, cells=CELL_LEVEL)  # several words a type
+    for g in GRAPHS + [g for _, _, g in model_graphs] + [wide]:
+        native, expected = same_type_links(g), oracle.same_type_links(g)
+        for field in ("ptr", "node", "num_nearest"):
+            assert np.array_equal(getattr(native, field), getattr(expected, field))
+            assert getattr(native, field).dtype == getattr(expected, field).dtype
 
 
 def test_heuristic_schedules_equal_the_oracle_on_random_graphs():

@@ -6,9 +6,9 @@ from edbc.data.typed_dag import parse_typed_dag
 from edbc.errors import UsageError, VerificationError
 from edbc.graph import build_graph, lower_to_ops
 from edbc.schedule import POLICIES, Schedule, format_schedule, frontier, lower_bound, schedule, verify_schedule
-from edbc.schedule.analysis import set_bits
 
 from .dags import ideal_counts, lattice_dag, optimal_batches, typed_dags
+from .oracle_frontier import set_bits
 
 
 @settings(max_examples=60, deadline=None)
