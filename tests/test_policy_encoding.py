@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 
 from edbc.data.typed_dag import parse_typed_dag
-from edbc.policy.encoding import TypeVocab, action_mask, observation, state_of, state_types
+from edbc.policy.encoding import TypeVocab, action_mask, observation, state_types
+from edbc.schedule import frontier
+
+
+def state_of(encoding, ids, counts):
+    """The native frontier's state where graph type k + 1 has `counts[k]` ready nodes and vocabulary id `ids[k]`."""
+    types = [k + 1 for k, c in enumerate(counts) for _ in range(c)]
+    g = parse_typed_dag("\n".join([str(len(types))] + [f"{t} 0" for t in types]))
+    vocab = TypeVocab(tuple(f"t{ids.index(v) + 1}" if v in ids else f"unused{v}" for v in range(max(ids) + 1)))
+    return frontier(g).state(vocab.map_graph(g), encoding)
 
 
 def test_the_three_encodings():

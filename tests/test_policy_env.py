@@ -73,5 +73,5 @@ def test_every_masked_walk_schedules_the_whole_graph_with_rewards_in_range(g):
             action = rng.choice(np.flatnonzero(env.action_masks()))
             _, reward, done, _, info = env.step(action)
             assert -1.0 < reward <= 0.0
-        assert env._stepper.frontier.remaining == 0
+        assert env._frontier.remaining == 0
         assert info["batches"] >= lower_bound(g)

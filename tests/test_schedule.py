@@ -5,10 +5,10 @@ from hypothesis import given, settings
 from edbc.data.typed_dag import parse_typed_dag
 from edbc.errors import UsageError, VerificationError
 from edbc.graph import build_graph, lower_to_ops
-from edbc.schedule import POLICIES, Frontier, Schedule, format_schedule, lower_bound, schedule, verify_schedule
-from edbc.schedule.analysis import set_bits
+from edbc.schedule import POLICIES, Schedule, format_schedule, frontier, lower_bound, schedule, verify_schedule
 
 from .dags import ideal_counts, lattice_dag, optimal_batches, typed_dags
+from .oracle_frontier import set_bits
 
 
 @settings(max_examples=60, deadline=None)
@@ -34,7 +34,7 @@ def test_lower_bound_never_exceeds_the_optimum(g):
 @settings(max_examples=40, deadline=None)
 @given(typed_dags(max_nodes=25, unbatchable=False))
 def test_ideal_batch_sizes_are_maintained_incrementally(g):
-    f = Frontier(g, track_ideal=True)
+    f = frontier(g, track_ideal=True)
     done = np.zeros(g.num_nodes, dtype=bool)
     step = 0
     while not f.done:
@@ -47,26 +47,10 @@ def test_ideal_batch_sizes_are_maintained_incrementally(g):
     assert np.all(f.ideal == 0)
 
 
-@settings(max_examples=40, deadline=None)
-@given(typed_dags(max_nodes=25, unbatchable=False))
-def test_ideal_batch_sizes_switched_on_mid_run(g):
-    f = Frontier(g)
-    done = np.zeros(g.num_nodes, dtype=bool)
-    step = 0
-    while not f.done:
-        if step == 2:
-            f.track_ideal_now()
-        if f.ideal is not None:
-            assert np.array_equal(f.ideal, ideal_counts(g, done))
-        ready = f.ready_types()
-        done[f.run(int(ready[-1 - step % len(ready)]))] = True
-        step += 1
-
-
 def test_ideal_batch_sizes_with_wide_bitsets():
     # Over 64 nodes of one type in one instance: the same-type bitsets span several words.
     g = lattice_dag(np.random.default_rng(2), num_lattices=2, min_len=70, max_len=80)
-    f = Frontier(g, track_ideal=True)
+    f = frontier(g, track_ideal=True)
     done = np.zeros(g.num_nodes, dtype=bool)
     step = 0
     while not f.done:

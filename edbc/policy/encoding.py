@@ -6,7 +6,8 @@ so that it applies to any mini-batch of that model: `TypeVocab.map_graph`
 turns a graph's type ids into vocabulary ids. Only batchable types are in the
 vocabulary; unbatchable nodes run outside the policy.
 
-A state is a tuple of vocabulary ids (method.md §2):
+A state is a tuple of vocabulary ids (method.md §2), made by the native
+frontier (`Frontier.state`, csrc/frontier.cpp):
 
     set      the ready types, ascending
     sorted   the ready types by ready-node count, largest first (ties: lower id first)
@@ -55,24 +56,13 @@ class TypeVocab:
         return graph.cached(("type_vocab", self.names), compute)
 
 
-def state_of(encoding: str, ids: list[int], counts: list[int]) -> State:
-    """The state of a frontier whose ready batchable types have vocabulary ids `ids`
-    and `counts` ready nodes (aligned lists)."""
-    if encoding == "set":
-        return tuple(sorted(ids))
-    ranked = [v for _, v in sorted(zip([-c for c in counts], ids))]
-    if encoding == "sorted":
-        return tuple(ranked)
-    return tuple(sorted(ids)) + (ranked[0],)
-
-
 def state_types(encoding: str, state: State) -> State:
     """The ready types of a state (the actions it allows)."""
     return state[:-1] if encoding == "max" else state
 
 
 def is_state(encoding: str, state: State) -> bool:
-    """Whether `state` is one `state_of` can make: distinct ready types, ascending for `set` and
+    """Whether `state` is one the frontier can make: distinct ready types, ascending for `set` and
     `max`, and for `max` a largest type that is ready."""
     ready = state_types(encoding, state)
     if not ready or len(set(ready)) != len(ready):

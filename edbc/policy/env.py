@@ -19,8 +19,9 @@ import numpy as np
 from gymnasium import spaces
 
 from ..graph.ir import Graph
+from ..schedule.analysis import batchable_mask
+from ..schedule.frontier import frontier
 from .encoding import TypeVocab, action_mask, observation, observation_size
-from .fsm import Stepper
 
 
 class FrontierEnv(gym.Env):
@@ -34,27 +35,30 @@ class FrontierEnv(gym.Env):
         self.encoding = encoding
         self.observation_space = spaces.Box(0.0, 1.0, (observation_size(encoding, len(vocab)),), np.float32)
         self.action_space = spaces.Discrete(len(vocab))
-        self._stepper: Stepper | None = None
+        self._frontier = None  # the native frontier of the current episode's graph
+        self._to_vocab: np.ndarray | None = None  # its types' vocabulary ids
+        self._to_graph: dict[int, int] = {}  # and back
         self._state = None
         self.batches = 0  # batches of the current episode, unbatchable ones included
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         graph = self.graphs[int(self.np_random.integers(len(self.graphs)))]
-        self._stepper = Stepper(graph, self.vocab, self.encoding, track_ideal=True)
-        self.batches = len(self._stepper.frontier.run_unbatchable())
-        if self._stepper.unknown:
+        self._to_vocab = self.vocab.map_graph(graph)
+        if np.any((self._to_vocab < 0) & batchable_mask(graph)):
             raise ValueError("a training graph has a type outside the vocabulary")
-        self._state = self._stepper.state()
+        self._to_graph = {v: t for t, v in enumerate(self._to_vocab.tolist()) if v >= 0}
+        self._frontier = frontier(graph, track_ideal=True)
+        self.batches = len(self._frontier.run_unbatchable())
+        self._state = self._frontier.state(self._to_vocab, self.encoding)
         return observation(self.encoding, self._state, len(self.vocab)), {}
 
     def action_masks(self) -> np.ndarray:
         return action_mask(self.encoding, self._state, len(self.vocab))
 
     def step(self, action):
-        s = self._stepper
-        f = s.frontier
-        t = s.to_graph.get(int(action), -1)
+        f = self._frontier
+        t = self._to_graph.get(int(action), -1)
         if t < 0 or not f.count[t]:
             raise ValueError(f"action {action} is masked: no ready node of that type")
         reward = -1.0 + float(f.count[t]) / float(f.ideal[t])
@@ -64,5 +68,5 @@ class FrontierEnv(gym.Env):
             self._state = ()
             return np.zeros(self.observation_space.shape, np.float32), reward, True, False, \
                 {"batches": self.batches}
-        self._state = s.state()
+        self._state = f.state(self._to_vocab, self.encoding)
         return observation(self.encoding, self._state, len(self.vocab)), reward, False, False, {}

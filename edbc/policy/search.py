@@ -1,6 +1,6 @@
 """Tables that start from the heuristics: imitation, and improvement by rollouts.
 
-`imitate` rolls a frontier heuristic (`schedule.policies.CHOOSERS`) over the
+`imitate` rolls a frontier heuristic (`schedule.policies.HEURISTICS`) over the
 training graphs and gives each state the type the heuristic chose there most
 often; typewise decides on |F*_t| counts the state does not hold, so its table
 is close to typewise but not equal (on lattices, slightly better). `improve` then searches the table: for
@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections import Counter
 
 from ..graph.ir import Graph
-from ..schedule.frontier import Frontier
-from ..schedule.policies import CHOOSERS, drive
+from ..schedule.frontier import frontier
+from ..schedule.policies import HEURISTICS
 from .encoding import State, TypeVocab, state_types
-from .fsm import Fsm, Stepper, fsm_schedule
+from .fsm import Fsm, fsm_schedule, native_table
 
 
 def imitate(heuristic: str, graphs: list[Graph], vocab: TypeVocab, encoding: str) -> dict[State, int]:
@@ -26,36 +26,35 @@ def imitate(heuristic: str, graphs: list[Graph], vocab: TypeVocab, encoding: str
     lower vocabulary id). The table's own rollouts leave the heuristic's path where a state's vote
     was split, so a second pass rolls the table over `graphs` and gives each state it lacks the
     heuristic's choice there (one pass of DAgger): the table then needs no fallback on `graphs`."""
-    make, needs_ideal = CHOOSERS[heuristic]
+    make, needs_ideal = HEURISTICS[heuristic]
     votes: dict[State, Counter] = {}
     for graph in graphs:
-        s = Stepper(graph, vocab, encoding, track_ideal=needs_ideal)
-        choose = make(graph)
+        choose = make(graph).choose
+        to_vocab = vocab.map_graph(graph)
 
-        def record(f: Frontier) -> int:
+        def record(f) -> int:
             t = choose(f)
-            state = s.state()
-            if state and s.to_vocab[t] >= 0:
-                votes.setdefault(state, Counter())[s.to_vocab[t]] += 1
+            state = f.state(to_vocab, encoding)
+            if state and to_vocab[t] >= 0:
+                votes.setdefault(state, Counter())[int(to_vocab[t])] += 1
             return t
 
-        drive(s.frontier, record)
+        frontier(graph, needs_ideal).drive(record)
     table = {state: min(c, key=lambda v: (-c[v], v)) for state, c in votes.items()}
+    # Every state the table lacks is filled, so the fallback priority is never used.
+    lookup = native_table(encoding, table, list(range(len(vocab))))
     for graph in graphs:
-        s = Stepper(graph, vocab, encoding, track_ideal=needs_ideal)
-        choose = make(graph)
+        f = frontier(graph, needs_ideal)
+        choose = make(graph).choose
+        to_vocab = vocab.map_graph(graph)
 
-        def fill(f: Frontier) -> int:
-            state = s.state()
-            if not state:
-                return s.unknown_choice()
-            if state not in table:
-                v = s.to_vocab[choose(f)]
-                # The heuristic may prefer a type the vocabulary lacks; the table cannot say that.
-                table[state] = v if v >= 0 else state_types(encoding, state)[0]
-            return s.to_graph[table[state]]
+        def fill(state: State) -> int:
+            v = int(to_vocab[choose(f)])
+            # The heuristic may prefer a type the vocabulary lacks; the table cannot say that.
+            table[state] = v if v >= 0 else state_types(encoding, state)[0]
+            return table[state]
 
-        drive(s.frontier, fill)
+        f.schedule_fsm(lookup, to_vocab, fill)
     return table
 
 

@@ -34,7 +34,7 @@ from ..artifact import (check_output, decode_artifact, encode_artifact, expect, 
 from ..errors import ArtifactError, UsageError, WorsePolicyError
 from ..graph.ir import CELL, DAG, OP, Graph
 from ..schedule.analysis import batchable_mask, lower_bound
-from ..schedule.policies import CHOOSERS, POLICIES
+from ..schedule.policies import HEURISTICS, POLICIES
 from ..settings import SEARCH_TRIES, PolicySettings
 from ..spec.model import ModelSpec
 from .encoding import State, TypeVocab, action_mask, observation
@@ -312,7 +312,7 @@ def _warm_start(model, graphs: GraphSets, vocab: TypeVocab, settings: PolicySett
     enc = settings.encoding
     best: Evaluation | None = None
     best_table: dict[State, int] = {}
-    for heuristic in CHOOSERS:
+    for heuristic in HEURISTICS:
         table = imitate(heuristic, graphs.train + graphs.extra, vocab, enc)
         e = evaluate(Fsm(vocab, enc, table), graphs.heldout, 0, f"imitate {heuristic}")
         history.append(e)

@@ -1,8 +1,7 @@
 """Graph analyses the schedulers share, computed once per graph and memoised on it.
 
-Depths come from one scan of the nodes in their (topological) order over plain
-lists, which is cheaper than numpy calls per level whatever the graph's shape.
-The other analyses run level by level with whole levels as numpy arrays, their
+Depths come from one scan of the nodes in their (topological) order in the
+native core (csrc/frontier.cpp), whatever the graph's shape. The other analyses run level by level with whole levels as numpy arrays, their
 Python work a few numpy calls a level, prepared for all levels at once.
 """
 
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph.ir import Graph, csr_gather, csr_ptr
+from ..native import core
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,20 +44,8 @@ def levels(graph: Graph) -> list[np.ndarray]:
 
 
 def depth(graph: Graph) -> np.ndarray:
-    """Level 0 has no node arguments; a node's level is 1 + its deepest argument's. Arguments come
-    before their node, so one scan in node order computes it (a deep chain costs no more than a
-    wide graph of the same size)."""
-    def compute(g: Graph) -> np.ndarray:
-        ptr, args = g.arg_ptr.tolist(), g.arg_node.tolist()
-        d = [0] * g.num_nodes
-        for v in range(g.num_nodes):
-            deepest = -1
-            for u in args[ptr[v]:ptr[v + 1]]:
-                if u >= 0 and d[u] > deepest:
-                    deepest = d[u]
-            d[v] = deepest + 1
-        return np.array(d, dtype=np.int32)
-    return graph.cached("depth", compute)
+    """Level 0 has no node arguments; a node's level is 1 + its deepest argument's (int32)."""
+    return graph.cached("depth", lambda g: core().depths(g.arg_ptr, g.arg_node))
 
 
 def batchable_mask(graph: Graph) -> np.ndarray:
@@ -144,7 +132,7 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
     ancestor with a path free of type t, matters: along an LSTM's cell-state
     chain the latter grow with the chain.) Ancestors never cross instances,
     so bits are numbered within an instance and stay narrow; each type owns a
-    range of 64-bit words.
+    range of 64-bit words. The propagation runs in the native core (csrc/frontier.cpp).
     """
     def compute(g: Graph) -> SameTypeLinks:
         n = g.num_nodes
@@ -162,61 +150,17 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
         np.maximum.at(words, types[order[group_start]], (group_size + 63) // 64)
         col0 = np.concatenate([[0], np.cumsum(words)])
 
-        width = int(words.max()) if n else 0
-        total = int(col0[-1])
         # Quadratic in the nodes of one type in one instance (a 40k-token sentence: 5 GB): refuse
         # up front rather than run out of memory. Imported here: the limits import this package.
         from ..runtime.limits import check_host_fits
         check_host_fits(f"|F*_t| for a graph of {n} nodes (typewise, or policy training)",
-                        "use --policy agenda, or smaller instances", bitsets=8 * (n + 1) * 2 * total + 8 * n * width)
-        # `seen` and `shadowed` side by side, so that one reduction a level propagates both.
-        bits = np.zeros((n + 1, 2 * total), dtype=np.uint64)
-        near_words = np.zeros((n, width), dtype=np.uint64)
-        # Each node's own type's columns, padded to `width` (padding masked off).
-        own_valid = np.arange(width) < words[types][:, None]
-        own_cols = np.where(own_valid, col0[types][:, None] + np.arange(width), 0)
-        own_word = col0[types] + rank // 64
-        own_bit = np.uint64(1) << (rank % 64).astype(np.uint64)
-        la = level_args(g)
-        for nodes, rows, starts in zip(la.nodes, la.rows, la.starts):
-            acc = np.bitwise_or.reduceat(bits[rows], starts, axis=0)
-            acc_seen, acc_shadowed = acc[:, :total], acc[:, total:]
-            rows = np.broadcast_to(np.arange(len(nodes))[:, None], (len(nodes), width))
-            valid = own_valid[nodes]
-            r, c = rows[valid], own_cols[nodes][valid]
-            mine = acc_seen[r, c]
-            near = np.zeros((len(nodes), width), dtype=np.uint64)
-            near[valid] = mine & ~acc_shadowed[r, c]
-            near_words[nodes] = near
-            acc_shadowed[r, c] = mine
-            acc_seen[rows[:, 0], own_word[nodes]] |= own_bit[nodes]
-            bits[nodes] = acc
-        dst, r = set_bits(near_words)
+                        "use --policy agenda, or smaller instances", bitsets=8 * n * 2 * int(col0[-1]))
+        # The bitsets travel node by node in the native core; it returns each node's nearest
+        # ancestors as bits, which name them by rank.
+        dst, r = core().nearest_same_type(g.arg_ptr, g.arg_node, g.node_type, rank, col0, words)
         src = order[first_of_group[dst] + r]
         link_order = np.lexsort((dst, src))
         ptr = csr_ptr(np.bincount(src, minlength=n))
         num_nearest = np.bincount(dst, minlength=n).astype(np.int32)
         return SameTypeLinks(ptr, dst[link_order].astype(np.int32), num_nearest)
     return graph.cached("same_type_links", compute)
-
-
-def set_bits(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row and bit index of every set bit of a [rows, k] uint64 matrix.
-
-    Peels the lowest set bit of every nonzero word at once, so the work grows
-    with the number of set bits, not with the width of the bitsets.
-    """
-    rows, cols = np.nonzero(words)
-    vals = words[rows, cols]
-    found_rows, found_bits = [], []
-    while vals.size:
-        low = vals & (~vals + np.uint64(1))
-        # frexp of an exact power of two 2**k is (0.5, k + 1), exactly.
-        found_rows.append(rows)
-        found_bits.append(cols * 64 + np.frexp(low.astype(np.float64))[1] - 1)
-        vals = vals ^ low
-        more = vals != 0
-        rows, cols, vals = rows[more], cols[more], vals[more]
-    if not found_rows:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(found_rows).astype(np.int64), np.concatenate(found_bits).astype(np.int64)

@@ -7,33 +7,23 @@ instead, and `eager` runs one node at a time.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from ..errors import UsageError
 from ..graph.ir import Graph
 from .analysis import batchable_mask, depth
-from .frontier import Frontier
+from .frontier import frontier
 from .ir import Schedule
 
-Chooser = Callable[[Frontier], int]
-
-
-def drive(f: Frontier, choose: Chooser) -> list[np.ndarray]:
-    """Run a frontier to the end, asking `choose` for the type of every batch: the one driver
-    loop of every frontier policy (heuristics, the FSM, distillation). Returns the batches."""
-    batches: list[np.ndarray] = []
-    while True:
-        batches += f.run_unbatchable()
-        if f.done:
-            return batches
-        batches.append(f.run(choose(f)))
+Chooser = Callable[..., int]  # the native frontier -> the type of the next batch
 
 
 def run_frontier(graph: Graph, policy: str, choose: Chooser, track_ideal: bool = False) -> Schedule:
-    """The schedule of `graph` under a frontier policy."""
-    return Schedule.from_batches(policy, drive(Frontier(graph, track_ideal), choose), graph)
+    """The schedule of `graph` with the Python callback `choose(frontier)` naming the type of every
+    batch (the native loop asks it once a step)."""
+    return Schedule(policy, *frontier(graph, track_ideal).drive(choose))
 
 
 def eager(graph: Graph) -> Schedule:
@@ -57,40 +47,44 @@ def depth_policy(graph: Graph) -> Schedule:
     return Schedule("depth", ptr, order, graph.node_type[order[starts]])
 
 
-def agenda_chooser(graph: Graph) -> Chooser:
-    """DyNet's agenda choice on `graph`: the ready type whose nodes have the lowest average depth."""
-    counts = np.bincount(graph.node_type, minlength=len(graph.types))
-    sums = np.bincount(graph.node_type, weights=depth(graph), minlength=len(graph.types))
-    average = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
-
-    def choose(f: Frontier) -> int:
-        ready = f.ready_types()
-        return int(ready[np.argmin(average[ready])])  # argmin keeps the lowest type id on ties
-
-    return choose
+def agenda_average(graph: Graph) -> np.ndarray:
+    """The average depth of each type's nodes (inf for types without nodes)."""
+    def compute(g: Graph) -> np.ndarray:
+        counts = np.bincount(g.node_type, minlength=len(g.types))
+        sums = np.bincount(g.node_type, weights=depth(g), minlength=len(g.types))
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+    return graph.cached("agenda_average", compute)
 
 
-def typewise_choice(f: Frontier) -> int:
-    """The ready type with the largest |F_t| / |F*_t|, the share of its ideal batch (needs `f.ideal`)."""
-    ready = f.ready_types()
-    ratio = f.count[ready] / f.ideal[ready]
-    # Ties go to the larger batch, then the lower type id.
-    best = np.lexsort((ready, -f.count[ready], -ratio))[0]
-    return int(ready[best])
+class Rule(NamedTuple):
+    """A frontier heuristic's native rule on one graph, step by step or to the end."""
+
+    choose: Chooser  # the type of the next batch
+    schedule: Callable[..., tuple]  # frontier -> the batches to the end, (ptr, nodes, types)
 
 
-# The frontier heuristics as (graph -> chooser, needs |F*_t|): the policies `agenda` (DyNet's) and
-# `typewise` (greedy on the share of the ideal batch), and what a learned policy imitates.
-CHOOSERS: dict[str, tuple[Callable[[Graph], Chooser], bool]] = {
-    "agenda": (agenda_chooser, False),
-    "typewise": (lambda graph: typewise_choice, True),
+def agenda_rule(graph: Graph) -> Rule:
+    """DyNet's agenda: the ready type whose nodes have the lowest average depth (lowest id on ties)."""
+    average = agenda_average(graph)
+    return Rule(lambda f: f.agenda_choice(average), lambda f: f.schedule_agenda(average))
+
+
+# Greedy on the share of the ideal batch: the ready type of the largest |F_t| / |F*_t| (ties to the
+# larger batch, then the lower type id).
+TYPEWISE = Rule(lambda f: f.typewise_choice(), lambda f: f.schedule_typewise())
+
+# The frontier heuristics as (graph -> its rule, needs |F*_t|): the policies `agenda` and `typewise`,
+# and what a learned policy imitates.
+HEURISTICS: dict[str, tuple[Callable[[Graph], Rule], bool]] = {
+    "agenda": (agenda_rule, False),
+    "typewise": (lambda graph: TYPEWISE, True),
 }
 
 
 def _frontier_policy(name: str) -> Callable[[Graph], Schedule]:
-    """The heuristic `name` of `CHOOSERS` as a policy: its chooser drives the whole graph."""
-    make, needs_ideal = CHOOSERS[name]
-    return lambda graph: run_frontier(graph, name, make(graph), track_ideal=needs_ideal)
+    """The heuristic `name` of `HEURISTICS` as a policy: its rule runs the whole graph natively."""
+    make, needs_ideal = HEURISTICS[name]
+    return lambda graph: Schedule(name, *make(graph).schedule(frontier(graph, needs_ideal)))
 
 
 POLICIES: dict[str, Callable[[Graph], Schedule]] = {
