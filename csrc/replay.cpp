@@ -98,6 +98,9 @@ class NativeKernel {
       TORCH_CHECK(in.code >= 0 && in.code < NUM_CODES, "unknown opcode ", in.code);
       if (in.code > LAST_ELEMENTWISE && in.a >= 0) p_.ref_aten[in.a] = 1;
       p_.rewrites.push_back(in.a == in.dst || in.b == in.dst || in.c == in.dst);
+      // The one rewrite lowering emits: a sum's chain, d = d + b on the same columns.
+      TORCH_CHECK(!p_.rewrites.back() || (in.code == ADD && in.a == in.dst && in.a_col == in.dst_col &&
+                                          in.b != in.dst), "an instruction reads its destination");
       p_.instrs.push_back(in);
     }
     // An output that is a whole step base is written straight into its destination rows; an
@@ -123,7 +126,7 @@ class NativeKernel {
   // gradients add into `gparams`. Instruction by instruction in reverse, through ATen.
   void backward(const std::vector<Rows>& bases, const std::vector<at::Tensor>& ids,
                 const std::vector<at::Tensor>& gout, std::vector<at::Tensor>& gin,
-                std::vector<at::Tensor>& gparams, int64_t k) const {
+                std::vector<at::Tensor>& gparams, int64_t k, bool direct) const {
     const auto opts = gout.front().options();
     std::vector<at::Tensor> g(p_.widths.size());
     auto grad_of = [&](int64_t base) -> at::Tensor& {
@@ -144,6 +147,18 @@ class NativeKernel {
     }
     for (size_t i = p_.instrs.size(); i-- > 0;) {
       const Instr& in = p_.instrs[i];
+      if (direct && in.code <= LAST_ELEMENTWISE) {  // the whole run of elementwise instructions, fused
+        size_t from = i;
+        while (from > 0 && p_.instrs[from - 1].code <= LAST_ELEMENTWISE) --from;
+        for (size_t q = from; q <= i; ++q) {
+          for (int64_t base : {p_.instrs[q].dst, p_.instrs[q].a, p_.instrs[q].b, p_.instrs[q].c}) {
+            if (base >= 0 && base != kNone) grad_of(base);
+          }
+        }
+        fused_backward(bases, g, gparams, from, i + 1, k);
+        i = from;
+        continue;
+      }
       at::Tensor gd = grad_of(in.dst).narrow(1, in.dst_col, in.width);
       if (p_.rewrites[i]) {  // the destination held another value before: its gradient starts anew
         gd = gd.clone();
@@ -261,6 +276,69 @@ class NativeKernel {
     if (base < 0) return p_.params[-1 - base].narrow(0, col, width).unsqueeze(0).expand({k, width});
     const at::Tensor& t = bases[base].tensor;
     return col == 0 && width == t.size(1) ? t : t.narrow(1, col, width);  // a view costs ~2 us
+  }
+
+  // The backward of a run of elementwise instructions as one pass: row by row, the instructions
+  // in reverse, each adding its operands' gradients (`g`: per base, `[k, width]`, contiguous; a
+  // parameter row's gradient sums over the rows).
+  void fused_backward(const std::vector<Rows>& bases, const std::vector<at::Tensor>& g,
+                      std::vector<at::Tensor>& gparams, size_t from, size_t to, int64_t k) const {
+    std::vector<float*> gdata(g.size(), nullptr);
+    for (size_t b = 0; b < g.size(); ++b) {
+      if (g[b].defined()) gdata[b] = g[b].data_ptr<float>();
+    }
+    auto grad = [&](int64_t base, int64_t col, int64_t r) -> float* {
+      if (base == kNone) return nullptr;
+      if (base < 0) return gparams[-1 - base].data_ptr<float>() + col;
+      return gdata[base] + r * p_.widths[base] + col;
+    };
+    for (int64_t r = 0; r < k; ++r) {
+      for (size_t q = to; q-- > from;) {
+        const Instr& in = p_.instrs[q];
+        const float* gd = grad(in.dst, in.dst_col, r);
+        const float* d = bases[in.dst].row(r) + in.dst_col;
+        const float* a = operand(bases, in.a, in.a_col, r);
+        const float* b = operand(bases, in.b, in.b_col, r);
+        const float* c = operand(bases, in.c, in.c_col, r);
+        float* ga = p_.rewrites[q] ? nullptr : grad(in.a, in.a_col, r);  // d = d + b: d's gradient stays
+        float* gb = grad(in.b, in.b_col, r);
+        float* gc = grad(in.c, in.c_col, r);
+        const int64_t w = in.width;
+        switch (in.code) {
+          case ADD:
+            if (ga) for (int64_t x = 0; x < w; ++x) ga[x] += gd[x];
+            for (int64_t x = 0; x < w; ++x) gb[x] += gd[x];
+            break;
+          case SUB:
+            for (int64_t x = 0; x < w; ++x) ga[x] += gd[x];
+            for (int64_t x = 0; x < w; ++x) gb[x] -= gd[x];
+            break;
+          case MUL:
+            for (int64_t x = 0; x < w; ++x) ga[x] += gd[x] * b[x];
+            for (int64_t x = 0; x < w; ++x) gb[x] += gd[x] * a[x];
+            break;
+          case DIV:
+            for (int64_t x = 0; x < w; ++x) ga[x] += gd[x] / b[x];
+            for (int64_t x = 0; x < w; ++x) gb[x] -= gd[x] / b[x] * d[x];
+            break;
+          case ADDCMUL:
+            for (int64_t x = 0; x < w; ++x) ga[x] += gd[x];
+            for (int64_t x = 0; x < w; ++x) gb[x] += gd[x] * c[x];
+            for (int64_t x = 0; x < w; ++x) gc[x] += gd[x] * b[x];
+            break;
+          case LERP:
+            for (int64_t x = 0; x < w; ++x) ga[x] += gd[x] * (1.0f - c[x]);
+            for (int64_t x = 0; x < w; ++x) gb[x] += gd[x] * c[x];
+            for (int64_t x = 0; x < w; ++x) gc[x] += gd[x] * (b[x] - a[x]);
+            break;
+          case SIGMOID: for (int64_t x = 0; x < w; ++x) ga[x] += gd[x] * d[x] * (1.0f - d[x]); break;
+          case TANH: for (int64_t x = 0; x < w; ++x) ga[x] += gd[x] * (1.0f - d[x] * d[x]); break;
+          case RELU: for (int64_t x = 0; x < w; ++x) ga[x] += d[x] > 0.0f ? gd[x] : 0.0f; break;
+          case EXP: for (int64_t x = 0; x < w; ++x) ga[x] += gd[x] * d[x]; break;
+          case COPY: for (int64_t x = 0; x < w; ++x) ga[x] += gd[x]; break;
+        }
+      }
+    }
   }
 
   // A run of elementwise instructions as one pass: row by row, every instruction on that row.
@@ -498,7 +576,7 @@ class Replay {
       gbases.clear();
       if (tk.native) {
         tk.native->run(x.bases, x.ids, x.out, x.k, direct_);  // the same values again, for the derivatives
-        tk.native->backward(x.bases, x.ids, gout, gbases, by_type[batch_type_(b)], x.k);
+        tk.native->backward(x.bases, x.ids, gout, gbases, by_type[batch_type_(b)], x.k, direct_);
       } else {
         gbases.push_back(set_backward(x.bases[0].tensor, x.out[0], gout[0], arrays_[11].narrow(0, x.lo, x.k),
                                       tk.set_how));
