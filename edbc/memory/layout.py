@@ -54,21 +54,6 @@ def value_owner(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     return graph.cached("value_owner", compute)
 
 
-def batch_order_layout(graph: Graph, schedule: Schedule) -> Layout:
-    """Memory planning off: each arena filled in run order, batch by batch, slot by slot."""
-    shapes, arena = value_shapes(graph)
-    owner, slot = value_owner(graph)
-    batch_of = schedule.batch_of_node(graph.num_nodes)
-    position = np.empty(graph.num_nodes, dtype=np.int64)
-    position[schedule.nodes] = np.arange(len(schedule.nodes)) - np.repeat(schedule.ptr[:-1], schedule.sizes)
-    order = np.lexsort((position[owner], slot, batch_of[owner], arena))
-    rows_per_arena = np.bincount(arena, minlength=len(shapes))
-    first_row = np.concatenate([[0], np.cumsum(rows_per_arena)])[:-1]
-    row = np.empty(graph.num_values, dtype=np.int64)
-    row[order] = np.arange(graph.num_values) - first_row[arena[order]]
-    return Layout("none", tuple(shapes), rows_per_arena, arena, row)
-
-
 def verify_layout(graph: Graph, schedule: Schedule, layout: Layout) -> None:
     """Rows in bounds, never shared and none left empty; each batch's outputs consecutive, in batch order."""
     def fail(message: str):
