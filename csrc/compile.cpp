@@ -1,10 +1,11 @@
-// The per-mini-batch compile work that numpy serves badly (small arrays, many passes): the
-// unplanned memory layout and the operand table. The Python oracles they must equal live in
+// The per-mini-batch compile work that numpy serves badly (small arrays, many passes): the graph's
+// assembly from structure calls, the unplanned memory layout and the operand table. The Python oracles they must equal live in
 // tests/compile_oracle.py.
 #include <pybind11/numpy.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "parts.h"
@@ -168,10 +169,173 @@ py::tuple operand_table(In<int64_t> ptr_a, In<int32_t> nodes_a, In<int32_t> batc
                         ptr_out, rows_out, bad_batch, bad_position);
 }
 
+// The graph of one mini-batch's structure calls (`edbc.graph.build.assemble`): the calls, then one
+// reduction node per set a call reads, placed just before the call, then the readout calls.
+// `roles`: per role, (structure ids, or None for the readout; type; argument count; arguments;
+// token columns), an argument being (position, reduction type or -1, slot of the bound output per
+// type and one more for "no producer", neighbour ids aligned with the role's, set CSR pointer, set
+// members): the neighbours for a neighbour, the CSR for a set. `anchors`: the readout's neighbour
+// columns (a readout belongs to the instance of its largest). Ids are structure ids, -1 for none.
+// Returns (node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance, readout ids).
+struct Argument {
+  int64_t position, reduction;
+  In<int32_t> slot_of_type;
+  In<int64_t> neighbors, set_ptr, set_members;
+};
+
+struct Role {
+  bool readout;  // its calls are new nodes after all others, one per anchor row
+  In<int64_t> ids;
+  int64_t count, type, num_args;
+  std::vector<Argument> arguments;
+  std::vector<In<int64_t>> tokens;
+  int64_t sets = 0;
+};
+
+py::tuple assemble_graph(In<int32_t> instance_a, py::list roles_list, py::list anchors_list,
+                         In<int64_t> num_imms_a) {
+  const int64_t n_struct = instance_a.size();
+  std::vector<In<int64_t>> anchors;
+  for (auto a : anchors_list) anchors.push_back(a.cast<In<int64_t>>());
+  const int64_t n_readout = anchors.empty() ? 0 : anchors[0].size();
+  auto check = [](bool ok, const char* what) {
+    if (!ok) throw py::index_error(std::string("assemble_graph: ") + what);
+  };
+  for (auto& a : anchors) check(a.size() == n_readout, "anchor columns of different lengths");
+
+  std::vector<Role> roles;
+  for (auto item : roles_list) {
+    auto r = item.cast<py::tuple>();
+    const bool readout = r[0].is_none();
+    Role role{readout, readout ? In<int64_t>(0) : r[0].cast<In<int64_t>>(), 0, r[1].cast<int64_t>(),
+              r[2].cast<int64_t>(), {}, {}};
+    role.count = readout ? n_readout : role.ids.size();
+    for (auto arg : r[3].cast<py::list>()) {
+      auto a = arg.cast<py::tuple>();
+      role.arguments.push_back({a[0].cast<int64_t>(), a[1].cast<int64_t>(), a[2].cast<In<int32_t>>(),
+                                a[3].is_none() ? In<int64_t>(0) : a[3].cast<In<int64_t>>(),
+                                a[4].is_none() ? In<int64_t>(1) : a[4].cast<In<int64_t>>(),
+                                a[5].is_none() ? In<int64_t>(0) : a[5].cast<In<int64_t>>()});
+      role.sets += role.arguments.back().reduction >= 0;
+    }
+    for (auto column : r[4].cast<py::list>()) role.tokens.push_back(column.cast<In<int64_t>>());
+    roles.push_back(std::move(role));
+  }
+  // Structure node -> its id in the graph, after the reduction nodes of its call.
+  std::vector<int64_t> moved(n_struct);
+  {
+    std::vector<int64_t> extra(n_struct, 0);
+    for (auto& r : roles) {
+      if (r.readout || !r.sets) continue;
+      for (int64_t i = 0; i < r.count; ++i) {
+        const int64_t v = r.ids.data()[i];
+        check(v >= 0 && v < n_struct, "a call outside the structure");
+        extra[v] = r.sets;
+      }
+    }
+    int64_t placed = 0;
+    for (int64_t v = 0; v < n_struct; ++v) moved[v] = v + (placed += extra[v]);
+  }
+  const int64_t n_before = n_struct ? moved[n_struct - 1] + 1 : 0;
+  const int64_t total = n_before + n_readout;
+  auto renumber = [&](int64_t v) {
+    check(v >= -1 && v < n_struct, "a neighbour outside the structure");
+    return v < 0 ? int64_t{-1} : moved[v];
+  };
+  auto id_of = [&](const Role& r, int64_t i) {
+    if (r.readout) return n_before + i;
+    const int64_t v = r.ids.data()[i];
+    check(v >= 0 && v < n_struct, "a call outside the structure");
+    return moved[v];
+  };
+
+  auto node_type_out = out<int32_t>(total), instance_out = out<int32_t>(total);
+  int32_t* node_type = node_type_out.mutable_data();
+  int32_t* instance = instance_out.mutable_data();
+  std::vector<int64_t> n_args(total, 0);
+  std::fill(node_type, node_type + total, -1);
+  for (int64_t v = 0; v < n_struct; ++v) instance[moved[v]] = instance_a.data()[v];
+  for (int64_t i = 0; i < n_readout; ++i) {
+    int64_t largest = -1;
+    for (auto& a : anchors) largest = std::max(largest, renumber(a.data()[i]));
+    instance[n_before + i] = instance[largest >= 0 ? largest : total - 1];
+  }
+  for (auto& r : roles) {
+    for (int64_t i = 0; i < r.count; ++i) {
+      const int64_t id = id_of(r, i);
+      node_type[id] = static_cast<int32_t>(r.type);
+      n_args[id] = r.num_args;
+      int64_t j = 0;
+      for (auto& a : r.arguments) {
+        if (a.reduction < 0) continue;
+        check(a.set_ptr.size() == r.count + 1, "a set pointer not aligned with its role");
+        const int64_t* ptr = a.set_ptr.data();
+        check(ptr[i] >= 0 && ptr[i + 1] >= ptr[i] && ptr[i + 1] <= a.set_members.size(),
+              "a set pointer out of order");
+        const int64_t at = id - r.sets + j++;
+        node_type[at] = static_cast<int32_t>(a.reduction);
+        instance[at] = instance[id];
+        n_args[at] = ptr[i + 1] - ptr[i];
+      }
+    }
+  }
+  const int64_t* num_imms = num_imms_a.data();
+  auto arg_ptr_out = out<int64_t>(total + 1), imm_ptr_out = out<int64_t>(total + 1);
+  int64_t* arg_ptr = arg_ptr_out.mutable_data();
+  int64_t* imm_ptr = imm_ptr_out.mutable_data();
+  arg_ptr[0] = imm_ptr[0] = 0;
+  for (int64_t v = 0; v < total; ++v) {
+    check(node_type[v] >= 0, "a node no call fills");
+    arg_ptr[v + 1] = arg_ptr[v] + n_args[v];
+    imm_ptr[v + 1] = imm_ptr[v] + num_imms[node_type[v]];
+  }
+  auto arg_node_out = out<int32_t>(arg_ptr[total]), arg_slot_out = out<int32_t>(arg_ptr[total]);
+  auto imm_out = out<int64_t>(imm_ptr[total]);
+  int32_t* arg_node = arg_node_out.mutable_data();
+  int32_t* arg_slot = arg_slot_out.mutable_data();
+  int64_t* imm = imm_out.mutable_data();
+  std::fill(arg_node, arg_node + arg_ptr[total], -1);
+  std::fill(arg_slot, arg_slot + arg_ptr[total], 0);
+  std::fill(imm, imm + imm_ptr[total], 0);
+  auto bind = [&](int64_t where, int64_t producer, const int32_t* slot_of_type) {
+    arg_node[where] = static_cast<int32_t>(producer);
+    arg_slot[where] = producer >= 0 ? slot_of_type[node_type[producer]] : 0;
+  };
+  for (auto& r : roles) {
+    for (auto& column : r.tokens) check(column.size() == r.count, "a token column not aligned with its role");
+    for (auto& a : r.arguments) {
+      check(a.reduction >= 0 || a.neighbors.size() == r.count, "a neighbour column not aligned with its role");
+    }
+    for (int64_t i = 0; i < r.count; ++i) {
+      const int64_t id = id_of(r, i);
+      int64_t j = 0;
+      for (auto& a : r.arguments) {
+        const int64_t where = arg_ptr[id] + a.position;
+        if (a.reduction < 0) {
+          bind(where, renumber(a.neighbors.data()[i]), a.slot_of_type.data());
+          continue;
+        }
+        const int64_t at = id - r.sets + j++;  // the reduction node just before the call, its output slot 0
+        arg_node[where] = static_cast<int32_t>(at);
+        const int64_t* ptr = a.set_ptr.data();
+        for (int64_t m = ptr[i]; m < ptr[i + 1]; ++m) {
+          bind(arg_ptr[at] + m - ptr[i], renumber(a.set_members.data()[m]), a.slot_of_type.data());
+        }
+      }
+      for (size_t q = 0; q < r.tokens.size(); ++q) imm[imm_ptr[id] + q] = r.tokens[q].data()[i];
+    }
+  }
+  auto readout_out = out<int64_t>(n_readout);
+  for (int64_t i = 0; i < n_readout; ++i) readout_out.mutable_data()[i] = n_before + i;
+  return py::make_tuple(node_type_out, arg_ptr_out, arg_node_out, arg_slot_out, imm_ptr_out, imm_out,
+                        instance_out, readout_out);
+}
+
 }  // namespace
 
 void register_compile(py::module_& m) {
   m.def("unplanned_layout", &unplanned_layout, "the unplanned layout: batches in graph order, arenas in run order");
   m.def("operand_table", &operand_table, "every batch operand served as a view, broadcast or gather");
+  m.def("assemble_graph", &assemble_graph, "a mini-batch's graph from its structure calls");
 }
 }  // namespace edbc

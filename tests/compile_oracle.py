@@ -1,5 +1,7 @@
 """The pure-Python (numpy) implementations that the native compile paths replaced, kept as test
-oracles only (`test_compile_native.py`): the native results must equal theirs."""
+oracles only (`test_compile_native.py`): the native results must equal theirs. `build_graph` is the
+graph builder as it was: its own tree calls (per tree), the product's other builders, and assembly
+with array operations."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ from math import prod
 import numpy as np
 
 from edbc.errors import VerificationError
-from edbc.graph.ir import Graph, csr_gather, csr_ptr
+from edbc.graph.build import BUILDERS, Calls, _float_bindings, _require_encoded
+from edbc.graph.ir import CELL, Graph, NodeType, csr_gather, csr_ptr
 from edbc.memory.layout import Layout, value_owner, value_shapes
 from edbc.memory.operands import BROADCAST_CODE, GATHER_CODE, VIEW_CODE, OperandTable, arena_of_shape
 from edbc.schedule.ir import Schedule
-from edbc.spec.ops import set_reduction_of
+from edbc.spec.model import ModelSpec
+from edbc.spec.ops import set_reduction_of, set_reduction_program
 
 
 def unplanned(graph: Graph, schedule: Schedule) -> tuple[Schedule, Layout]:
@@ -97,3 +101,145 @@ def _classify(graph: Graph, layout: Layout, batches: np.ndarray, p: int, shape, 
     counts = np.where(gathered, k, 0)
     return (batches, np.full(len(batches), p), kind, np.where(any_real | (a >= 0), a, -1),
             first, k, k * prod(shape) * 4, counts, rows[gathered[seg]])
+
+
+def build_graph(spec: ModelSpec, instances: list) -> Graph:
+    builder = _tree_calls if spec.kind == "tree" else BUILDERS[spec.kind]
+    return assemble(spec, builder(spec, instances), len(instances))
+
+
+def assemble(spec: ModelSpec, calls: Calls, num_instances: int) -> Graph:
+    """The graph of `calls`: their nodes, then one reduction node per set a call reads, placed just
+    before the call (so node order stays topological), then the readout calls."""
+    readout = spec.roles["readout"]
+    # role -> (argument position, source, reduction type) of each input bound to a set, in input order
+    reduced = {role: [(position, source, set_reduction_program(source.reduce, value.shape).name)
+                      for position, (value, source) in enumerate(_float_bindings(spec, r)) if source.kind == "set"]
+               for role, r in spec.roles.items()}
+    cell_names = list(dict.fromkeys([r.cell for r in spec.roles.values()] +
+                                    [name for sets in reduced.values() for _, _, name in sets]))
+    type_of = {name: i for i, name in enumerate(cell_names)}
+    types = tuple(NodeType(name, spec.cells[name]) for name in cell_names)
+
+    n_struct = len(calls.instance)
+    extra = np.zeros(n_struct, dtype=np.int64)  # reduction nodes placed before each structure node
+    for role, sets in reduced.items():  # the readout reads no sets: the spec loader refuses them
+        if sets:
+            extra[calls.roles[role]] = len(sets)
+    moved = np.arange(n_struct, dtype=np.int64) + np.cumsum(extra)  # structure node -> its id in the graph
+
+    def renumber(ids: np.ndarray) -> np.ndarray:
+        ids = ids.astype(np.int64)
+        return np.where(ids >= 0, moved[np.maximum(ids, 0)], -1)
+
+    n_before = n_struct + int(extra.sum())
+    anchors = {name: renumber(ids) for name, ids in calls.anchors[readout.at].items()}
+    n_readout = len(next(iter(anchors.values())))
+    readout_ids = np.arange(n_before, n_before + n_readout, dtype=np.int64)
+    roles = {role: renumber(ids) for role, ids in calls.roles.items()}
+    roles["readout"] = readout_ids
+    neighbors = {key: renumber(ids) for key, ids in calls.neighbors.items()}
+    for name, ids in anchors.items():
+        neighbors[("readout", name)] = ids
+
+    total = n_before + n_readout
+    node_type = np.empty(total, dtype=np.int32)
+    instance = np.empty(total, dtype=np.int32)
+    instance[moved] = calls.instance
+    # A readout belongs to the instance of whichever neighbour it has.
+    instance[readout_ids] = instance[np.max(np.stack(list(anchors.values())), axis=0)]
+    n_args = np.zeros(total, dtype=np.int64)
+    n_args_of_type = np.array([len(t.program.float_inputs) for t in types], dtype=np.int64)
+    reductions = []  # (reduction node ids, producers' structure ids as a CSR, source)
+    for role, ids in roles.items():
+        node_type[ids] = type_of[spec.roles[role].cell]
+        n_args[ids] = n_args_of_type[node_type[ids]]
+        for j, (_, source, name) in enumerate(reduced[role]):
+            ptr, members = calls.sets[(role, source.ref)]
+            at = ids - len(reduced[role]) + j
+            node_type[at] = type_of[name]
+            instance[at] = instance[ids]
+            n_args[at] = np.diff(ptr)
+            reductions.append((at, ptr, members, source))
+    n_imms = np.array([len(t.program.token_inputs) for t in types], dtype=np.int64)
+    arg_ptr = csr_ptr(n_args)
+    imm_ptr = csr_ptr(n_imms[node_type])
+    arg_node = np.full(arg_ptr[-1], -1, dtype=np.int32)
+    arg_slot = np.zeros(arg_ptr[-1], dtype=np.int32)
+    imm = np.zeros(imm_ptr[-1], dtype=np.int64)
+
+    def slots(source, producers: np.ndarray) -> np.ndarray:
+        # The slot of the named output differs between the cells that may fill a neighbour.
+        slot_of_type = np.array([t.program.output_slot(source.output) or 0 for t in types], dtype=np.int32)
+        return np.where(producers >= 0, slot_of_type[node_type[np.maximum(producers, 0)]], 0)
+
+    for role, ids in roles.items():
+        r = spec.roles[role]
+        sets = {position: j for j, (position, _, _) in enumerate(reduced[role])}
+        for position, (_, source) in enumerate(_float_bindings(spec, r)):
+            where = arg_ptr[ids] + position
+            if position in sets:  # the reduction node just before the call, its output slot 0
+                arg_node[where] = ids - len(sets) + sets[position]
+                continue
+            producers = neighbors[(role, source.ref)]
+            arg_node[where] = producers
+            arg_slot[where] = slots(source, producers)
+        for position, value_id in enumerate(spec.cells[r.cell].token_inputs):
+            imm[imm_ptr[ids] + position] = calls.tokens[(role, r.bind[value_id].ref)]
+    for at, ptr, members, source in reductions:
+        where, _ = csr_gather(arg_ptr, at)
+        producers = renumber(members)
+        arg_node[where] = producers
+        arg_slot[where] = slots(source, producers)
+
+    return Graph(CELL, types, node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance,
+                 num_instances, out_node=readout_ids, out_slot=np.zeros(len(readout_ids)))
+
+
+
+def _tree_calls(spec: ModelSpec, trees: list) -> Calls:
+    """Per tree, in post-order: each node, preceded by the edge calls of its children when the model
+    has an edge role. A model that reads `left` and `right` needs every internal node to have two."""
+    _require_encoded(trees, "tokens")
+    binary = any(s.kind == "state" for s in spec.roles["internal"].bind)
+    if binary:
+        for t in trees:
+            bad = np.flatnonzero((t.arity > 0) & (t.arity != 2))
+            if len(bad):
+                n = int(t.arity[bad[0]])
+                raise t.fail(f"node with {n} child{'ren' if n != 1 else ''}; model '{spec.name}' reads `left` "
+                             "and `right`, so every internal node needs exactly two (a model reading the set "
+                             "`children` takes any number)", int(bad[0]))
+    with_edges = "edge" in spec.roles
+    sizes = np.array([t.num_nodes for t in trees], dtype=np.int64)
+    tree_base = csr_ptr(sizes)[:-1]
+    arity = np.concatenate([t.arity for t in trees])
+    links = np.array([len(t.child) for t in trees], dtype=np.int64)
+    child = np.concatenate([t.child for t in trees]).astype(np.int64) + np.repeat(tree_base, links)
+    child_ptr = csr_ptr(arity)
+    calls_per_node = 1 + arity if with_edges else np.ones(len(arity), dtype=np.int64)
+    block = csr_ptr(calls_per_node)
+    node_id = block[1:] - 1  # a node comes last in its block, after its children's edge calls
+    tree_of = np.repeat(np.arange(len(trees), dtype=np.int32), sizes)
+    tokens = np.concatenate([t.tokens for t in trees]).astype(np.int64)
+    leaves = np.flatnonzero(arity == 0)
+    internal = np.flatnonzero(arity > 0)
+    calls = Calls(
+        instance=np.repeat(tree_of, calls_per_node),
+        roles={"leaf": node_id[leaves], "internal": node_id[internal]},
+        tokens={("leaf", "word"): tokens[leaves]},
+        anchors={"root": {"node": node_id[tree_base + sizes - 1]}, "nodes": {"node": node_id}},
+    )
+    children_ptr = csr_ptr(arity[internal])  # internal nodes in order own the links in order
+    calls.sets[("internal", "children")] = (children_ptr, node_id[child])
+    if binary:
+        first = child_ptr[internal]
+        calls.neighbors[("internal", "left")] = node_id[child[first]]
+        calls.neighbors[("internal", "right")] = node_id[child[first + 1]]
+    if with_edges:
+        parent = np.repeat(np.arange(len(arity)), arity)
+        edge_ids = block[parent] + np.arange(len(child)) - child_ptr[parent]
+        calls.roles["edge"] = edge_ids
+        calls.neighbors[("edge", "child")] = node_id[child]
+        calls.sets[("internal", "edges")] = (children_ptr, edge_ids)
+    return calls

@@ -1,6 +1,7 @@
 """The native compile paths (`csrc/compile.cpp`) against their Python oracles (`compile_oracle.py`):
-equal results on every bundled model and hundreds of random mini-batches, at both granularities,
-under every scheduling policy and both memory modes."""
+equal graphs, layouts and operand tables on every bundled model (its real data where present) and
+hundreds of random mini-batches, at both granularities, under every scheduling policy and both
+memory modes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 
 from edbc.api import CompileOptions, compile_batch, load_data, load_spec
+from edbc.bench.suite import WORKLOADS, load_workload
 from edbc.errors import VerificationError
-from edbc.graph import CELL, OP
+from edbc.graph import CELL, OP, build_graph
 from edbc.memory.layout import Layout
 from edbc.memory.operands import operand_table
 from edbc.memory.planner import pq_layout, unplanned
@@ -26,6 +28,12 @@ def assert_same_arrays(got: dict, want: dict) -> None:
     for name, w in want.items():
         g = got[name]
         assert g.dtype == w.dtype and np.array_equal(g, w), name
+
+
+def assert_same_graphs(got, want) -> None:
+    assert [(t.name, t.program) for t in got.types] == [(t.name, t.program) for t in want.types]
+    assert got.num_instances == want.num_instances
+    assert_same_arrays(got.arrays(), want.arrays())
 
 
 def assert_same_layouts(got, want) -> None:
@@ -53,15 +61,26 @@ def specs():
     return {name: load_spec(MODELS_DIR / f"{name}.yaml")[0] for name in MODELS}
 
 
-@pytest.mark.parametrize("model, seed, size, policy, granularity", list(random_cases(500)))
-def test_native_layouts_and_operands_equal_the_oracles(specs, model, seed, size, policy, granularity):
-    spec = specs[model]
-    instances = load_data(spec, None, limit=size, seed=seed).instances
+def assert_same_compile(spec, instances, policy: str, granularity: str) -> None:
+    assert_same_graphs(build_graph(spec, instances), compile_oracle.build_graph(spec, instances))
     c = compile_batch(spec, instances, CompileOptions(policy, granularity, "none"))
     none = unplanned(c.graph, c.schedule)
     assert_same_layouts(none, compile_oracle.unplanned(c.graph, c.schedule))
     assert_same_tables(c.graph, *none)
     assert_same_tables(c.graph, *pq_layout(c.graph, c.schedule))
+
+
+@pytest.mark.parametrize("model, seed, size, policy, granularity", list(random_cases(500)))
+def test_native_graphs_layouts_and_operands_equal_the_oracles(specs, model, seed, size, policy, granularity):
+    spec = specs[model]
+    assert_same_compile(spec, load_data(spec, None, limit=size, seed=seed).instances, policy, granularity)
+
+
+@pytest.mark.parametrize("workload", WORKLOADS, ids=lambda w: w.model)
+def test_bundled_workloads_compile_as_the_oracles_do(workload):
+    spec, _, batches = load_workload(workload, 64, max_minibatches=2)
+    for instances in batches:
+        assert_same_compile(spec, instances, "fsm", CELL)
 
 
 def test_an_operand_outside_its_arena_is_reported_as_the_oracle_reports_it(specs):
