@@ -24,18 +24,23 @@ py::array_t<T> out(int64_t n) {
 }
 
 // Memory planning off (`edbc.memory.planner.unplanned`): each batch's nodes in graph order, and
-// each arena filled in run order, batch by batch, slot by slot, node by node.
-// Returns (nodes, value_row, arena_rows).
-py::tuple unplanned_layout(In<int64_t> ptr_a, In<int32_t> nodes_a, In<int64_t> value_ptr_a,
-                           In<int32_t> value_arena_a, int64_t num_arenas) {
+// each arena filled in run order, batch by batch, slot by slot, node by node. `slot_arena`: per
+// type, the arena of each output slot. Returns (nodes, value_arena, value_row, arena_rows).
+py::tuple unplanned_layout(In<int64_t> ptr_a, In<int32_t> nodes_a, In<int32_t> node_type_a, In<int64_t> value_ptr_a,
+                           In<int32_t> slot_arena_a, int64_t num_arenas) {
   const int64_t num_batches = ptr_a.size() - 1;
+  const int64_t num_values = value_ptr_a.data()[value_ptr_a.size() - 1];
+  const int64_t width = slot_arena_a.ndim() == 2 ? slot_arena_a.shape(1) : 0;
   const int64_t* ptr = ptr_a.data();
+  const int32_t* node_type = node_type_a.data();
   const int64_t* value_ptr = value_ptr_a.data();
-  const int32_t* value_arena = value_arena_a.data();
+  const int32_t* slot_arena = slot_arena_a.data();
   auto nodes_out = out<int32_t>(nodes_a.size());
   int32_t* nodes = nodes_out.mutable_data();
   std::copy(nodes_a.data(), nodes_a.data() + nodes_a.size(), nodes);
-  auto row_out = out<int64_t>(value_arena_a.size());
+  auto arena_out = out<int32_t>(num_values);
+  auto row_out = out<int64_t>(num_values);
+  int32_t* arena = arena_out.mutable_data();
   int64_t* row = row_out.mutable_data();
   auto arena_rows_out = out<int64_t>(num_arenas);
   int64_t* next_row = arena_rows_out.mutable_data();  // the arenas' fill, their sizes at the end
@@ -46,17 +51,19 @@ py::tuple unplanned_layout(In<int64_t> ptr_a, In<int32_t> nodes_a, In<int64_t> v
       int32_t* first = nodes + ptr[b];
       int32_t* last = nodes + ptr[b + 1];
       if (!std::is_sorted(first, last)) std::sort(first, last);
-      int64_t width = 0;  // a batch's nodes share a type, but nothing here relies on it
-      for (int32_t* n = first; n != last; ++n) width = std::max(width, value_ptr[*n + 1] - value_ptr[*n]);
-      for (int64_t slot = 0; slot < width; ++slot) {
+      int64_t slots = 0;  // a batch's nodes share a type, but nothing here relies on it
+      for (int32_t* n = first; n != last; ++n) slots = std::max(slots, value_ptr[*n + 1] - value_ptr[*n]);
+      for (int64_t slot = 0; slot < slots; ++slot) {
         for (int32_t* n = first; n != last; ++n) {
           const int64_t v = value_ptr[*n] + slot;
-          if (v < value_ptr[*n + 1]) row[v] = next_row[value_arena[v]]++;
+          if (v >= value_ptr[*n + 1]) continue;
+          arena[v] = slot_arena[node_type[*n] * width + slot];
+          row[v] = next_row[arena[v]]++;
         }
       }
     }
   }
-  return py::make_tuple(nodes_out, row_out, arena_rows_out);
+  return py::make_tuple(nodes_out, arena_out, row_out, arena_rows_out);
 }
 
 constexpr int8_t VIEW = 0, BROADCAST = 1, GATHER = 2;  // `OperandTable`'s kind codes

@@ -31,8 +31,9 @@ class Layout:
         return {"arena_rows": self.arena_rows, "value_arena": self.value_arena, "value_row": self.value_row}
 
 
-def value_shapes(graph: Graph) -> tuple[list[Shape], np.ndarray]:
-    """Distinct output shapes, and for each value the index of its shape."""
+def output_arenas(graph: Graph) -> tuple[list[Shape], np.ndarray]:
+    """Distinct output shapes, and per type the index of each output slot's shape (-1 past its
+    outputs), int32 [types, most outputs]."""
     shapes: dict[Shape, int] = {}
     per_type = []
     for t in graph.types:
@@ -41,8 +42,14 @@ def value_shapes(graph: Graph) -> tuple[list[Shape], np.ndarray]:
     table = np.full((len(graph.types), width), -1, dtype=np.int32)
     for ti, ids in enumerate(per_type):
         table[ti, :len(ids)] = ids
+    return list(shapes), table
+
+
+def value_shapes(graph: Graph) -> tuple[list[Shape], np.ndarray]:
+    """Distinct output shapes, and for each value the index of its shape."""
+    shapes, table = output_arenas(graph)
     owner, slot = value_owner(graph)
-    return list(shapes), table[graph.node_type[owner], slot]
+    return shapes, table[graph.node_type[owner], slot]
 
 
 def value_owner(graph: Graph) -> tuple[np.ndarray, np.ndarray]:

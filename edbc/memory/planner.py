@@ -25,7 +25,7 @@ from ..native import core
 from ..schedule.ir import Schedule
 from ..spec.ops import set_reduction_of
 from .align import Request, solve_orders
-from .layout import Layout, value_owner, value_shapes
+from .layout import Layout, output_arenas, value_owner, value_shapes
 
 
 def position_in_batch(schedule: Schedule, num_nodes: int) -> np.ndarray:
@@ -171,9 +171,9 @@ def blocks_layout(graph: Graph, schedule: Schedule, mode: str, chains: list[list
 def unplanned(graph: Graph, schedule: Schedule) -> tuple[Schedule, Layout]:
     """Memory planning off: each batch's nodes in graph order (as policies give them), each
     arena filled in run order, batch by batch, slot by slot (native: `unplanned_layout`)."""
-    shapes, arena = value_shapes(graph)
-    nodes, row, rows_per_arena = core().unplanned_layout(schedule.ptr, schedule.nodes, graph.value_ptr, arena,
-                                                         len(shapes))
+    shapes, slot_arena = output_arenas(graph)
+    nodes, arena, row, rows_per_arena = core().unplanned_layout(
+        schedule.ptr, schedule.nodes, graph.node_type, graph.value_ptr, slot_arena, len(shapes))
     return Schedule(schedule.policy, schedule.ptr, nodes, schedule.batch_type), \
         Layout("none", tuple(shapes), rows_per_arena, arena, row)
 
