@@ -176,6 +176,157 @@ py::tuple operand_table(In<int64_t> ptr_a, In<int32_t> nodes_a, In<int32_t> batc
                         ptr_out, rows_out, bad_batch, bad_position);
 }
 
+void require(bool ok, const char* what) {
+  if (!ok) throw py::index_error(std::string("compile: ") + what);
+}
+
+// Exclusive prefix sums: ptr[i] = counts[0] + ... + counts[i - 1], n + 1 entries.
+std::vector<int64_t> prefix(const int64_t* counts, int64_t n) {
+  std::vector<int64_t> ptr(n + 1, 0);
+  for (int64_t i = 0; i < n; ++i) ptr[i + 1] = ptr[i] + counts[i];
+  return ptr;
+}
+
+template <typename T>
+py::array_t<T> array(const std::vector<T>& values) {
+  auto a = out<T>(static_cast<int64_t>(values.size()));
+  std::copy(values.begin(), values.end(), a.mutable_data());
+  return a;
+}
+
+// The structure calls of a mini-batch of trees (`edbc.graph.build._tree_calls`), from the trees'
+// arrays end to end: `sizes` and `links` (children listed) per tree, their child CSR pointers (one
+// more than its nodes a tree), children and tokens. Per tree, in post-order: each node, preceded by
+// the edge calls of its children when `with_edges`. Returns (instance, node ids, leaf ids, internal
+// ids, leaf tokens, root ids, children set pointer, children's ids, left ids, right ids, edge ids,
+// first node of another arity than two (-1 if none; only looked for when `binary`)).
+py::tuple tree_calls(In<int64_t> sizes_a, In<int64_t> links_a, In<int64_t> child_ptrs_a, In<int32_t> child_a,
+                     In<int32_t> tokens_a, bool binary, bool with_edges) {
+  const int64_t trees = sizes_a.size();
+  const int64_t* sizes = sizes_a.data();
+  const int64_t* links = links_a.data();
+  const int64_t* child_ptrs = child_ptrs_a.data();
+  const int32_t* local_child = child_a.data();
+  const std::vector<int64_t> tree_base = prefix(sizes, trees), link_base = prefix(links, trees);
+  const int64_t n = tree_base[trees];
+  require(child_ptrs_a.size() == n + trees && tokens_a.size() == n && child_a.size() == link_base[trees],
+          "tree arrays of other lengths than the trees'");
+  std::vector<int64_t> arity(n), child(link_base[trees]);
+  std::vector<int32_t> tree_of(n);
+  int64_t bad = -1;
+  for (int64_t t = 0; t < trees; ++t) {
+    for (int64_t v = tree_base[t]; v < tree_base[t + 1]; ++v) {
+      tree_of[v] = static_cast<int32_t>(t);
+      arity[v] = child_ptrs[v + t + 1] - child_ptrs[v + t];
+      if (binary && bad < 0 && arity[v] > 0 && arity[v] != 2) bad = v;
+    }
+    for (int64_t l = link_base[t]; l < link_base[t + 1]; ++l) {
+      child[l] = local_child[l] + tree_base[t];
+      require(child[l] >= tree_base[t] && child[l] < tree_base[t + 1], "a child outside its tree");
+    }
+  }
+  if (bad >= 0) return py::make_tuple(bad);
+  const std::vector<int64_t> child_ptr = prefix(arity.data(), n);
+  require(child_ptr[n] == link_base[trees], "child pointers that do not cover the children");
+  std::vector<int64_t> block(n + 1, 0);  // each node's calls: its children's edge calls, then its own
+  for (int64_t v = 0; v < n; ++v) block[v + 1] = block[v] + (with_edges ? 1 + arity[v] : 1);
+  std::vector<int64_t> node_id(n), leaves, internal, leaf_tokens, roots(trees), children_ptr{0}, children;
+  std::vector<int64_t> left, right, edges;
+  std::vector<int32_t> instance(block[n]);
+  for (int64_t v = 0; v < n; ++v) {
+    node_id[v] = block[v + 1] - 1;
+    std::fill(instance.begin() + block[v], instance.begin() + block[v + 1], tree_of[v]);
+  }
+  for (int64_t t = 0; t < trees; ++t) roots[t] = node_id[tree_base[t + 1] - 1];
+  for (int64_t v = 0; v < n; ++v) {
+    if (arity[v] == 0) {
+      leaves.push_back(node_id[v]);
+      leaf_tokens.push_back(tokens_a.data()[v]);
+      continue;
+    }
+    internal.push_back(node_id[v]);
+    children_ptr.push_back(children_ptr.back() + arity[v]);
+    for (int64_t l = child_ptr[v]; l < child_ptr[v + 1]; ++l) {
+      children.push_back(node_id[child[l]]);
+      if (with_edges) edges.push_back(block[v] + l - child_ptr[v]);
+    }
+    if (binary) {
+      left.push_back(node_id[child[child_ptr[v]]]);
+      right.push_back(node_id[child[child_ptr[v] + 1]]);
+    }
+  }
+  return py::make_tuple(array(instance), array(node_id), array(leaves), array(internal), array(leaf_tokens),
+                        array(roots), array(children_ptr), array(children), array(left), array(right),
+                        array(edges), int64_t{-1});
+}
+
+// The structure calls of a mini-batch of lattices (`edbc.graph.build._lattice_calls`) from the
+// lattices' arrays end to end: `nodes` and `arcs` per lattice, each arc's target and source (in its
+// lattice), whether it is a char arc, and its token. Per lattice node but the first, in node order:
+// its char arc call, its word arc calls, then one merge call per word arc folding it into the
+// node's state. Returns (instance, char ids, word ids, merge ids, chars' sources' states, words'
+// sources' states, merges' accumulators, char tokens, word tokens, every non-start node's state,
+// each lattice's last node's state).
+py::tuple lattice_calls(In<int64_t> nodes_a, In<int64_t> arcs_a, In<int32_t> dst_a, In<int32_t> src_a,
+                        In<bool> is_char_a, In<int32_t> tokens_a) {
+  const int64_t lattices = nodes_a.size();
+  const std::vector<int64_t> node_base = prefix(nodes_a.data(), lattices), arc_base = prefix(arcs_a.data(), lattices);
+  const int64_t total = node_base[lattices], num_arcs = arc_base[lattices];
+  require(dst_a.size() == num_arcs && src_a.size() == num_arcs && is_char_a.size() == num_arcs &&
+              tokens_a.size() == num_arcs, "lattice arrays of other lengths than the lattices'");
+  const bool* is_char = is_char_a.data();
+  std::vector<int64_t> dst(num_arcs), src(num_arcs), m(total, 0);  // m: word arcs into each node
+  std::vector<int32_t> node_lat(total);
+  std::vector<bool> is_start(total, false);
+  for (int64_t l = 0; l < lattices; ++l) {
+    for (int64_t v = node_base[l]; v < node_base[l + 1]; ++v) node_lat[v] = static_cast<int32_t>(l);
+    if (node_base[l + 1] > node_base[l]) is_start[node_base[l]] = true;
+    for (int64_t a = arc_base[l]; a < arc_base[l + 1]; ++a) {
+      dst[a] = dst_a.data()[a] + node_base[l];
+      src[a] = src_a.data()[a] + node_base[l];
+      require(dst[a] >= node_base[l] && dst[a] < node_base[l + 1] && src[a] >= node_base[l] &&
+                  src[a] < node_base[l + 1], "an arc outside its lattice");
+      if (!is_char[a]) ++m[dst[a]];
+    }
+  }
+  std::vector<int64_t> base(total + 1, 0), state(total);
+  for (int64_t v = 0; v < total; ++v) {
+    base[v + 1] = base[v] + (is_start[v] ? 0 : 1 + 2 * m[v]);
+    state[v] = is_start[v] ? -1 : base[v] + 2 * m[v];  // the last merge, or the char arc
+  }
+  const std::vector<int64_t> word_base = prefix(m.data(), total);
+  std::vector<int32_t> instance(base[total]);
+  for (int64_t v = 0; v < total; ++v) std::fill(instance.begin() + base[v], instance.begin() + base[v + 1], node_lat[v]);
+  std::vector<int64_t> char_ids, word_ids, merge_ids, char_src, word_src, merge_acc, char_tokens, word_tokens;
+  for (int64_t a = 0; a < num_arcs; ++a) {
+    const int64_t d = dst[a];
+    if (is_char[a]) {
+      char_ids.push_back(base[d]);
+      char_src.push_back(state[src[a]]);
+      char_tokens.push_back(tokens_a.data()[a]);
+      continue;
+    }
+    // Word arcs are listed by target node: this one's place among its node's.
+    const int64_t rank = static_cast<int64_t>(word_ids.size()) - word_base[d];
+    word_ids.push_back(base[d] + 1 + rank);
+    merge_ids.push_back(base[d] + 1 + m[d] + rank);
+    merge_acc.push_back(rank == 0 ? base[d] : merge_ids.back() - 1);
+    word_src.push_back(state[src[a]]);
+    word_tokens.push_back(tokens_a.data()[a]);
+  }
+  std::vector<int64_t> non_start, last(lattices);
+  for (int64_t v = 0; v < total; ++v) {
+    if (!is_start[v]) non_start.push_back(state[v]);
+  }
+  for (int64_t l = 0; l < lattices; ++l) {
+    require(node_base[l + 1] > node_base[l], "a lattice without nodes");
+    last[l] = state[node_base[l + 1] - 1];
+  }
+  return py::make_tuple(array(instance), array(char_ids), array(word_ids), array(merge_ids), array(char_src),
+                        array(word_src), array(merge_acc), array(char_tokens), array(word_tokens),
+                        array(non_start), array(last));
+}
+
 // The graph of one mini-batch's structure calls (`edbc.graph.build.assemble`): the calls, then one
 // reduction node per set a call reads, placed just before the call, then the readout calls.
 // `roles`: per role, (structure ids, or None for the readout; type; argument count; arguments;
@@ -205,10 +356,7 @@ py::tuple assemble_graph(In<int32_t> instance_a, py::list roles_list, py::list a
   std::vector<In<int64_t>> anchors;
   for (auto a : anchors_list) anchors.push_back(a.cast<In<int64_t>>());
   const int64_t n_readout = anchors.empty() ? 0 : anchors[0].size();
-  auto check = [](bool ok, const char* what) {
-    if (!ok) throw py::index_error(std::string("assemble_graph: ") + what);
-  };
-  for (auto& a : anchors) check(a.size() == n_readout, "anchor columns of different lengths");
+  for (auto& a : anchors) require(a.size() == n_readout, "anchor columns of different lengths");
 
   std::vector<Role> roles;
   for (auto item : roles_list) {
@@ -236,7 +384,7 @@ py::tuple assemble_graph(In<int32_t> instance_a, py::list roles_list, py::list a
       if (r.readout || !r.sets) continue;
       for (int64_t i = 0; i < r.count; ++i) {
         const int64_t v = r.ids.data()[i];
-        check(v >= 0 && v < n_struct, "a call outside the structure");
+        require(v >= 0 && v < n_struct, "a call outside the structure");
         extra[v] = r.sets;
       }
     }
@@ -246,13 +394,13 @@ py::tuple assemble_graph(In<int32_t> instance_a, py::list roles_list, py::list a
   const int64_t n_before = n_struct ? moved[n_struct - 1] + 1 : 0;
   const int64_t total = n_before + n_readout;
   auto renumber = [&](int64_t v) {
-    check(v >= -1 && v < n_struct, "a neighbour outside the structure");
+    require(v >= -1 && v < n_struct, "a neighbour outside the structure");
     return v < 0 ? int64_t{-1} : moved[v];
   };
   auto id_of = [&](const Role& r, int64_t i) {
     if (r.readout) return n_before + i;
     const int64_t v = r.ids.data()[i];
-    check(v >= 0 && v < n_struct, "a call outside the structure");
+    require(v >= 0 && v < n_struct, "a call outside the structure");
     return moved[v];
   };
 
@@ -275,9 +423,9 @@ py::tuple assemble_graph(In<int32_t> instance_a, py::list roles_list, py::list a
       int64_t j = 0;
       for (auto& a : r.arguments) {
         if (a.reduction < 0) continue;
-        check(a.set_ptr.size() == r.count + 1, "a set pointer not aligned with its role");
+        require(a.set_ptr.size() == r.count + 1, "a set pointer not aligned with its role");
         const int64_t* ptr = a.set_ptr.data();
-        check(ptr[i] >= 0 && ptr[i + 1] >= ptr[i] && ptr[i + 1] <= a.set_members.size(),
+        require(ptr[i] >= 0 && ptr[i + 1] >= ptr[i] && ptr[i + 1] <= a.set_members.size(),
               "a set pointer out of order");
         const int64_t at = id - r.sets + j++;
         node_type[at] = static_cast<int32_t>(a.reduction);
@@ -292,7 +440,7 @@ py::tuple assemble_graph(In<int32_t> instance_a, py::list roles_list, py::list a
   int64_t* imm_ptr = imm_ptr_out.mutable_data();
   arg_ptr[0] = imm_ptr[0] = 0;
   for (int64_t v = 0; v < total; ++v) {
-    check(node_type[v] >= 0, "a node no call fills");
+    require(node_type[v] >= 0, "a node no call fills");
     arg_ptr[v + 1] = arg_ptr[v] + n_args[v];
     imm_ptr[v + 1] = imm_ptr[v] + num_imms[node_type[v]];
   }
@@ -309,9 +457,9 @@ py::tuple assemble_graph(In<int32_t> instance_a, py::list roles_list, py::list a
     arg_slot[where] = producer >= 0 ? slot_of_type[node_type[producer]] : 0;
   };
   for (auto& r : roles) {
-    for (auto& column : r.tokens) check(column.size() == r.count, "a token column not aligned with its role");
+    for (auto& column : r.tokens) require(column.size() == r.count, "a token column not aligned with its role");
     for (auto& a : r.arguments) {
-      check(a.reduction >= 0 || a.neighbors.size() == r.count, "a neighbour column not aligned with its role");
+      require(a.reduction >= 0 || a.neighbors.size() == r.count, "a neighbour column not aligned with its role");
     }
     for (int64_t i = 0; i < r.count; ++i) {
       const int64_t id = id_of(r, i);
@@ -344,5 +492,7 @@ void register_compile(py::module_& m) {
   m.def("unplanned_layout", &unplanned_layout, "the unplanned layout: batches in graph order, arenas in run order");
   m.def("operand_table", &operand_table, "every batch operand served as a view, broadcast or gather");
   m.def("assemble_graph", &assemble_graph, "a mini-batch's graph from its structure calls");
+  m.def("tree_calls", &tree_calls, "the structure calls of a mini-batch of trees");
+  m.def("lattice_calls", &lattice_calls, "the structure calls of a mini-batch of lattices");
 }
 }  // namespace edbc

@@ -1,7 +1,7 @@
 """The pure-Python (numpy) implementations that the native compile paths replaced, kept as test
 oracles only (`test_compile_native.py`): the native results must equal theirs. `build_graph` is the
-graph builder as it was: its own tree calls (per tree), the product's other builders, and assembly
-with array operations."""
+graph builder as it was: its own tree calls (per tree) and lattice calls, the product's other
+builders, and assembly with array operations."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def _classify(graph: Graph, layout: Layout, batches: np.ndarray, p: int, shape, 
 
 
 def build_graph(spec: ModelSpec, instances: list) -> Graph:
-    builder = _tree_calls if spec.kind == "tree" else BUILDERS[spec.kind]
+    builder = {"tree": _tree_calls, "lattice": _lattice_calls}.get(spec.kind, BUILDERS[spec.kind])
     return assemble(spec, builder(spec, instances), len(instances))
 
 
@@ -243,3 +243,43 @@ def _tree_calls(spec: ModelSpec, trees: list) -> Calls:
         calls.neighbors[("edge", "child")] = node_id[child]
         calls.sets[("internal", "edges")] = (children_ptr, edge_ids)
     return calls
+
+
+def _lattice_calls(spec: ModelSpec, lattices: list) -> Calls:
+    """Per lattice node i >= 1, in node order: its char arc call, its word arc calls, then one
+    merge call per word arc folding it into the node's state (char arc first)."""
+    _require_encoded(lattices, "tokens")
+    nodes = np.array([lat.num_nodes for lat in lattices], dtype=np.int64)
+    node_base = csr_ptr(nodes)[:-1]
+    arcs_per = np.array([len(lat.arc_dst) for lat in lattices], dtype=np.int64)
+    arc_lat = np.repeat(np.arange(len(lattices)), arcs_per)
+    dst = np.concatenate([lat.arc_dst for lat in lattices]).astype(np.int64) + node_base[arc_lat]
+    src = np.concatenate([lat.arc_src for lat in lattices]).astype(np.int64) + node_base[arc_lat]
+    is_char = np.concatenate([lat.arc_char for lat in lattices])
+    tokens = np.concatenate([lat.tokens for lat in lattices]).astype(np.int64)
+    total = int(nodes.sum())
+    node_lat = np.repeat(np.arange(len(lattices)), nodes)
+    is_start = np.arange(total) == node_base[node_lat]
+
+    words = np.flatnonzero(~is_char)  # in (target node, listed) order
+    m = np.bincount(dst[words], minlength=total)
+    calls_per_node = np.where(is_start, 0, 1 + 2 * m)
+    base = csr_ptr(calls_per_node)
+    state = np.where(is_start, -1, base[:-1] + 2 * m)  # the last merge, or the char arc
+    rank = np.arange(len(words)) - csr_ptr(m)[:-1][dst[words]]  # a word arc's place among its node's
+
+    chars = np.flatnonzero(is_char)
+    char_ids = base[dst[chars]]
+    word_ids = base[dst[words]] + 1 + rank
+    merge_ids = base[dst[words]] + 1 + m[dst[words]] + rank
+    merge_acc = np.where(rank == 0, base[dst[words]], merge_ids - 1)
+    non_start = np.flatnonzero(~is_start)
+    last = node_base + nodes - 1
+    return Calls(
+        instance=np.repeat(node_lat, calls_per_node).astype(np.int32),
+        roles={"char": char_ids, "word": word_ids, "merge": merge_ids},
+        neighbors={("char", "src"): state[src[chars]], ("word", "src"): state[src[words]],
+                   ("merge", "acc"): merge_acc, ("merge", "arc"): word_ids},
+        tokens={("char", "char"): tokens[chars], ("word", "word"): tokens[words]},
+        anchors={"nodes": {"node": state[non_start]}, "last": {"node": state[last]}},
+    )

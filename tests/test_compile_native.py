@@ -10,7 +10,8 @@ import pytest
 
 from edbc.api import CompileOptions, compile_batch, load_data, load_spec
 from edbc.bench.suite import WORKLOADS, load_workload
-from edbc.errors import VerificationError
+from edbc.data import encode, parse_ptb, spec_vocabs
+from edbc.errors import DataError, VerificationError
 from edbc.graph import CELL, OP, build_graph
 from edbc.memory.layout import Layout
 from edbc.memory.operands import operand_table
@@ -95,3 +96,15 @@ def test_an_operand_outside_its_arena_is_reported_as_the_oracle_reports_it(specs
     with pytest.raises(VerificationError) as got:
         operand_table(c.graph, c.schedule, swapped)
     assert str(got.value) == str(want.value)
+
+
+def test_a_node_of_another_arity_is_reported_in_its_tree_as_the_oracle_reports_it(specs):
+    spec = specs["treelstm"]
+    lines = ["(3 (2 a) (2 b))", "(3 (2 a) (1 (2 b) (2 c) (2 d)))", "(3 (2 a) (1 (2 b)))"]
+    trees = encode([parse_ptb(line, "f.txt", i + 1) for i, line in enumerate(lines)], spec_vocabs(spec))
+    errors = []
+    for build in (build_graph, compile_oracle.build_graph):
+        with pytest.raises(DataError) as e:
+            build(spec, trees)
+        errors.append((e.value.message, e.value.path, e.value.line, e.value.column))
+    assert errors[0] == errors[1] and errors[0][2] == 2

@@ -123,51 +123,34 @@ def _require_encoded(instances: list, attribute: str) -> None:
 
 def _tree_calls(spec: ModelSpec, trees: list) -> Calls:
     """Per tree, in post-order: each node, preceded by the edge calls of its children when the model
-    has an edge role. A model that reads `left` and `right` needs every internal node to have two."""
+    has an edge role. A model that reads `left` and `right` needs every internal node to have two.
+    Native (`tree_calls`): a mini-batch holds thousands of nodes, numpy would take ~25 passes."""
     _require_encoded(trees, "tokens")
-    sizes = np.array([t.num_nodes for t in trees], dtype=np.int64)
-    tree_base = csr_ptr(sizes)[:-1]
-    tree_of = np.repeat(np.arange(len(trees), dtype=np.int32), sizes)
-    # The trees' child CSRs end to end: node v's pointers sit at v + its tree's index.
-    child_ptrs = np.concatenate([t.child_ptr for t in trees])
-    at = np.arange(len(tree_of)) + tree_of
-    arity = child_ptrs[at + 1] - child_ptrs[at]
     binary = any(s.kind == "state" for s in spec.roles["internal"].bind)
-    if binary:
-        bad = np.flatnonzero((arity > 0) & (arity != 2))
-        if len(bad):
-            tree, n = int(tree_of[bad[0]]), int(arity[bad[0]])
-            raise trees[tree].fail(f"node with {n} child{'ren' if n != 1 else ''}; model '{spec.name}' reads "
-                                   "`left` and `right`, so every internal node needs exactly two (a model reading "
-                                   "the set `children` takes any number)", int(bad[0] - tree_base[tree]))
     with_edges = "edge" in spec.roles
-    links = np.array([len(t.child) for t in trees], dtype=np.int64)
-    child = np.concatenate([t.child for t in trees]).astype(np.int64) + np.repeat(tree_base, links)
-    child_ptr = csr_ptr(arity)
-    calls_per_node = 1 + arity if with_edges else np.ones(len(arity), dtype=np.int64)
-    block = csr_ptr(calls_per_node)
-    node_id = block[1:] - 1  # a node comes last in its block, after its children's edge calls
-    tokens = np.concatenate([t.tokens for t in trees]).astype(np.int64)
-    leaves = np.flatnonzero(arity == 0)
-    internal = np.flatnonzero(arity > 0)
-    calls = Calls(
-        instance=np.repeat(tree_of, calls_per_node),
-        roles={"leaf": node_id[leaves], "internal": node_id[internal]},
-        tokens={("leaf", "word"): tokens[leaves]},
-        anchors={"root": {"node": node_id[tree_base + sizes - 1]}, "nodes": {"node": node_id}},
-    )
-    children_ptr = csr_ptr(arity[internal])  # internal nodes in order own the links in order
-    calls.sets[("internal", "children")] = (children_ptr, node_id[child])
+    sizes = np.array([t.num_nodes for t in trees], dtype=np.int64)
+    found = core().tree_calls(sizes, np.array([len(t.child) for t in trees], dtype=np.int64),
+                              np.concatenate([t.child_ptr for t in trees]), np.concatenate([t.child for t in trees]),
+                              np.concatenate([t.tokens for t in trees]), binary, with_edges)
+    if len(found) == 1:  # a node of another arity than two, for a binary model
+        tree = int(np.searchsorted(np.cumsum(sizes), found[0], side="right"))
+        node = found[0] - int(sizes[:tree].sum())
+        n = int(trees[tree].arity[node])
+        raise trees[tree].fail(f"node with {n} child{'ren' if n != 1 else ''}; model '{spec.name}' reads `left` "
+                               "and `right`, so every internal node needs exactly two (a model reading the set "
+                               "`children` takes any number)", node)
+    instance, node_id, leaves, internal, leaf_tokens, roots, children_ptr, children, left, right, edges, _ = found
+    calls = Calls(instance=instance, roles={"leaf": leaves, "internal": internal},
+                  tokens={("leaf", "word"): leaf_tokens},
+                  anchors={"root": {"node": roots}, "nodes": {"node": node_id}},
+                  sets={("internal", "children"): (children_ptr, children)})
     if binary:
-        first = child_ptr[internal]
-        calls.neighbors[("internal", "left")] = node_id[child[first]]
-        calls.neighbors[("internal", "right")] = node_id[child[first + 1]]
+        calls.neighbors[("internal", "left")] = left
+        calls.neighbors[("internal", "right")] = right
     if with_edges:
-        parent = np.repeat(np.arange(len(arity)), arity)
-        edge_ids = block[parent] + np.arange(len(child)) - child_ptr[parent]
-        calls.roles["edge"] = edge_ids
-        calls.neighbors[("edge", "child")] = node_id[child]
-        calls.sets[("internal", "edges")] = (children_ptr, edge_ids)
+        calls.roles["edge"] = edges
+        calls.neighbors[("edge", "child")] = children
+        calls.sets[("internal", "edges")] = (children_ptr, edges)
     return calls
 
 
@@ -241,41 +224,22 @@ def _seq2seq_calls(spec: ModelSpec, pairs: list) -> Calls:
 
 def _lattice_calls(spec: ModelSpec, lattices: list) -> Calls:
     """Per lattice node i >= 1, in node order: its char arc call, its word arc calls, then one
-    merge call per word arc folding it into the node's state (char arc first)."""
+    merge call per word arc folding it into the node's state (char arc first). Native
+    (`lattice_calls`)."""
     _require_encoded(lattices, "tokens")
-    nodes = np.array([lat.num_nodes for lat in lattices], dtype=np.int64)
-    node_base = csr_ptr(nodes)[:-1]
-    arcs_per = np.array([len(lat.arc_dst) for lat in lattices], dtype=np.int64)
-    arc_lat = np.repeat(np.arange(len(lattices)), arcs_per)
-    dst = np.concatenate([lat.arc_dst for lat in lattices]).astype(np.int64) + node_base[arc_lat]
-    src = np.concatenate([lat.arc_src for lat in lattices]).astype(np.int64) + node_base[arc_lat]
-    is_char = np.concatenate([lat.arc_char for lat in lattices])
-    tokens = np.concatenate([lat.tokens for lat in lattices]).astype(np.int64)
-    total = int(nodes.sum())
-    node_lat = np.repeat(np.arange(len(lattices)), nodes)
-    is_start = np.arange(total) == node_base[node_lat]
-
-    words = np.flatnonzero(~is_char)  # in (target node, listed) order
-    m = np.bincount(dst[words], minlength=total)
-    calls_per_node = np.where(is_start, 0, 1 + 2 * m)
-    base = csr_ptr(calls_per_node)
-    state = np.where(is_start, -1, base[:-1] + 2 * m)  # the last merge, or the char arc
-    rank = np.arange(len(words)) - csr_ptr(m)[:-1][dst[words]]  # a word arc's place among its node's
-
-    chars = np.flatnonzero(is_char)
-    char_ids = base[dst[chars]]
-    word_ids = base[dst[words]] + 1 + rank
-    merge_ids = base[dst[words]] + 1 + m[dst[words]] + rank
-    merge_acc = np.where(rank == 0, base[dst[words]], merge_ids - 1)
-    non_start = np.flatnonzero(~is_start)
-    last = node_base + nodes - 1
+    (instance, char_ids, word_ids, merge_ids, char_src, word_src, merge_acc, char_tokens, word_tokens, nodes,
+     last) = core().lattice_calls(
+        np.array([lat.num_nodes for lat in lattices], dtype=np.int64),
+        np.array([len(lat.arc_dst) for lat in lattices], dtype=np.int64),
+        np.concatenate([lat.arc_dst for lat in lattices]), np.concatenate([lat.arc_src for lat in lattices]),
+        np.concatenate([lat.arc_char for lat in lattices]), np.concatenate([lat.tokens for lat in lattices]))
     return Calls(
-        instance=np.repeat(node_lat, calls_per_node).astype(np.int32),
+        instance=instance,
         roles={"char": char_ids, "word": word_ids, "merge": merge_ids},
-        neighbors={("char", "src"): state[src[chars]], ("word", "src"): state[src[words]],
+        neighbors={("char", "src"): char_src, ("word", "src"): word_src,
                    ("merge", "acc"): merge_acc, ("merge", "arc"): word_ids},
-        tokens={("char", "char"): tokens[chars], ("word", "word"): tokens[words]},
-        anchors={"nodes": {"node": state[non_start]}, "last": {"node": state[last]}},
+        tokens={("char", "char"): char_tokens, ("word", "word"): word_tokens},
+        anchors={"nodes": {"node": nodes}, "last": {"node": last}},
     )
 
 
