@@ -260,6 +260,39 @@ py::tuple tree_calls(In<int64_t> sizes_a, In<int64_t> links_a, In<int64_t> child
                         array(edges), int64_t{-1});
 }
 
+// The structure calls of a mini-batch of sequences (`edbc.graph.build._chain_calls`) of the given
+// lengths: per sequence, `blocks` blocks of one call a position, block `backward` (-1: none) in
+// reverse order. Returns (instance, and per block (ids, each call's predecessor in its block and
+// successor, -1 at a sequence's ends; each sequence's first position's id and last one's)).
+py::tuple chain_calls(In<int64_t> lengths_a, int64_t blocks, int64_t backward) {
+  const int64_t seqs = lengths_a.size();
+  const int64_t* lengths = lengths_a.data();
+  const std::vector<int64_t> seq_base = prefix(lengths, seqs);
+  const int64_t n = seq_base[seqs];
+  std::vector<int32_t> instance(n * blocks);
+  py::list per_block;
+  for (int64_t k = 0; k < blocks; ++k) {
+    std::vector<int64_t> ids(n), prev(n), next(n), firsts(seqs), lasts(seqs);
+    for (int64_t s = 0; s < seqs; ++s) {
+      const int64_t len = lengths[s], base = seq_base[s] * blocks + k * len;
+      for (int64_t at = 0; at < len; ++at) {
+        ids[seq_base[s] + at] = base + (k == backward ? len - 1 - at : at);
+        instance[base + at] = static_cast<int32_t>(s);
+      }
+      for (int64_t at = 0; at < len; ++at) {
+        const int64_t i = seq_base[s] + at;
+        prev[i] = at > 0 ? ids[i - 1] : -1;
+        next[i] = at < len - 1 ? ids[i + 1] : -1;
+      }
+      require(len > 0, "an empty sequence");
+      firsts[s] = ids[seq_base[s]];
+      lasts[s] = ids[seq_base[s] + len - 1];
+    }
+    per_block.append(py::make_tuple(array(ids), array(prev), array(next), array(firsts), array(lasts)));
+  }
+  return py::make_tuple(array(instance), per_block);
+}
+
 // The structure calls of a mini-batch of lattices (`edbc.graph.build._lattice_calls`) from the
 // lattices' arrays end to end: `nodes` and `arcs` per lattice, each arc's target and source (in its
 // lattice), whether it is a char arc, and its token. Per lattice node but the first, in node order:
@@ -493,6 +526,7 @@ void register_compile(py::module_& m) {
   m.def("operand_table", &operand_table, "every batch operand served as a view, broadcast or gather");
   m.def("assemble_graph", &assemble_graph, "a mini-batch's graph from its structure calls");
   m.def("tree_calls", &tree_calls, "the structure calls of a mini-batch of trees");
+  m.def("chain_calls", &chain_calls, "the structure calls of a mini-batch of sequences");
   m.def("lattice_calls", &lattice_calls, "the structure calls of a mini-batch of lattices");
 }
 }  // namespace edbc

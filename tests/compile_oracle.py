@@ -1,7 +1,7 @@
 """The pure-Python (numpy) implementations that the native compile paths replaced, kept as test
 oracles only (`test_compile_native.py`): the native results must equal theirs. `build_graph` is the
-graph builder as it was: its own tree calls (per tree) and lattice calls, the product's other
-builders, and assembly with array operations."""
+graph builder as it was: its own tree calls (per tree), chain and lattice calls, the product's
+other builders, and assembly with array operations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from math import prod
 import numpy as np
 
 from edbc.errors import VerificationError
-from edbc.graph.build import BUILDERS, Calls, _float_bindings, _require_encoded
+from edbc.graph.build import BUILDERS, Calls, _float_bindings, _positions, _require_encoded
 from edbc.graph.ir import CELL, Graph, NodeType, csr_gather, csr_ptr
 from edbc.memory.layout import Layout, value_owner, value_shapes
 from edbc.memory.operands import BROADCAST_CODE, GATHER_CODE, VIEW_CODE, OperandTable, arena_of_shape
@@ -104,7 +104,7 @@ def _classify(graph: Graph, layout: Layout, batches: np.ndarray, p: int, shape, 
 
 
 def build_graph(spec: ModelSpec, instances: list) -> Graph:
-    builder = {"tree": _tree_calls, "lattice": _lattice_calls}.get(spec.kind, BUILDERS[spec.kind])
+    builder = {"tree": _tree_calls, "chain": _chain_calls, "lattice": _lattice_calls}.get(spec.kind, BUILDERS[spec.kind])
     return assemble(spec, builder(spec, instances), len(instances))
 
 
@@ -283,3 +283,42 @@ def _lattice_calls(spec: ModelSpec, lattices: list) -> Calls:
         tokens={("char", "char"): tokens[chars], ("word", "word"): tokens[words]},
         anchors={"nodes": {"node": state[non_start]}, "last": {"node": state[last]}},
     )
+
+
+def _chain_calls(spec: ModelSpec, seqs: list) -> Calls:
+    """Per sequence: the input block, then forward calls in order, then backward calls in
+    reverse order, so every call comes after what it reads."""
+    _require_encoded(seqs, "tokens")
+    present = [r for r in ("input", "forward", "backward") if r in spec.roles]
+    lengths = np.array([s.num_nodes for s in seqs], dtype=np.int64)
+    seq, p = _positions(lengths)
+    n = lengths[seq]
+    base = csr_ptr(lengths * len(present))[:-1][seq]
+    tokens = np.concatenate([s.tokens for s in seqs]).astype(np.int64)
+
+    def ids(role: str, at: np.ndarray) -> np.ndarray:
+        block = present.index(role) * n
+        return base + block + (n - 1 - at if role == "backward" else at)
+
+    calls = Calls(instance=np.repeat(np.arange(len(seqs), dtype=np.int32), lengths * len(present)))
+    for role in present:
+        calls.roles[role] = ids(role, p)
+        calls.tokens[(role, "word")] = tokens
+        if "input" in present and role != "input":
+            calls.neighbors[(role, "input")] = ids("input", p)
+    if "forward" in present:
+        calls.neighbors[("forward", "prev")] = np.where(p > 0, ids("forward", p - 1), -1)
+    if "backward" in present:
+        calls.neighbors[("backward", "next")] = np.where(p < n - 1, ids("backward", p + 1), -1)
+    at_nodes = {}
+    at_ends = {}
+    last = csr_ptr(lengths)[1:] - 1
+    first = csr_ptr(lengths)[:-1]
+    for role in present:
+        at_nodes[role] = calls.roles[role]
+        if role == "forward":
+            at_ends[role] = calls.roles[role][last]
+        elif role == "backward":
+            at_ends[role] = calls.roles[role][first]
+    calls.anchors = {"nodes": at_nodes, "ends": at_ends}
+    return calls

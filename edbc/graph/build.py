@@ -162,40 +162,25 @@ def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _chain_calls(spec: ModelSpec, seqs: list) -> Calls:
     """Per sequence: the input block, then forward calls in order, then backward calls in
-    reverse order, so every call comes after what it reads."""
+    reverse order, so every call comes after what it reads. Native (`chain_calls`)."""
     _require_encoded(seqs, "tokens")
     present = [r for r in ("input", "forward", "backward") if r in spec.roles]
-    lengths = np.array([s.num_nodes for s in seqs], dtype=np.int64)
-    seq, p = _positions(lengths)
-    n = lengths[seq]
-    base = csr_ptr(lengths * len(present))[:-1][seq]
+    instance, blocks = core().chain_calls(np.array([s.num_nodes for s in seqs], dtype=np.int64), len(present),
+                                          present.index("backward") if "backward" in present else -1)
     tokens = np.concatenate([s.tokens for s in seqs]).astype(np.int64)
-
-    def ids(role: str, at: np.ndarray) -> np.ndarray:
-        block = present.index(role) * n
-        return base + block + (n - 1 - at if role == "backward" else at)
-
-    calls = Calls(instance=np.repeat(np.arange(len(seqs), dtype=np.int32), lengths * len(present)))
-    for role in present:
-        calls.roles[role] = ids(role, p)
+    calls = Calls(instance=instance, anchors={"nodes": {}, "ends": {}})
+    for role, (ids, prev, next_ids, firsts, lasts) in zip(present, blocks):
+        calls.roles[role] = calls.anchors["nodes"][role] = ids
         calls.tokens[(role, "word")] = tokens
-        if "input" in present and role != "input":
-            calls.neighbors[(role, "input")] = ids("input", p)
-    if "forward" in present:
-        calls.neighbors[("forward", "prev")] = np.where(p > 0, ids("forward", p - 1), -1)
-    if "backward" in present:
-        calls.neighbors[("backward", "next")] = np.where(p < n - 1, ids("backward", p + 1), -1)
-    at_nodes = {}
-    at_ends = {}
-    last = csr_ptr(lengths)[1:] - 1
-    first = csr_ptr(lengths)[:-1]
-    for role in present:
-        at_nodes[role] = calls.roles[role]
         if role == "forward":
-            at_ends[role] = calls.roles[role][last]
+            calls.neighbors[("forward", "prev")] = prev
+            calls.anchors["ends"][role] = lasts
         elif role == "backward":
-            at_ends[role] = calls.roles[role][first]
-    calls.anchors = {"nodes": at_nodes, "ends": at_ends}
+            calls.neighbors[("backward", "next")] = next_ids
+            calls.anchors["ends"][role] = firsts
+    if "input" in present:
+        for role in present[1:]:
+            calls.neighbors[(role, "input")] = calls.roles["input"]
     return calls
 
 
