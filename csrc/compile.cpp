@@ -176,8 +176,10 @@ py::tuple operand_table(In<int64_t> ptr_a, In<int32_t> nodes_a, In<int32_t> batc
                         ptr_out, rows_out, bad_batch, bad_position);
 }
 
-void require(bool ok, const char* what) {
-  if (!ok) throw py::index_error(std::string("compile: ") + what);
+[[noreturn]] void refuse(const char* what) { throw py::index_error(std::string("compile: ") + what); }
+
+inline void require(bool ok, const char* what) {
+  if (!ok) refuse(what);
 }
 
 // Exclusive prefix sums: ptr[i] = counts[0] + ... + counts[i - 1], n + 1 entries.
@@ -291,6 +293,34 @@ py::tuple chain_calls(In<int64_t> lengths_a, int64_t blocks, int64_t backward) {
     per_block.append(py::make_tuple(array(ids), array(prev), array(next), array(firsts), array(lasts)));
   }
   return py::make_tuple(array(instance), per_block);
+}
+
+// The structure calls of a mini-batch of sequence pairs (`edbc.graph.build._seq2seq_calls`): per
+// pair, its source's encoder calls, then its target's decoder calls, the first decoder call
+// continuing from the last encoder call. Returns (instance, encoder ids, decoder ids, each
+// encoder call's predecessor (-1 first), each decoder call's).
+py::tuple seq2seq_calls(In<int64_t> source_lengths_a, In<int64_t> target_lengths_a) {
+  const int64_t pairs = source_lengths_a.size();
+  const int64_t* source_lengths = source_lengths_a.data();
+  const int64_t* target_lengths = target_lengths_a.data();
+  require(target_lengths_a.size() == pairs, "source and target lengths of different counts");
+  std::vector<int64_t> encoder, decoder, encoder_prev, decoder_prev;
+  std::vector<int32_t> instance;
+  int64_t base = 0;
+  for (int64_t p = 0; p < pairs; ++p) {
+    require(source_lengths[p] > 0 && target_lengths[p] > 0, "an empty side of a pair");
+    for (int64_t at = 0; at < source_lengths[p]; ++at) {
+      encoder.push_back(base + at);
+      encoder_prev.push_back(at > 0 ? base + at - 1 : -1);
+    }
+    for (int64_t at = 0; at < target_lengths[p]; ++at) {
+      decoder.push_back(base + source_lengths[p] + at);
+      decoder_prev.push_back(base + source_lengths[p] + at - 1);  // the last encoder call first
+    }
+    instance.insert(instance.end(), source_lengths[p] + target_lengths[p], static_cast<int32_t>(p));
+    base += source_lengths[p] + target_lengths[p];
+  }
+  return py::make_tuple(array(instance), array(encoder), array(decoder), array(encoder_prev), array(decoder_prev));
 }
 
 // The structure calls of a mini-batch of lattices (`edbc.graph.build._lattice_calls`) from the
@@ -527,6 +557,7 @@ void register_compile(py::module_& m) {
   m.def("assemble_graph", &assemble_graph, "a mini-batch's graph from its structure calls");
   m.def("tree_calls", &tree_calls, "the structure calls of a mini-batch of trees");
   m.def("chain_calls", &chain_calls, "the structure calls of a mini-batch of sequences");
+  m.def("seq2seq_calls", &seq2seq_calls, "the structure calls of a mini-batch of sequence pairs");
   m.def("lattice_calls", &lattice_calls, "the structure calls of a mini-batch of lattices");
 }
 }  // namespace edbc

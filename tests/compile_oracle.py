@@ -1,7 +1,7 @@
 """The pure-Python (numpy) implementations that the native compile paths replaced, kept as test
 oracles only (`test_compile_native.py`): the native results must equal theirs. `build_graph` is the
-graph builder as it was: its own tree calls (per tree), chain and lattice calls, the product's
-other builders, and assembly with array operations."""
+graph builder as it was: its own tree calls (per tree), chain, seq2seq and lattice calls, the
+product's DAG builder, and assembly with array operations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from math import prod
 import numpy as np
 
 from edbc.errors import VerificationError
-from edbc.graph.build import BUILDERS, Calls, _float_bindings, _positions, _require_encoded
+from edbc.graph.build import BUILDERS, Calls, _float_bindings, _require_encoded
 from edbc.graph.ir import CELL, Graph, NodeType, csr_gather, csr_ptr
 from edbc.memory.layout import Layout, value_owner, value_shapes
 from edbc.memory.operands import BROADCAST_CODE, GATHER_CODE, VIEW_CODE, OperandTable, arena_of_shape
@@ -104,7 +104,7 @@ def _classify(graph: Graph, layout: Layout, batches: np.ndarray, p: int, shape, 
 
 
 def build_graph(spec: ModelSpec, instances: list) -> Graph:
-    builder = {"tree": _tree_calls, "chain": _chain_calls, "lattice": _lattice_calls}.get(spec.kind, BUILDERS[spec.kind])
+    builder = {"tree": _tree_calls, "chain": _chain_calls, "seq2seq": _seq2seq_calls, "lattice": _lattice_calls}.get(spec.kind, BUILDERS[spec.kind])
     return assemble(spec, builder(spec, instances), len(instances))
 
 
@@ -322,3 +322,32 @@ def _chain_calls(spec: ModelSpec, seqs: list) -> Calls:
             at_ends[role] = calls.roles[role][first]
     calls.anchors = {"nodes": at_nodes, "ends": at_ends}
     return calls
+
+
+def _seq2seq_calls(spec: ModelSpec, pairs: list) -> Calls:
+    """Per pair: the encoder calls, then the decoder calls; the first decoder step continues
+    from the last encoder step."""
+    _require_encoded(pairs, "source_tokens")
+    src_len = np.array([len(p.source) for p in pairs], dtype=np.int64)
+    tgt_len = np.array([len(p.target) for p in pairs], dtype=np.int64)
+    base = csr_ptr(src_len + tgt_len)[:-1]
+    s_seq, s_pos = _positions(src_len)
+    t_seq, t_pos = _positions(tgt_len)
+    encoder = base[s_seq] + s_pos
+    decoder = base[t_seq] + src_len[t_seq] + t_pos
+    last_encoder = base[t_seq] + src_len[t_seq] - 1
+    return Calls(
+        instance=np.repeat(np.arange(len(pairs), dtype=np.int32), src_len + tgt_len),
+        roles={"encoder": encoder, "decoder": decoder},
+        neighbors={("encoder", "prev"): np.where(s_pos > 0, encoder - 1, -1),
+                   ("decoder", "prev"): np.where(t_pos > 0, decoder - 1, last_encoder)},
+        tokens={("encoder", "source"): np.concatenate([p.source_tokens for p in pairs]).astype(np.int64),
+                ("decoder", "target"): np.concatenate([p.target_tokens for p in pairs]).astype(np.int64)},
+        anchors={"nodes": {"decoder": decoder}},
+    )
+
+
+def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For sequences of the given lengths: each position's sequence and index within it."""
+    seq = np.repeat(np.arange(len(lengths)), lengths)
+    return seq, np.arange(int(lengths.sum())) - np.repeat(csr_ptr(lengths)[:-1], lengths)

@@ -154,12 +154,6 @@ def _tree_calls(spec: ModelSpec, trees: list) -> Calls:
     return calls
 
 
-def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For sequences of the given lengths: each position's sequence and index within it."""
-    seq = np.repeat(np.arange(len(lengths)), lengths)
-    return seq, np.arange(int(lengths.sum())) - np.repeat(csr_ptr(lengths)[:-1], lengths)
-
-
 def _chain_calls(spec: ModelSpec, seqs: list) -> Calls:
     """Per sequence: the input block, then forward calls in order, then backward calls in
     reverse order, so every call comes after what it reads. Native (`chain_calls`)."""
@@ -186,21 +180,14 @@ def _chain_calls(spec: ModelSpec, seqs: list) -> Calls:
 
 def _seq2seq_calls(spec: ModelSpec, pairs: list) -> Calls:
     """Per pair: the encoder calls, then the decoder calls; the first decoder step continues
-    from the last encoder step."""
+    from the last encoder step. Native (`seq2seq_calls`)."""
     _require_encoded(pairs, "source_tokens")
-    src_len = np.array([len(p.source) for p in pairs], dtype=np.int64)
-    tgt_len = np.array([len(p.target) for p in pairs], dtype=np.int64)
-    base = csr_ptr(src_len + tgt_len)[:-1]
-    s_seq, s_pos = _positions(src_len)
-    t_seq, t_pos = _positions(tgt_len)
-    encoder = base[s_seq] + s_pos
-    decoder = base[t_seq] + src_len[t_seq] + t_pos
-    last_encoder = base[t_seq] + src_len[t_seq] - 1
+    instance, encoder, decoder, encoder_prev, decoder_prev = core().seq2seq_calls(
+        np.array([len(p.source) for p in pairs], dtype=np.int64), np.array([len(p.target) for p in pairs], dtype=np.int64))
     return Calls(
-        instance=np.repeat(np.arange(len(pairs), dtype=np.int32), src_len + tgt_len),
+        instance=instance,
         roles={"encoder": encoder, "decoder": decoder},
-        neighbors={("encoder", "prev"): np.where(s_pos > 0, encoder - 1, -1),
-                   ("decoder", "prev"): np.where(t_pos > 0, decoder - 1, last_encoder)},
+        neighbors={("encoder", "prev"): encoder_prev, ("decoder", "prev"): decoder_prev},
         tokens={("encoder", "source"): np.concatenate([p.source_tokens for p in pairs]).astype(np.int64),
                 ("decoder", "target"): np.concatenate([p.target_tokens for p in pairs]).astype(np.int64)},
         anchors={"nodes": {"decoder": decoder}},
