@@ -1,5 +1,6 @@
-// The per-mini-batch compile work that numpy serves badly (small arrays, many passes): the graph's
-// assembly from structure calls, the unplanned memory layout and the operand table. The Python oracles they must equal live in
+// The per-mini-batch compile work that numpy serves badly (thousands of nodes, dozens of passes):
+// the structure calls of trees, chains, sequence pairs and lattices, the graph's assembly from them,
+// the unplanned memory layout and the operand table. The Python oracles they must equal live in
 // tests/compile_oracle.py.
 #include <pybind11/numpy.h>
 
@@ -21,6 +22,26 @@ using In = py::array_t<T, py::array::c_style | py::array::forcecast>;
 template <typename T>
 py::array_t<T> out(int64_t n) {
   return py::array_t<T>(static_cast<py::ssize_t>(n));
+}
+
+[[noreturn]] void refuse(const char* what) { throw py::index_error(std::string("compile: ") + what); }
+
+inline void require(bool ok, const char* what) {
+  if (!ok) refuse(what);
+}
+
+// Exclusive prefix sums: ptr[i] = counts[0] + ... + counts[i - 1], n + 1 entries.
+std::vector<int64_t> prefix(const int64_t* counts, int64_t n) {
+  std::vector<int64_t> ptr(n + 1, 0);
+  for (int64_t i = 0; i < n; ++i) ptr[i + 1] = ptr[i] + counts[i];
+  return ptr;
+}
+
+template <typename T>
+py::array_t<T> array(const std::vector<T>& values) {
+  auto a = out<T>(static_cast<int64_t>(values.size()));
+  std::copy(values.begin(), values.end(), a.mutable_data());
+  return a;
 }
 
 // Memory planning off (`edbc.memory.planner.unplanned`): each batch's nodes in graph order, and
@@ -174,26 +195,6 @@ py::tuple operand_table(In<int64_t> ptr_a, In<int32_t> nodes_a, In<int32_t> batc
   std::copy(gathered.begin(), gathered.end(), rows_out.mutable_data());
   return py::make_tuple(batch_out, position_out, kind_out, arena_out, first_out, read_out, nbytes_out,
                         ptr_out, rows_out, bad_batch, bad_position);
-}
-
-[[noreturn]] void refuse(const char* what) { throw py::index_error(std::string("compile: ") + what); }
-
-inline void require(bool ok, const char* what) {
-  if (!ok) refuse(what);
-}
-
-// Exclusive prefix sums: ptr[i] = counts[0] + ... + counts[i - 1], n + 1 entries.
-std::vector<int64_t> prefix(const int64_t* counts, int64_t n) {
-  std::vector<int64_t> ptr(n + 1, 0);
-  for (int64_t i = 0; i < n; ++i) ptr[i + 1] = ptr[i] + counts[i];
-  return ptr;
-}
-
-template <typename T>
-py::array_t<T> array(const std::vector<T>& values) {
-  auto a = out<T>(static_cast<int64_t>(values.size()));
-  std::copy(values.begin(), values.end(), a.mutable_data());
-  return a;
 }
 
 // The structure calls of a mini-batch of trees (`edbc.graph.build._tree_calls`), from the trees'

@@ -2,8 +2,10 @@
 
 Each structure kind has a builder that numbers the structure's nodes in a
 topological order and says, per role, which nodes fill it, their neighbours
-and their token ids (`Calls`). `assemble` then turns that into a `Graph`
-with numpy only: its cost does not grow with Python work per node.
+and their token ids (`Calls`). `assemble` then turns that into a `Graph`.
+Both run in the native core (`csrc/compile.cpp`; the DAG builder, mostly
+validation of files, in numpy): no Python work per node or per instance
+beyond gathering the instances' arrays.
 """
 
 from __future__ import annotations
