@@ -4,7 +4,8 @@
 #include "parts.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "edbc's native core: frontier scheduling and the plan replay loop";
+  m.doc() = "edbc's native core: frontier scheduling, the per-mini-batch compile work and the plan replay loop";
   edbc::register_frontier(m);
+  edbc::register_compile(m);
   edbc::register_replay(m);
 }

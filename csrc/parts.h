@@ -5,4 +5,5 @@
 namespace edbc {
 void register_frontier(pybind11::module_& m);
 void register_replay(pybind11::module_& m);
+void register_compile(pybind11::module_& m);
 }  // namespace edbc

@@ -2,21 +2,25 @@
 
 Each structure kind has a builder that numbers the structure's nodes in a
 topological order and says, per role, which nodes fill it, their neighbours
-and their token ids (`Calls`). `assemble` then turns that into a `Graph`
-with numpy only: its cost does not grow with Python work per node.
+and their token ids (`Calls`). `assemble` then turns that into a `Graph`.
+Both run in the native core (`csrc/compile.cpp`; the DAG builder, mostly
+validation of files, in numpy): no Python work per node or per instance
+beyond gathering the instances' arrays.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
 from ..errors import DataError
+from ..native import core
 from ..spec.model import ModelSpec
 from ..spec.ops import set_reduction_program
 from ..spec.structure import arg_index
-from .ir import CELL, Graph, NodeType, csr_gather, csr_ptr
+from .ir import CELL, Graph, NodeType, csr_ptr
 
 
 @dataclass
@@ -40,91 +44,71 @@ def build_graph(spec: ModelSpec, instances: list) -> Graph:
     return assemble(spec, BUILDERS[spec.kind](spec, instances), len(instances))
 
 
-def assemble(spec: ModelSpec, calls: Calls, num_instances: int) -> Graph:
-    """The graph of `calls`: their nodes, then one reduction node per set a call reads, placed just
-    before the call (so node order stays topological), then the readout calls."""
-    readout = spec.roles["readout"]
-    # role -> (argument position, source, reduction type) of each input bound to a set, in input order
-    reduced = {role: [(position, source, set_reduction_program(source.reduce, value.shape).name)
-                      for position, (value, source) in enumerate(_float_bindings(spec, r)) if source.kind == "set"]
-               for role, r in spec.roles.items()}
+@dataclass(frozen=True, eq=False)
+class _Argument:
+    """A float input of a role's cell: bound to a neighbour's output, or to a set's reduction."""
+
+    position: int
+    ref: str  # the neighbour's or the set's name
+    reduction: int  # the set's reduction node type; -1 for a neighbour
+    # The slot of the bound output in each type's outputs (0 where it has none), then 0 for "no producer".
+    slot_of_type: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Role:
+    type: int
+    arguments: tuple[_Argument, ...]
+    tokens: tuple[str, ...]  # the token field of each immediate
+
+
+@dataclass(frozen=True, eq=False)
+class _Assembly:
+    """What `assemble` needs of a spec, derived once per spec rather than once per mini-batch."""
+
+    types: tuple[NodeType, ...]
+    roles: dict[str, _Role]
+    num_imms: np.ndarray  # int64 [types]
+
+
+@lru_cache(maxsize=64)
+def _assembly(spec: ModelSpec) -> _Assembly:
+    reductions = {role: {position: set_reduction_program(source.reduce, value.shape).name
+                         for position, (value, source) in enumerate(_float_bindings(spec, r)) if source.kind == "set"}
+                  for role, r in spec.roles.items()}
     cell_names = list(dict.fromkeys([r.cell for r in spec.roles.values()] +
-                                    [name for sets in reduced.values() for _, _, name in sets]))
+                                    [name for sets in reductions.values() for name in sets.values()]))
     type_of = {name: i for i, name in enumerate(cell_names)}
     types = tuple(NodeType(name, spec.cells[name]) for name in cell_names)
+    roles = {}
+    for role, r in spec.roles.items():
+        arguments = tuple(
+            _Argument(position, source.ref, type_of.get(reductions[role].get(position), -1),
+                      np.array([t.program.output_slot(source.output) or 0 for t in types] + [0], dtype=np.int32))
+            for position, (_, source) in enumerate(_float_bindings(spec, r)))
+        roles[role] = _Role(type_of[r.cell], arguments,
+                            tuple(r.bind[v].ref for v in spec.cells[r.cell].token_inputs))
+    return _Assembly(types, roles, np.array([len(t.program.token_inputs) for t in types], dtype=np.int64))
 
-    n_struct = len(calls.instance)
-    extra = np.zeros(n_struct, dtype=np.int64)  # reduction nodes placed before each structure node
-    for role, sets in reduced.items():  # the readout reads no sets: the spec loader refuses them
-        if sets:
-            extra[calls.roles[role]] = len(sets)
-    moved = np.arange(n_struct, dtype=np.int64) + np.cumsum(extra)  # structure node -> its id in the graph
 
-    def renumber(ids: np.ndarray) -> np.ndarray:
-        ids = ids.astype(np.int64)
-        return np.where(ids >= 0, moved[np.maximum(ids, 0)], -1)
-
-    n_before = n_struct + int(extra.sum())
-    anchors = {name: renumber(ids) for name, ids in calls.anchors[readout.at].items()}
-    n_readout = len(next(iter(anchors.values())))
-    readout_ids = np.arange(n_before, n_before + n_readout, dtype=np.int64)
-    roles = {role: renumber(ids) for role, ids in calls.roles.items()}
-    roles["readout"] = readout_ids
-    neighbors = {key: renumber(ids) for key, ids in calls.neighbors.items()}
-    for name, ids in anchors.items():
-        neighbors[("readout", name)] = ids
-
-    total = n_before + n_readout
-    node_type = np.empty(total, dtype=np.int32)
-    instance = np.empty(total, dtype=np.int32)
-    instance[moved] = calls.instance
-    # A readout belongs to the instance of whichever neighbour it has.
-    instance[readout_ids] = instance[np.max(np.stack(list(anchors.values())), axis=0)]
-    n_args = np.zeros(total, dtype=np.int64)
-    n_args_of_type = np.array([len(t.program.float_inputs) for t in types], dtype=np.int64)
-    reductions = []  # (reduction node ids, producers' structure ids as a CSR, source)
-    for role, ids in roles.items():
-        node_type[ids] = type_of[spec.roles[role].cell]
-        n_args[ids] = n_args_of_type[node_type[ids]]
-        for j, (_, source, name) in enumerate(reduced[role]):
-            ptr, members = calls.sets[(role, source.ref)]
-            at = ids - len(reduced[role]) + j
-            node_type[at] = type_of[name]
-            instance[at] = instance[ids]
-            n_args[at] = np.diff(ptr)
-            reductions.append((at, ptr, members, source))
-    n_imms = np.array([len(t.program.token_inputs) for t in types], dtype=np.int64)
-    arg_ptr = csr_ptr(n_args)
-    imm_ptr = csr_ptr(n_imms[node_type])
-    arg_node = np.full(arg_ptr[-1], -1, dtype=np.int32)
-    arg_slot = np.zeros(arg_ptr[-1], dtype=np.int32)
-    imm = np.zeros(imm_ptr[-1], dtype=np.int64)
-
-    def slots(source, producers: np.ndarray) -> np.ndarray:
-        # The slot of the named output differs between the cells that may fill a neighbour.
-        slot_of_type = np.array([t.program.output_slot(source.output) or 0 for t in types], dtype=np.int32)
-        return np.where(producers >= 0, slot_of_type[node_type[np.maximum(producers, 0)]], 0)
-
-    for role, ids in roles.items():
-        r = spec.roles[role]
-        sets = {position: j for j, (position, _, _) in enumerate(reduced[role])}
-        for position, (_, source) in enumerate(_float_bindings(spec, r)):
-            where = arg_ptr[ids] + position
-            if position in sets:  # the reduction node just before the call, its output slot 0
-                arg_node[where] = ids - len(sets) + sets[position]
-                continue
-            producers = neighbors[(role, source.ref)]
-            arg_node[where] = producers
-            arg_slot[where] = slots(source, producers)
-        for position, value_id in enumerate(spec.cells[r.cell].token_inputs):
-            imm[imm_ptr[ids] + position] = calls.tokens[(role, r.bind[value_id].ref)]
-    for at, ptr, members, source in reductions:
-        where, _ = csr_gather(arg_ptr, at)
-        producers = renumber(members)
-        arg_node[where] = producers
-        arg_slot[where] = slots(source, producers)
-
-    return Graph(CELL, types, node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance,
+def assemble(spec: ModelSpec, calls: Calls, num_instances: int) -> Graph:
+    """The graph of `calls`: their nodes, then one reduction node per set a call reads, placed just
+    before the call (so node order stays topological), then the readout calls (native:
+    `assemble_graph`; the readout reads no sets: the spec loader refuses them)."""
+    assembly = _assembly(spec)
+    anchors = calls.anchors[spec.roles["readout"].at]
+    roles = []
+    for role in [*calls.roles, "readout"]:
+        r = assembly.roles[role]
+        arguments = [(a.position, a.reduction, a.slot_of_type, None, *calls.sets[(role, a.ref)]) if a.reduction >= 0
+                     else (a.position, -1, a.slot_of_type,
+                           anchors[a.ref] if role == "readout" else calls.neighbors[(role, a.ref)], None, None)
+                     for a in r.arguments]
+        roles.append((None if role == "readout" else calls.roles[role], r.type, len(arguments), arguments,
+                      [calls.tokens[(role, name)] for name in r.tokens]))
+    node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance, readout_ids = core().assemble_graph(
+        calls.instance, roles, list(anchors.values()), assembly.num_imms)
+    return Graph(CELL, assembly.types, node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance,
                  num_instances, out_node=readout_ids, out_slot=np.zeros(len(readout_ids)))
 
 
@@ -141,114 +125,71 @@ def _require_encoded(instances: list, attribute: str) -> None:
 
 def _tree_calls(spec: ModelSpec, trees: list) -> Calls:
     """Per tree, in post-order: each node, preceded by the edge calls of its children when the model
-    has an edge role. A model that reads `left` and `right` needs every internal node to have two."""
+    has an edge role. A model that reads `left` and `right` needs every internal node to have two.
+    Native (`tree_calls`): a mini-batch holds thousands of nodes, numpy would take ~25 passes."""
     _require_encoded(trees, "tokens")
     binary = any(s.kind == "state" for s in spec.roles["internal"].bind)
-    if binary:
-        for t in trees:
-            bad = np.flatnonzero((t.arity > 0) & (t.arity != 2))
-            if len(bad):
-                n = int(t.arity[bad[0]])
-                raise t.fail(f"node with {n} child{'ren' if n != 1 else ''}; model '{spec.name}' reads `left` "
-                             "and `right`, so every internal node needs exactly two (a model reading the set "
-                             "`children` takes any number)", int(bad[0]))
     with_edges = "edge" in spec.roles
     sizes = np.array([t.num_nodes for t in trees], dtype=np.int64)
-    tree_base = csr_ptr(sizes)[:-1]
-    arity = np.concatenate([t.arity for t in trees])
-    links = np.array([len(t.child) for t in trees], dtype=np.int64)
-    child = np.concatenate([t.child for t in trees]).astype(np.int64) + np.repeat(tree_base, links)
-    child_ptr = csr_ptr(arity)
-    calls_per_node = 1 + arity if with_edges else np.ones(len(arity), dtype=np.int64)
-    block = csr_ptr(calls_per_node)
-    node_id = block[1:] - 1  # a node comes last in its block, after its children's edge calls
-    tree_of = np.repeat(np.arange(len(trees), dtype=np.int32), sizes)
-    tokens = np.concatenate([t.tokens for t in trees]).astype(np.int64)
-    leaves = np.flatnonzero(arity == 0)
-    internal = np.flatnonzero(arity > 0)
-    calls = Calls(
-        instance=np.repeat(tree_of, calls_per_node),
-        roles={"leaf": node_id[leaves], "internal": node_id[internal]},
-        tokens={("leaf", "word"): tokens[leaves]},
-        anchors={"root": {"node": node_id[tree_base + sizes - 1]}, "nodes": {"node": node_id}},
-    )
-    children_ptr = csr_ptr(arity[internal])  # internal nodes in order own the links in order
-    calls.sets[("internal", "children")] = (children_ptr, node_id[child])
+    found = core().tree_calls(sizes, np.array([len(t.child) for t in trees], dtype=np.int64),
+                              np.concatenate([t.child_ptr for t in trees]), np.concatenate([t.child for t in trees]),
+                              np.concatenate([t.tokens for t in trees]), binary, with_edges)
+    if len(found) == 1:  # a node of another arity than two, for a binary model
+        tree = int(np.searchsorted(np.cumsum(sizes), found[0], side="right"))
+        node = found[0] - int(sizes[:tree].sum())
+        n = int(trees[tree].arity[node])
+        raise trees[tree].fail(f"node with {n} child{'ren' if n != 1 else ''}; model '{spec.name}' reads `left` "
+                               "and `right`, so every internal node needs exactly two (a model reading the set "
+                               "`children` takes any number)", node)
+    instance, node_id, leaves, internal, leaf_tokens, roots, children_ptr, children, left, right, edges, _ = found
+    calls = Calls(instance=instance, roles={"leaf": leaves, "internal": internal},
+                  tokens={("leaf", "word"): leaf_tokens},
+                  anchors={"root": {"node": roots}, "nodes": {"node": node_id}},
+                  sets={("internal", "children"): (children_ptr, children)})
     if binary:
-        first = child_ptr[internal]
-        calls.neighbors[("internal", "left")] = node_id[child[first]]
-        calls.neighbors[("internal", "right")] = node_id[child[first + 1]]
+        calls.neighbors[("internal", "left")] = left
+        calls.neighbors[("internal", "right")] = right
     if with_edges:
-        parent = np.repeat(np.arange(len(arity)), arity)
-        edge_ids = block[parent] + np.arange(len(child)) - child_ptr[parent]
-        calls.roles["edge"] = edge_ids
-        calls.neighbors[("edge", "child")] = node_id[child]
-        calls.sets[("internal", "edges")] = (children_ptr, edge_ids)
+        calls.roles["edge"] = edges
+        calls.neighbors[("edge", "child")] = children
+        calls.sets[("internal", "edges")] = (children_ptr, edges)
     return calls
-
-
-def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For sequences of the given lengths: each position's sequence and index within it."""
-    seq = np.repeat(np.arange(len(lengths)), lengths)
-    return seq, np.arange(int(lengths.sum())) - np.repeat(csr_ptr(lengths)[:-1], lengths)
 
 
 def _chain_calls(spec: ModelSpec, seqs: list) -> Calls:
     """Per sequence: the input block, then forward calls in order, then backward calls in
-    reverse order, so every call comes after what it reads."""
+    reverse order, so every call comes after what it reads. Native (`chain_calls`)."""
     _require_encoded(seqs, "tokens")
     present = [r for r in ("input", "forward", "backward") if r in spec.roles]
-    lengths = np.array([s.num_nodes for s in seqs], dtype=np.int64)
-    seq, p = _positions(lengths)
-    n = lengths[seq]
-    base = csr_ptr(lengths * len(present))[:-1][seq]
+    instance, blocks = core().chain_calls(np.array([s.num_nodes for s in seqs], dtype=np.int64), len(present),
+                                          present.index("backward") if "backward" in present else -1)
     tokens = np.concatenate([s.tokens for s in seqs]).astype(np.int64)
-
-    def ids(role: str, at: np.ndarray) -> np.ndarray:
-        block = present.index(role) * n
-        return base + block + (n - 1 - at if role == "backward" else at)
-
-    calls = Calls(instance=np.repeat(np.arange(len(seqs), dtype=np.int32), lengths * len(present)))
-    for role in present:
-        calls.roles[role] = ids(role, p)
+    calls = Calls(instance=instance, anchors={"nodes": {}, "ends": {}})
+    for role, (ids, prev, next_ids, firsts, lasts) in zip(present, blocks):
+        calls.roles[role] = calls.anchors["nodes"][role] = ids
         calls.tokens[(role, "word")] = tokens
-        if "input" in present and role != "input":
-            calls.neighbors[(role, "input")] = ids("input", p)
-    if "forward" in present:
-        calls.neighbors[("forward", "prev")] = np.where(p > 0, ids("forward", p - 1), -1)
-    if "backward" in present:
-        calls.neighbors[("backward", "next")] = np.where(p < n - 1, ids("backward", p + 1), -1)
-    at_nodes = {}
-    at_ends = {}
-    last = csr_ptr(lengths)[1:] - 1
-    first = csr_ptr(lengths)[:-1]
-    for role in present:
-        at_nodes[role] = calls.roles[role]
         if role == "forward":
-            at_ends[role] = calls.roles[role][last]
+            calls.neighbors[("forward", "prev")] = prev
+            calls.anchors["ends"][role] = lasts
         elif role == "backward":
-            at_ends[role] = calls.roles[role][first]
-    calls.anchors = {"nodes": at_nodes, "ends": at_ends}
+            calls.neighbors[("backward", "next")] = next_ids
+            calls.anchors["ends"][role] = firsts
+    if "input" in present:
+        for role in present[1:]:
+            calls.neighbors[(role, "input")] = calls.roles["input"]
     return calls
 
 
 def _seq2seq_calls(spec: ModelSpec, pairs: list) -> Calls:
     """Per pair: the encoder calls, then the decoder calls; the first decoder step continues
-    from the last encoder step."""
+    from the last encoder step. Native (`seq2seq_calls`)."""
     _require_encoded(pairs, "source_tokens")
-    src_len = np.array([len(p.source) for p in pairs], dtype=np.int64)
-    tgt_len = np.array([len(p.target) for p in pairs], dtype=np.int64)
-    base = csr_ptr(src_len + tgt_len)[:-1]
-    s_seq, s_pos = _positions(src_len)
-    t_seq, t_pos = _positions(tgt_len)
-    encoder = base[s_seq] + s_pos
-    decoder = base[t_seq] + src_len[t_seq] + t_pos
-    last_encoder = base[t_seq] + src_len[t_seq] - 1
+    instance, encoder, decoder, encoder_prev, decoder_prev = core().seq2seq_calls(
+        np.array([len(p.source) for p in pairs], dtype=np.int64), np.array([len(p.target) for p in pairs], dtype=np.int64))
     return Calls(
-        instance=np.repeat(np.arange(len(pairs), dtype=np.int32), src_len + tgt_len),
+        instance=instance,
         roles={"encoder": encoder, "decoder": decoder},
-        neighbors={("encoder", "prev"): np.where(s_pos > 0, encoder - 1, -1),
-                   ("decoder", "prev"): np.where(t_pos > 0, decoder - 1, last_encoder)},
+        neighbors={("encoder", "prev"): encoder_prev, ("decoder", "prev"): decoder_prev},
         tokens={("encoder", "source"): np.concatenate([p.source_tokens for p in pairs]).astype(np.int64),
                 ("decoder", "target"): np.concatenate([p.target_tokens for p in pairs]).astype(np.int64)},
         anchors={"nodes": {"decoder": decoder}},
@@ -257,41 +198,22 @@ def _seq2seq_calls(spec: ModelSpec, pairs: list) -> Calls:
 
 def _lattice_calls(spec: ModelSpec, lattices: list) -> Calls:
     """Per lattice node i >= 1, in node order: its char arc call, its word arc calls, then one
-    merge call per word arc folding it into the node's state (char arc first)."""
+    merge call per word arc folding it into the node's state (char arc first). Native
+    (`lattice_calls`)."""
     _require_encoded(lattices, "tokens")
-    nodes = np.array([lat.num_nodes for lat in lattices], dtype=np.int64)
-    node_base = csr_ptr(nodes)[:-1]
-    arcs_per = np.array([len(lat.arc_dst) for lat in lattices], dtype=np.int64)
-    arc_lat = np.repeat(np.arange(len(lattices)), arcs_per)
-    dst = np.concatenate([lat.arc_dst for lat in lattices]).astype(np.int64) + node_base[arc_lat]
-    src = np.concatenate([lat.arc_src for lat in lattices]).astype(np.int64) + node_base[arc_lat]
-    is_char = np.concatenate([lat.arc_char for lat in lattices])
-    tokens = np.concatenate([lat.tokens for lat in lattices]).astype(np.int64)
-    total = int(nodes.sum())
-    node_lat = np.repeat(np.arange(len(lattices)), nodes)
-    is_start = np.arange(total) == node_base[node_lat]
-
-    words = np.flatnonzero(~is_char)  # in (target node, listed) order
-    m = np.bincount(dst[words], minlength=total)
-    calls_per_node = np.where(is_start, 0, 1 + 2 * m)
-    base = csr_ptr(calls_per_node)
-    state = np.where(is_start, -1, base[:-1] + 2 * m)  # the last merge, or the char arc
-    rank = np.arange(len(words)) - csr_ptr(m)[:-1][dst[words]]  # a word arc's place among its node's
-
-    chars = np.flatnonzero(is_char)
-    char_ids = base[dst[chars]]
-    word_ids = base[dst[words]] + 1 + rank
-    merge_ids = base[dst[words]] + 1 + m[dst[words]] + rank
-    merge_acc = np.where(rank == 0, base[dst[words]], merge_ids - 1)
-    non_start = np.flatnonzero(~is_start)
-    last = node_base + nodes - 1
+    (instance, char_ids, word_ids, merge_ids, char_src, word_src, merge_acc, char_tokens, word_tokens, nodes,
+     last) = core().lattice_calls(
+        np.array([lat.num_nodes for lat in lattices], dtype=np.int64),
+        np.array([len(lat.arc_dst) for lat in lattices], dtype=np.int64),
+        np.concatenate([lat.arc_dst for lat in lattices]), np.concatenate([lat.arc_src for lat in lattices]),
+        np.concatenate([lat.arc_char for lat in lattices]), np.concatenate([lat.tokens for lat in lattices]))
     return Calls(
-        instance=np.repeat(node_lat, calls_per_node).astype(np.int32),
+        instance=instance,
         roles={"char": char_ids, "word": word_ids, "merge": merge_ids},
-        neighbors={("char", "src"): state[src[chars]], ("word", "src"): state[src[words]],
+        neighbors={("char", "src"): char_src, ("word", "src"): word_src,
                    ("merge", "acc"): merge_acc, ("merge", "arc"): word_ids},
-        tokens={("char", "char"): tokens[chars], ("word", "word"): tokens[words]},
-        anchors={"nodes": {"node": state[non_start]}, "last": {"node": state[last]}},
+        tokens={("char", "char"): char_tokens, ("word", "word"): word_tokens},
+        anchors={"nodes": {"node": nodes}, "last": {"node": last}},
     )
 
 

@@ -31,8 +31,9 @@ class Layout:
         return {"arena_rows": self.arena_rows, "value_arena": self.value_arena, "value_row": self.value_row}
 
 
-def value_shapes(graph: Graph) -> tuple[list[Shape], np.ndarray]:
-    """Distinct output shapes, and for each value the index of its shape."""
+def output_arenas(graph: Graph) -> tuple[list[Shape], np.ndarray]:
+    """Distinct output shapes, and per type the index of each output slot's shape (-1 past its
+    outputs), int32 [types, most outputs]."""
     shapes: dict[Shape, int] = {}
     per_type = []
     for t in graph.types:
@@ -41,8 +42,14 @@ def value_shapes(graph: Graph) -> tuple[list[Shape], np.ndarray]:
     table = np.full((len(graph.types), width), -1, dtype=np.int32)
     for ti, ids in enumerate(per_type):
         table[ti, :len(ids)] = ids
+    return list(shapes), table
+
+
+def value_shapes(graph: Graph) -> tuple[list[Shape], np.ndarray]:
+    """Distinct output shapes, and for each value the index of its shape."""
+    shapes, table = output_arenas(graph)
     owner, slot = value_owner(graph)
-    return list(shapes), table[graph.node_type[owner], slot]
+    return shapes, table[graph.node_type[owner], slot]
 
 
 def value_owner(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
@@ -52,21 +59,6 @@ def value_owner(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
         owner = np.repeat(np.arange(g.num_nodes), counts)
         return owner, np.arange(g.num_values) - g.value_ptr[owner]
     return graph.cached("value_owner", compute)
-
-
-def batch_order_layout(graph: Graph, schedule: Schedule) -> Layout:
-    """Memory planning off: each arena filled in run order, batch by batch, slot by slot."""
-    shapes, arena = value_shapes(graph)
-    owner, slot = value_owner(graph)
-    batch_of = schedule.batch_of_node(graph.num_nodes)
-    position = np.empty(graph.num_nodes, dtype=np.int64)
-    position[schedule.nodes] = np.arange(len(schedule.nodes)) - np.repeat(schedule.ptr[:-1], schedule.sizes)
-    order = np.lexsort((position[owner], slot, batch_of[owner], arena))
-    rows_per_arena = np.bincount(arena, minlength=len(shapes))
-    first_row = np.concatenate([[0], np.cumsum(rows_per_arena)])[:-1]
-    row = np.empty(graph.num_values, dtype=np.int64)
-    row[order] = np.arange(graph.num_values) - first_row[arena[order]]
-    return Layout("none", tuple(shapes), rows_per_arena, arena, row)
 
 
 def verify_layout(graph: Graph, schedule: Schedule, layout: Layout) -> None:

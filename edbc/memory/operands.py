@@ -19,7 +19,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import VerificationError
-from ..graph.ir import Graph, csr_gather, csr_ptr
+from ..graph.ir import Graph, csr_ptr
+from ..native import core
 from ..schedule.ir import Schedule
 from ..cell.ir import CellPlan
 from ..spec.ops import set_reduction_of
@@ -104,67 +105,26 @@ VIEW_CODE, BROADCAST_CODE, GATHER_CODE = OperandTable.VIEW_CODE, OperandTable.BR
 
 
 def operand_table(graph: Graph, schedule: Schedule, layout: Layout) -> OperandTable:
-    """Classify every batch operand with array operations, one pass per (type, input position). A set
+    """Classify every batch operand (native: `operand_table`, one pass over the batches). A set
     reduction's batch has one operand: every argument of its nodes, node after node."""
-    sizes = schedule.sizes
-    parts = []
-    for t in np.unique(schedule.batch_type).tolist():
-        program = graph.types[t].program
-        batches = np.flatnonzero(schedule.batch_type == t)
-        pos, seg = csr_gather(schedule.ptr, batches)  # the batches' nodes, batch by batch
-        nodes = schedule.nodes[pos]
-        if set_reduction_of(program) is not None:
-            e, owner = csr_gather(graph.arg_ptr, nodes)
-            rows_per_batch = np.bincount(seg[owner], minlength=len(batches))
-            operands = [(0, program.float_inputs[0], e, seg[owner], rows_per_batch)]
-        else:
-            operands = [(p, value, graph.arg_ptr[nodes] + p, seg, sizes[batches])
-                        for p, value in enumerate(program.float_inputs)]
-        for p, value, e, row_seg, k in operands:
-            parts.append(_classify(graph, layout, batches, p, program.values[value].shape, e, row_seg, k))
-    if not parts:
-        empty = np.zeros(0, dtype=np.int64)
-        return OperandTable(empty, empty, empty.astype(np.int8), empty, empty, empty, empty,
-                            np.zeros(1, np.int64), empty)
-    cols = [np.concatenate(c) for c in zip(*parts)]
-    order = np.lexsort((cols[1], cols[0]))
-    counts = cols[7]
-    ptr_unsorted = csr_ptr(counts)
-    rows = cols[8]
-    pos, _ = csr_gather(ptr_unsorted, order)
-    return OperandTable(cols[0][order], cols[1][order], cols[2][order], cols[3][order], cols[4][order],
-                        cols[5][order], cols[6][order], csr_ptr(counts[order]), rows[pos])
-
-
-def _classify(graph: Graph, layout: Layout, batches: np.ndarray, p: int, shape: Shape, e: np.ndarray,
-              seg: np.ndarray, k: np.ndarray) -> tuple:
-    """The operand `p` of `batches`: its rows are the arguments `e`, row j in batch `seg[j]`, `k` rows a
-    batch (one per node, or a set reduction's whole set)."""
-    a = arena_of_shape(layout, shape)
-    starts = np.cumsum(k) - k
-    producer, slot = graph.arg_node[e], graph.arg_slot[e]
-    real = producer >= 0
-    values = graph.value_ptr[np.maximum(producer, 0)] + slot
-    if np.any(real & (layout.value_arena[values] != a)):
-        b = int(batches[seg[np.flatnonzero(real & (layout.value_arena[values] != a))[0]]])
-        raise VerificationError(f"batch {b}: operand {p} is not in the arena of its shape")
-    zero_row = layout.arena_rows[a] if a >= 0 else 0
-    rows = np.where(real, layout.value_row[values], zero_row)
-    any_real = np.add.reduceat(real, starts) > 0
-    all_real = np.add.reduceat(real, starts) == k
-    same_seg = seg[1:] == seg[:-1]
-    breaks = np.bincount(seg[1:][same_seg & (rows[1:] != rows[:-1] + 1)], minlength=len(batches))
-    differ = np.bincount(seg[np.flatnonzero(rows != rows[starts][seg])], minlength=len(batches))
-    first = rows[starts]
-    kind = np.full(len(batches), GATHER_CODE, dtype=np.int8)
-    kind[differ == 0] = BROADCAST_CODE
-    kind[(k == 1) | (all_real & (breaks == 0))] = VIEW_CODE
-    kind[~any_real] = BROADCAST_CODE
-    first = np.where(~any_real, zero_row, first)
-    gathered = kind == GATHER_CODE
-    counts = np.where(gathered, k, 0)
-    return (batches, np.full(len(batches), p), kind, np.where(any_real | (a >= 0), a, -1),
-            first, k, k * prod(shape) * 4, counts, rows[gathered[seg]])
+    is_set = np.zeros(len(graph.types), dtype=np.int8)
+    input_arena, input_row_bytes, input_counts = [], [], []
+    for t, node_type in enumerate(graph.types):
+        program = node_type.program
+        inputs = [program.values[v].shape for v in program.float_inputs] if program is not None else []
+        if inputs and set_reduction_of(program) is not None:
+            is_set[t], inputs = 1, inputs[:1]
+        input_counts.append(len(inputs))
+        input_arena += [arena_of_shape(layout, shape) for shape in inputs]
+        input_row_bytes += [prod(shape) * 4 for shape in inputs]
+    *columns, bad_batch, bad_position = core().operand_table(
+        schedule.ptr, schedule.nodes, schedule.batch_type, graph.arg_ptr, graph.arg_node, graph.arg_slot,
+        graph.value_ptr, layout.value_arena, layout.value_row, layout.arena_rows, is_set,
+        csr_ptr(np.array(input_counts, dtype=np.int64)), np.array(input_arena, dtype=np.int32),
+        np.array(input_row_bytes, dtype=np.int64))
+    if bad_batch >= 0:
+        raise VerificationError(f"batch {bad_batch}: operand {bad_position} is not in the arena of its shape")
+    return OperandTable(*columns)
 
 
 def batch_operands(graph: Graph, schedule: Schedule, layout: Layout, b: int) -> list[BatchOperand]:

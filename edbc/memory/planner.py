@@ -21,10 +21,11 @@ from math import prod
 import numpy as np
 
 from ..graph.ir import Graph, csr_gather
+from ..native import core
 from ..schedule.ir import Schedule
 from ..spec.ops import set_reduction_of
 from .align import Request, solve_orders
-from .layout import Layout, batch_order_layout, value_owner, value_shapes
+from .layout import Layout, output_arenas, value_owner, value_shapes
 
 
 def position_in_batch(schedule: Schedule, num_nodes: int) -> np.ndarray:
@@ -169,11 +170,12 @@ def blocks_layout(graph: Graph, schedule: Schedule, mode: str, chains: list[list
 
 def unplanned(graph: Graph, schedule: Schedule) -> tuple[Schedule, Layout]:
     """Memory planning off: each batch's nodes in graph order (as policies give them), each
-    arena filled in run order."""
-    owner = np.repeat(np.arange(schedule.num_batches), schedule.sizes)
-    in_order = Schedule(schedule.policy, schedule.ptr, schedule.nodes[np.lexsort((schedule.nodes, owner))],
-                        schedule.batch_type)
-    return in_order, batch_order_layout(graph, in_order)
+    arena filled in run order, batch by batch, slot by slot (native: `unplanned_layout`)."""
+    shapes, slot_arena = output_arenas(graph)
+    nodes, arena, row, rows_per_arena = core().unplanned_layout(
+        schedule.ptr, schedule.nodes, graph.node_type, graph.value_ptr, slot_arena, len(shapes))
+    return Schedule(schedule.policy, schedule.ptr, nodes, schedule.batch_type), \
+        Layout("none", tuple(shapes), rows_per_arena, arena, row)
 
 
 # Memory mode -> planner: (graph, schedule) -> (the schedule, its nodes possibly reordered
