@@ -163,3 +163,73 @@ def test_pq_plans_a_mini_batch_only_where_its_runs_repay_planning(treelstm, synt
     assert often.memory_stats().gather_bytes < once.memory_stats().gather_bytes
     # the table the decision made is the one the mini-batch runs with
     assert once.known_operands is table
+
+
+# Found by the property test: at op level, `affine(mean(...) @ P)` leaves a `[1]`-shaped type that no
+# node has once the mini-batch is lowered; its shape once got an arena of zero rows, which the
+# layout verifier refuses.
+SPEC_WITH_A_NODELESS_TYPE = """\
+model: nodeless
+seed: 0
+dims: {vocab: 8, h: 2, classes: 3}
+vocab:
+  word: {size: vocab}
+params:
+  E: {shape: [vocab, h]}
+  Wo: {shape: [h, classes]}
+  bo: {shape: [classes]}
+  P3: {shape: [h, 2*h]}
+  P4: {shape: [h, h]}
+  P5: {shape: [1, h]}
+cells:
+  word_cell:
+    inputs: {word: token}
+    ops:
+      - x = embed(E, word)
+      - v0, v0b = chunk(affine(x @ P3), 2)
+      - h = tanh(v0)
+    outputs: [h]
+  cell0:
+    inputs: {x0: [h], x1: [h]}
+    ops:
+      - v0 = affine(mean(affine(x0 @ P4)) @ P5)
+      - h = tanh(v0)
+    outputs: [h]
+  cell1:
+    inputs: {x0: [h], x1: [h]}
+    ops:
+      - v0 = sigmoid(x0)
+      - h = tanh(v0)
+    outputs: [h]
+  cell2:
+    inputs: {x0: [h], x1: [h]}
+    ops:
+      - v0 = sigmoid(x0)
+      - h = tanh(v0)
+    outputs: [h]
+  classify:
+    inputs: {h: [h]}
+    ops:
+      - logits = log_softmax(affine(h @ Wo, bo))
+    outputs: [logits]
+structure:
+  kind: dag
+  word: {cell: word_cell, bind: {word: word}}
+  role0: {cell: cell0, bind: {x0: arg0.h, x1: arg1.h}}
+  role1: {cell: cell1, bind: {x0: arg0.h, x1: arg1.h}}
+  role2: {cell: cell2, bind: {x0: arg0.h, x1: arg1.h}}
+readout: {cell: classify, at: outputs, bind: {h: node.h}}
+"""
+
+
+@pytest.mark.parametrize("memory", PLANNERS)
+def test_a_type_without_nodes_gets_no_arena(memory):
+    from edbc.spec import parse_model
+
+    spec = parse_model(SPEC_WITH_A_NODELESS_TYPE, "nodeless.yaml")
+    data = load_data(spec, None, limit=1, seed=309).instances
+    for policy in ("eager", "typewise"):
+        c = compile_batch(spec, data, CompileOptions(policy, OP, memory), verify=True)
+        assert np.all(c.layout.arena_rows >= 1)
+        out = Runtime(spec).prepare(c).run()
+        assert (out - Runtime(spec).reference(c.cell_graph)).abs().max().item() <= 1e-4

@@ -32,13 +32,15 @@ class Layout:
 
 
 def output_arenas(graph: Graph) -> tuple[list[Shape], np.ndarray]:
-    """Distinct output shapes, and per type the index of each output slot's shape (-1 past its
-    outputs), int32 [types, most outputs]."""
+    """Distinct output shapes of the types that have nodes (an arena per shape, none left empty), and
+    per type the index of each output slot's shape (-1 past its outputs, and for types without
+    nodes: lowering to ops can leave a type no node has), int32 [types, most outputs]."""
     shapes: dict[Shape, int] = {}
     per_type = []
-    for t in graph.types:
-        per_type.append([shapes.setdefault(s, len(shapes)) for s in t.program.output_shapes])
-    width = max(len(p) for p in per_type)
+    present = np.bincount(graph.node_type, minlength=len(graph.types)) > 0
+    for t, there in zip(graph.types, present.tolist()):
+        per_type.append([shapes.setdefault(s, len(shapes)) for s in t.program.output_shapes] if there else [])
+    width = max(max(len(p) for p in per_type), 1)
     table = np.full((len(graph.types), width), -1, dtype=np.int32)
     for ti, ids in enumerate(per_type):
         table[ti, :len(ids)] = ids
