@@ -53,7 +53,16 @@ inline float vexp(float x) {
 }
 
 inline float vsigmoid(float x) { return 1.0f / (1.0f + vexp(-x)); }
-inline float vtanh(float x) { return 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f); }
+// tanh as Cephes' tanhf: a polynomial below |x| = 0.625 (where 1 - 2/(e^2x + 1) would cancel to
+// nothing: tanh(1e-9) must be 1e-9, not 0), else through exp; both sides computed, one kept, so
+// the loop stays vectorised.
+inline float vtanh(float x) {
+  const float s = x * x;
+  const float small = ((((-5.70498872745e-3f * s + 2.06390887954e-2f) * s - 5.37397155531e-2f) * s +
+                        1.33314422036e-1f) * s - 3.33332819422e-1f) * s * x + x;
+  const float large = 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f);
+  return (x < 0.625f && x > -0.625f) ? small : large;
+}
 
 struct Instr {
   int64_t code, dst, dst_col, width, a, a_col, b, b_col, c, c_col;
@@ -114,6 +123,23 @@ class NativeKernel {
   }
 
   void set_params(std::vector<at::Tensor> params) { p_.params = std::move(params); }
+
+  // The step bases a `run` made (to keep for the backward), and putting them back in place of a run.
+  std::vector<at::Tensor> steps_of(const std::vector<Rows>& bases) const {
+    std::vector<at::Tensor> kept;
+    for (size_t b = num_inputs(); b < bases.size(); ++b) kept.push_back(bases[b].tensor);
+    return kept;
+  }
+  void restore(std::vector<Rows>& bases, const std::vector<at::Tensor>& kept) const {
+    bases.resize(p_.widths.size());
+    for (size_t i = 0; i < kept.size(); ++i) {
+      Rows& r = bases[num_inputs() + i];
+      r.tensor = kept[i];
+      r.data = kept[i].data_ptr<float>();
+      r.stride = kept[i].stride(0);
+      r.index = nullptr;
+    }
+  }
 
   std::vector<at::Tensor> zero_param_grads() const {
     std::vector<at::Tensor> grads;
@@ -515,14 +541,18 @@ class Replay {
     for (auto& a : arenas_) TORCH_CHECK(!direct_ || a.is_cpu(), "direct replays run on the CPU");
   }
 
-  void run() {
+  // `keep`: keep every batch's intermediate values for `backward` (training), which then need
+  // not compute them again.
+  void run(bool keep) {
     Batch x;
     pybind11::gil_scoped_release released;
+    kept_.assign(keep ? num_batches() : 0, {});
     for (int64_t b = 0; b < num_batches(); ++b) {
       const TypeKernel& tk = kernel_of(b);
       prepare(b, x, false);
       if (tk.native) {
         tk.native->run(x.bases, x.ids, x.out, x.k, direct_);
+        if (keep) kept_[b] = tk.native->steps_of(x.bases);
       } else if (tk.set_how >= 0 && direct_) {
         reduce_sets(x.bases[0], x.out[0], at_(11) + x.lo, x.k, tk.set_how);
       } else if (tk.set_how >= 0) {
@@ -575,7 +605,11 @@ class Replay {
       }
       gbases.clear();
       if (tk.native) {
-        tk.native->run(x.bases, x.ids, x.out, x.k, direct_);  // the same values again, for the derivatives
+        if (kept_.empty()) {
+          tk.native->run(x.bases, x.ids, x.out, x.k, direct_);  // the same values again, for the derivatives
+        } else {
+          tk.native->restore(x.bases, kept_[b]);
+        }
         tk.native->backward(x.bases, x.ids, gout, gbases, by_type[batch_type_(b)], x.k, direct_);
       } else {
         gbases.push_back(set_backward(x.bases[0].tensor, x.out[0], gout[0], arrays_[11].narrow(0, x.lo, x.k),
@@ -583,6 +617,7 @@ class Replay {
       }
       scatter_input_grads(b, x, gbases, grads);
     }
+    kept_.clear();
     return by_type;
   }
 
@@ -706,6 +741,7 @@ class Replay {
   std::vector<at::Tensor> arrays_;
   std::vector<at::Tensor> tokens_;
   bool direct_;
+  std::vector<std::vector<at::Tensor>> kept_;  // per batch, its step bases (`run(keep=true)`)
 };
 
 }  // namespace
@@ -727,7 +763,7 @@ void register_replay(pybind11::module_& m) {
       .def(py::init<std::vector<at::Tensor>, std::vector<TypeKernel>, std::vector<at::Tensor>,
                     std::vector<at::Tensor>, bool>(),
            py::arg("arenas"), py::arg("kernels"), py::arg("arrays"), py::arg("tokens"), py::arg("direct"))
-      .def("run", &Replay::run)
+      .def("run", &Replay::run, py::arg("keep") = false)
       .def("can_backward", &Replay::can_backward)
       .def("backward", &Replay::backward, py::arg("grads"));
 }

@@ -263,11 +263,12 @@ class Executable:
         `dropout`, noisy ops run as in training (masks drawn from it); else they are the identity."""
         return self._replay(self._noises(dropout))
 
-    def _replay(self, noises) -> torch.Tensor:
+    def _replay(self, noises, keep: bool = False) -> torch.Tensor:
+        """`keep`: the native replay keeps each batch's intermediates for the backward (training)."""
         self._runtime.refresh()
         with torch.no_grad():
             if noises is self._quiet:
-                self._replay_native.run()
+                self._replay_native.run(keep)
             else:  # dropout in training draws its masks in the Python kernels
                 for (kernel, inputs, outputs), noise in zip(self._python_steps()[0], noises):
                     kernel([src if kind == _VIEW else torch.index_select(src[0], 0, src[1])
@@ -366,7 +367,7 @@ class _PlanFunction(torch.autograd.Function):
     def forward(ctx, executable: Executable, noises, *weights: torch.Tensor) -> torch.Tensor:
         ctx.executable = executable
         ctx.noises = noises  # the backward's recompute reuses the masks the forward drew into them
-        return executable._replay(noises)
+        return executable._replay(noises, keep=True)
 
     @staticmethod
     def backward(ctx, grad_results: torch.Tensor):
