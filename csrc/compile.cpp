@@ -17,9 +17,6 @@ namespace edbc {
 namespace {
 
 template <typename T>
-using In = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-template <typename T>
 py::array_t<T> out(int64_t n) {
   return py::array_t<T>(static_cast<py::ssize_t>(n));
 }
@@ -47,8 +44,8 @@ py::array_t<T> array(const std::vector<T>& values) {
 // Memory planning off (`edbc.memory.planner.unplanned`): each batch's nodes in graph order, and
 // each arena filled in run order, batch by batch, slot by slot, node by node. `slot_arena`: per
 // type, the arena of each output slot. Returns (nodes, value_arena, value_row, arena_rows).
-py::tuple unplanned_layout(In<int64_t> ptr_a, In<int32_t> nodes_a, In<int32_t> node_type_a, In<int64_t> value_ptr_a,
-                           In<int32_t> slot_arena_a, int64_t num_arenas) {
+py::tuple unplanned_layout(Array<int64_t> ptr_a, Array<int32_t> nodes_a, Array<int32_t> node_type_a, Array<int64_t> value_ptr_a,
+                           Array<int32_t> slot_arena_a, int64_t num_arenas) {
   const int64_t num_batches = ptr_a.size() - 1;
   const int64_t num_values = value_ptr_a.data()[value_ptr_a.size() - 1];
   const int64_t width = slot_arena_a.ndim() == 2 ? slot_arena_a.shape(1) : 0;
@@ -96,11 +93,11 @@ constexpr int8_t VIEW = 0, BROADCAST = 1, GATHER = 2;  // `OperandTable`'s kind 
 // Returns (batch, position, kind, arena, first_row, rows_read, nbytes, ptr, rows, bad_batch,
 // bad_position): the last two name the operand read outside its shape's arena that the oracle
 // reports (the least by type, position, batch), or are -1.
-py::tuple operand_table(In<int64_t> ptr_a, In<int32_t> nodes_a, In<int32_t> batch_type_a,
-                        In<int64_t> arg_ptr_a, In<int32_t> arg_node_a, In<int32_t> arg_slot_a,
-                        In<int64_t> value_ptr_a, In<int32_t> value_arena_a, In<int64_t> value_row_a,
-                        In<int64_t> arena_rows_a, In<int8_t> is_set_a, In<int64_t> input_ptr_a,
-                        In<int32_t> input_arena_a, In<int64_t> input_row_bytes_a) {
+py::tuple operand_table(Array<int64_t> ptr_a, Array<int32_t> nodes_a, Array<int32_t> batch_type_a,
+                        Array<int64_t> arg_ptr_a, Array<int32_t> arg_node_a, Array<int32_t> arg_slot_a,
+                        Array<int64_t> value_ptr_a, Array<int32_t> value_arena_a, Array<int64_t> value_row_a,
+                        Array<int64_t> arena_rows_a, Array<int8_t> is_set_a, Array<int64_t> input_ptr_a,
+                        Array<int32_t> input_arena_a, Array<int64_t> input_row_bytes_a) {
   const int64_t num_batches = batch_type_a.size();
   const int64_t* ptr = ptr_a.data();
   const int32_t* nodes = nodes_a.data();
@@ -203,8 +200,8 @@ py::tuple operand_table(In<int64_t> ptr_a, In<int32_t> nodes_a, In<int32_t> batc
 // the edge calls of its children when `with_edges`. Returns (instance, node ids, leaf ids, internal
 // ids, leaf tokens, root ids, children set pointer, children's ids, left ids, right ids, edge ids,
 // first node of another arity than two (-1 if none; only looked for when `binary`)).
-py::tuple tree_calls(In<int64_t> sizes_a, In<int64_t> links_a, In<int64_t> child_ptrs_a, In<int32_t> child_a,
-                     In<int32_t> tokens_a, bool binary, bool with_edges) {
+py::tuple tree_calls(Array<int64_t> sizes_a, Array<int64_t> links_a, Array<int64_t> child_ptrs_a, Array<int32_t> child_a,
+                     Array<int32_t> tokens_a, bool binary, bool with_edges) {
   const int64_t trees = sizes_a.size();
   const int64_t* sizes = sizes_a.data();
   const int64_t* links = links_a.data();
@@ -267,7 +264,7 @@ py::tuple tree_calls(In<int64_t> sizes_a, In<int64_t> links_a, In<int64_t> child
 // lengths: per sequence, `blocks` blocks of one call a position, block `backward` (-1: none) in
 // reverse order. Returns (instance, and per block (ids, each call's predecessor in its block and
 // successor, -1 at a sequence's ends; each sequence's first position's id and last one's)).
-py::tuple chain_calls(In<int64_t> lengths_a, int64_t blocks, int64_t backward) {
+py::tuple chain_calls(Array<int64_t> lengths_a, int64_t blocks, int64_t backward) {
   const int64_t seqs = lengths_a.size();
   const int64_t* lengths = lengths_a.data();
   const std::vector<int64_t> seq_base = prefix(lengths, seqs);
@@ -300,7 +297,7 @@ py::tuple chain_calls(In<int64_t> lengths_a, int64_t blocks, int64_t backward) {
 // pair, its source's encoder calls, then its target's decoder calls, the first decoder call
 // continuing from the last encoder call. Returns (instance, encoder ids, decoder ids, each
 // encoder call's predecessor (-1 first), each decoder call's).
-py::tuple seq2seq_calls(In<int64_t> source_lengths_a, In<int64_t> target_lengths_a) {
+py::tuple seq2seq_calls(Array<int64_t> source_lengths_a, Array<int64_t> target_lengths_a) {
   const int64_t pairs = source_lengths_a.size();
   const int64_t* source_lengths = source_lengths_a.data();
   const int64_t* target_lengths = target_lengths_a.data();
@@ -331,8 +328,8 @@ py::tuple seq2seq_calls(In<int64_t> source_lengths_a, In<int64_t> target_lengths
 // node's state. Returns (instance, char ids, word ids, merge ids, chars' sources' states, words'
 // sources' states, merges' accumulators, char tokens, word tokens, every non-start node's state,
 // each lattice's last node's state).
-py::tuple lattice_calls(In<int64_t> nodes_a, In<int64_t> arcs_a, In<int32_t> dst_a, In<int32_t> src_a,
-                        In<bool> is_char_a, In<int32_t> tokens_a) {
+py::tuple lattice_calls(Array<int64_t> nodes_a, Array<int64_t> arcs_a, Array<int32_t> dst_a, Array<int32_t> src_a,
+                        Array<bool> is_char_a, Array<int32_t> tokens_a) {
   const int64_t lattices = nodes_a.size();
   const std::vector<int64_t> node_base = prefix(nodes_a.data(), lattices), arc_base = prefix(arcs_a.data(), lattices);
   const int64_t total = node_base[lattices], num_arcs = arc_base[lattices];
@@ -401,24 +398,24 @@ py::tuple lattice_calls(In<int64_t> nodes_a, In<int64_t> arcs_a, In<int32_t> dst
 // Returns (node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance, readout ids).
 struct Argument {
   int64_t position, reduction;
-  In<int32_t> slot_of_type;
-  In<int64_t> neighbors, set_ptr, set_members;
+  Array<int32_t> slot_of_type;
+  Array<int64_t> neighbors, set_ptr, set_members;
 };
 
 struct Role {
   bool readout;  // its calls are new nodes after all others, one per anchor row
-  In<int64_t> ids;
+  Array<int64_t> ids;
   int64_t count, type, num_args;
   std::vector<Argument> arguments;
-  std::vector<In<int64_t>> tokens;
+  std::vector<Array<int64_t>> tokens;
   int64_t sets = 0;
 };
 
-py::tuple assemble_graph(In<int32_t> instance_a, py::list roles_list, py::list anchors_list,
-                         In<int64_t> num_imms_a) {
+py::tuple assemble_graph(Array<int32_t> instance_a, py::list roles_list, py::list anchors_list,
+                         Array<int64_t> num_imms_a) {
   const int64_t n_struct = instance_a.size();
-  std::vector<In<int64_t>> anchors;
-  for (auto a : anchors_list) anchors.push_back(a.cast<In<int64_t>>());
+  std::vector<Array<int64_t>> anchors;
+  for (auto a : anchors_list) anchors.push_back(a.cast<Array<int64_t>>());
   const int64_t n_readout = anchors.empty() ? 0 : anchors[0].size();
   for (auto& a : anchors) require(a.size() == n_readout, "anchor columns of different lengths");
 
@@ -426,18 +423,18 @@ py::tuple assemble_graph(In<int32_t> instance_a, py::list roles_list, py::list a
   for (auto item : roles_list) {
     auto r = item.cast<py::tuple>();
     const bool readout = r[0].is_none();
-    Role role{readout, readout ? In<int64_t>(0) : r[0].cast<In<int64_t>>(), 0, r[1].cast<int64_t>(),
+    Role role{readout, readout ? Array<int64_t>(0) : r[0].cast<Array<int64_t>>(), 0, r[1].cast<int64_t>(),
               r[2].cast<int64_t>(), {}, {}};
     role.count = readout ? n_readout : role.ids.size();
     for (auto arg : r[3].cast<py::list>()) {
       auto a = arg.cast<py::tuple>();
-      role.arguments.push_back({a[0].cast<int64_t>(), a[1].cast<int64_t>(), a[2].cast<In<int32_t>>(),
-                                a[3].is_none() ? In<int64_t>(0) : a[3].cast<In<int64_t>>(),
-                                a[4].is_none() ? In<int64_t>(1) : a[4].cast<In<int64_t>>(),
-                                a[5].is_none() ? In<int64_t>(0) : a[5].cast<In<int64_t>>()});
+      role.arguments.push_back({a[0].cast<int64_t>(), a[1].cast<int64_t>(), a[2].cast<Array<int32_t>>(),
+                                a[3].is_none() ? Array<int64_t>(0) : a[3].cast<Array<int64_t>>(),
+                                a[4].is_none() ? Array<int64_t>(1) : a[4].cast<Array<int64_t>>(),
+                                a[5].is_none() ? Array<int64_t>(0) : a[5].cast<Array<int64_t>>()});
       role.sets += role.arguments.back().reduction >= 0;
     }
-    for (auto column : r[4].cast<py::list>()) role.tokens.push_back(column.cast<In<int64_t>>());
+    for (auto column : r[4].cast<py::list>()) role.tokens.push_back(column.cast<Array<int64_t>>());
     roles.push_back(std::move(role));
   }
   // Structure node -> its id in the graph, after the reduction nodes of its call.

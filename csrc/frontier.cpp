@@ -25,8 +25,6 @@ namespace py = pybind11;
 namespace edbc {
 namespace {
 
-template <class T>
-using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
 // A vector handed to numpy without a copy: the array owns it.
 template <class T>

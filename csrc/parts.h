@@ -1,8 +1,13 @@
 // Each part of the native core adds its functions to the module.
 #pragma once
+#include <pybind11/numpy.h>
 #include <torch/extension.h>
 
 namespace edbc {
+// A numpy array argument, converted to a C-contiguous array of T if it is not one.
+template <class T>
+using Array = pybind11::array_t<T, pybind11::array::c_style | pybind11::array::forcecast>;
+
 void register_frontier(pybind11::module_& m);
 void register_replay(pybind11::module_& m);
 void register_compile(pybind11::module_& m);

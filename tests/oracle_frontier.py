@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edbc.graph.ir import Graph, csr_gather, csr_ptr
+from edbc.graph.ir import Graph, csr_gather
 from edbc.policy.encoding import state_types
-from edbc.schedule.analysis import SameTypeLinks, batchable_mask, consumers, level_args
+from edbc.schedule.analysis import SameTypeLinks, batchable_mask, consumers, level_args, same_type_numbering
 from edbc.schedule.ir import Schedule
 
 
@@ -202,18 +202,8 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
     def compute(g: Graph) -> SameTypeLinks:
         n = g.num_nodes
         types = g.node_type.astype(np.int64)
-        # Rank of each node among the nodes of its type in its instance.
-        order = np.lexsort((np.arange(n), g.instance, types))
-        key = types[order] * g.num_instances + g.instance[order]
-        group_start = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-        group_size = np.diff(np.append(group_start, n))
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n) - np.repeat(group_start, group_size)
-        first_of_group = np.empty(n, dtype=np.int64)  # position in `order` of rank 0 of v's group
-        first_of_group[order] = np.repeat(group_start, group_size)
-        words = np.zeros(len(g.types), dtype=np.int64)
-        np.maximum.at(words, types[order[group_start]], (group_size + 63) // 64)
-        col0 = np.concatenate([[0], np.cumsum(words)])
+        numbering = same_type_numbering(g)
+        rank, words, col0 = numbering.rank, numbering.words, numbering.col0
 
         width = int(words.max()) if n else 0
         total = int(col0[-1])
@@ -239,12 +229,7 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
             acc_shadowed[r, c] = mine
             acc_seen[rows[:, 0], own_word[nodes]] |= own_bit[nodes]
             bits[nodes] = acc
-        dst, r = set_bits(near_words)
-        src = order[first_of_group[dst] + r]
-        link_order = np.lexsort((dst, src))
-        ptr = csr_ptr(np.bincount(src, minlength=n))
-        num_nearest = np.bincount(dst, minlength=n).astype(np.int32)
-        return SameTypeLinks(ptr, dst[link_order].astype(np.int32), num_nearest)
+        return numbering.links(*set_bits(near_words))
     return graph.cached("oracle_same_type_links", compute)
 
 

@@ -136,19 +136,8 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
     """
     def compute(g: Graph) -> SameTypeLinks:
         n = g.num_nodes
-        types = g.node_type.astype(np.int64)
-        # Rank of each node among the nodes of its type in its instance.
-        order = np.lexsort((np.arange(n), g.instance, types))
-        key = types[order] * g.num_instances + g.instance[order]
-        group_start = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-        group_size = np.diff(np.append(group_start, n))
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n) - np.repeat(group_start, group_size)
-        first_of_group = np.empty(n, dtype=np.int64)  # position in `order` of rank 0 of v's group
-        first_of_group[order] = np.repeat(group_start, group_size)
-        words = np.zeros(len(g.types), dtype=np.int64)
-        np.maximum.at(words, types[order[group_start]], (group_size + 63) // 64)
-        col0 = np.concatenate([[0], np.cumsum(words)])
+        numbering = same_type_numbering(g)
+        rank, words, col0 = numbering.rank, numbering.words, numbering.col0
 
         # Quadratic in the nodes of one type in one instance (a 40k-token sentence: 5 GB): refuse
         # up front rather than run out of memory. Imported here: the limits import this package.
@@ -158,9 +147,42 @@ def same_type_links(graph: Graph) -> SameTypeLinks:
         # The bitsets travel node by node in the native core; it returns each node's nearest
         # ancestors as bits, which name them by rank.
         dst, r = core().nearest_same_type(g.arg_ptr, g.arg_node, g.node_type, rank, col0, words)
-        src = order[first_of_group[dst] + r]
+        return numbering.links(dst, r)
+    return graph.cached("same_type_links", compute)
+
+
+@dataclass(frozen=True, eq=False)
+class SameTypeNumbering:
+    """The bit numbering of `same_type_links`: each node's rank among its type's nodes in its
+    instance, and each type's range of 64-bit words (`col0[t]`, `words[t]` of them)."""
+
+    order: np.ndarray  # nodes by (type, instance, id)
+    rank: np.ndarray
+    first_of_group: np.ndarray  # position in `order` of rank 0 of each node's (type, instance) group
+    words: np.ndarray
+    col0: np.ndarray
+
+    def links(self, dst: np.ndarray, r: np.ndarray) -> SameTypeLinks:
+        """The links from each node `dst` to its nearest same-type ancestors, named by rank `r`."""
+        n = len(self.rank)
+        src = self.order[self.first_of_group[dst] + r]
         link_order = np.lexsort((dst, src))
         ptr = csr_ptr(np.bincount(src, minlength=n))
         num_nearest = np.bincount(dst, minlength=n).astype(np.int32)
         return SameTypeLinks(ptr, dst[link_order].astype(np.int32), num_nearest)
-    return graph.cached("same_type_links", compute)
+
+
+def same_type_numbering(g: Graph) -> SameTypeNumbering:
+    n = g.num_nodes
+    types = g.node_type.astype(np.int64)
+    order = np.lexsort((np.arange(n), g.instance, types))
+    key = types[order] * g.num_instances + g.instance[order]
+    group_start = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    group_size = np.diff(np.append(group_start, n))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - np.repeat(group_start, group_size)
+    first_of_group = np.empty(n, dtype=np.int64)
+    first_of_group[order] = np.repeat(group_start, group_size)
+    words = np.zeros(len(g.types), dtype=np.int64)
+    np.maximum.at(words, types[order[group_start]], (group_size + 63) // 64)
+    return SameTypeNumbering(order, rank, first_of_group, words, np.concatenate([[0], np.cumsum(words)]))
