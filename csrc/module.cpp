@@ -1,6 +1,4 @@
 // The native core of edbc: one extension module, each part registering its own functions.
-#include <torch/extension.h>
-
 #include "parts.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

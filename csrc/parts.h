@@ -1,7 +1,9 @@
 // Each part of the native core adds its functions to the module.
 #pragma once
+// Only pybind11: the parts that need torch (replay.cpp) include it themselves, so the others
+// compile in seconds rather than the ~20 s torch's headers cost each file.
 #include <pybind11/numpy.h>
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
 
 namespace edbc {
 // A numpy array argument, converted to a C-contiguous array of T if it is not one.

@@ -4,6 +4,8 @@
 //
 // Inside a program every tensor is a `[k, width]` base (a cell input or a step's output); an
 // operand is a column range of a base, or of a parameter row (the same row for every call).
+#include <torch/extension.h>
+
 #include <cmath>
 #include <cstring>
 #include <map>
