@@ -85,14 +85,18 @@ class Runtime:
         known = self._kernels.get(id(cell))
         if known is not None and known[0] is cell:
             return known[1]
+        self._derive_tables(cell)
+        k = Kernel(cell, self.bound())
+        self._kernels[id(cell)] = (cell, k)  # the entry keeps `cell` alive, so its id stays its own
+        return k
+
+    def _derive_tables(self, cell: CompiledCell) -> None:
+        """Make the tables `cell` derives from the weights (folded embeddings) that are not made yet."""
         self.refresh()
         for name, d in cell.derived.items():
             if name not in self._derived:
                 self._recipes[name] = d
                 self._derived[name] = _derive(d, self.weights)
-        k = Kernel(cell, self.bound())
-        self._kernels[id(cell)] = (cell, k)  # the entry keeps `cell` alive, so its id stays its own
-        return k
 
     def native_kernel(self, cell: CompiledCell):
         """The native kernel of a compiled cell (`native.lower`), with this runtime's weights bound;
@@ -100,7 +104,7 @@ class Runtime:
         known = self._natives.get(id(cell))
         if known is not None and known[0] is cell:
             return known[1]
-        self.kernel(cell)  # derives the tables the cell reads
+        self._derive_tables(cell)
         k = lower(cell, self.bound())
         self._natives[id(cell)] = (cell, k)
         return k
@@ -270,10 +274,14 @@ class Executable:
             if noises is self._quiet:
                 self._replay_native.run(keep)
             else:  # dropout in training draws its masks in the Python kernels
-                for (kernel, inputs, outputs), noise in zip(self._python_steps()[0], noises):
-                    kernel([src if kind == _VIEW else torch.index_select(src[0], 0, src[1])
-                            for kind, src in inputs], outputs, noise)
+                self._run_python(noises)
             return torch.index_select(self._result_arena, 0, self._result_rows)
+
+    def _run_python(self, noises) -> None:
+        """Every batch through its generated Python kernel (the native replay's oracle in the tests)."""
+        for (kernel, inputs, outputs), noise in zip(self._python_steps()[0], noises):
+            kernel([src if kind == _VIEW else torch.index_select(src[0], 0, src[1]) for kind, src in inputs],
+                   outputs, noise)
 
     def forward(self, dropout: Dropout | None = None) -> torch.Tensor:
         """`run`, as a node of the autograd graph: `loss.backward()` on what it returns fills the
