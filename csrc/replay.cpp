@@ -6,6 +6,8 @@
 // operand is a column range of a base, or of a parameter row (the same row for every call).
 #include <torch/extension.h>
 
+#include <dlfcn.h>
+
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -18,13 +20,15 @@ namespace {
 // Opcodes: the order of `edbc.runtime.native.OPCODES`.
 enum Code : int64_t {
   ADD, SUB, MUL, DIV, ADDCMUL, LERP, SIGMOID, TANH, RELU, EXP, COPY,  // elementwise
-  AFFINE, AFFINE_ADD, EMBED, LOG_SOFTMAX, SOFTMAX,                      // through ATen
+  AFFINE, AFFINE_ADD, EMBED, LOG_SOFTMAX, SOFTMAX, MATMUL, MATMUL_ADD, MATVEC,  // through ATen
   NUM_CODES
 };
 constexpr int64_t LAST_ELEMENTWISE = COPY;
 // One instruction: code, dst (base, col), width, then three operands (base, col); a negative
 // base -1-p is parameter p. AFFINE reads a (the rows), b = the weight, c = the bias or none.
-constexpr int64_t FIELDS = 10;
+// MATMUL (d = a b; MATMUL_ADD d += a b) and MATVEC read a, the left operand, as a [p, q] matrix
+// per row (or a parameter), and b; the last two fields are p and q.
+constexpr int64_t FIELDS = 12;
 constexpr int64_t kNone = INT64_MIN;  // an operand field not used
 
 // Set reductions of a set batch's rows, segment by segment.
@@ -66,8 +70,42 @@ inline float vtanh(float x) {
   return (x < 0.625f && x > -0.625f) ? small : large;
 }
 
+// MKL's Fortran sgemm inside torch's own library, when it exports one: products whose operands
+// are rows of many matrices run one GEMM per row, read in place, with no gather copy or ATen
+// call per row. Integer arguments are passed as int64 holding small values, which reads right
+// under both the LP64 and the ILP64 interface (little-endian).
+using Sgemm = void (*)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*, const float*,
+                       const float*, const int64_t*, const float*, const int64_t*, const float*, float*,
+                       const int64_t*);
+
+// Row-major d[p, r] (+)= a[p, q] b[q, r], as column-major d^T = b^T a^T.
+inline void row_gemm(Sgemm gemm, int64_t p, int64_t q, int64_t r, const float* a, const float* b, float beta,
+                     float* d) {
+  const float one = 1.0f;
+  gemm("N", "N", &r, &p, &q, &one, b, &r, a, &q, &beta, d, &r);
+}
+
+Sgemm find_sgemm() {
+  Dl_info info;
+  if (!dladdr(reinterpret_cast<void*>(&at::_ops::mm::call), &info) || !info.dli_fname) return nullptr;
+  void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  auto gemm = lib ? reinterpret_cast<Sgemm>(dlsym(lib, "sgemm_")) : nullptr;
+  if (!gemm) return nullptr;
+  // Trust it once it multiplies a 2x3 by a 3x2 right.
+  const float a[6] = {1, 2, 3, 4, 5, 6}, b[6] = {7, 8, 9, 10, 11, 12}, want[4] = {58, 64, 139, 154};
+  float d[4] = {0, 0, 0, 0};
+  row_gemm(gemm, 2, 3, 2, a, b, 0.0f, d);
+  return std::equal(d, d + 4, want) ? gemm : nullptr;
+}
+
+// The process's sgemm (nullptr: products go through ATen).
+Sgemm blas() {
+  static const Sgemm gemm = find_sgemm();
+  return gemm;
+}
+
 struct Instr {
-  int64_t code, dst, dst_col, width, a, a_col, b, b_col, c, c_col;
+  int64_t code, dst, dst_col, width, a, a_col, b, b_col, c, c_col, p, q;
 };
 
 struct Program {
@@ -104,10 +142,14 @@ class NativeKernel {
     p_.ref_aten.assign(nb, 0);
     p_.out_base.assign(nb, -1);
     for (int64_t i = 0; i < instrs.size(0); ++i) {
-      Instr in{acc[i][0], acc[i][1], acc[i][2], acc[i][3], acc[i][4],
-               acc[i][5], acc[i][6], acc[i][7], acc[i][8], acc[i][9]};
+      Instr in{acc[i][0], acc[i][1], acc[i][2], acc[i][3], acc[i][4], acc[i][5],
+               acc[i][6], acc[i][7], acc[i][8], acc[i][9], acc[i][10], acc[i][11]};
       TORCH_CHECK(in.code >= 0 && in.code < NUM_CODES, "unknown opcode ", in.code);
-      if (in.code > LAST_ELEMENTWISE && in.a >= 0) p_.ref_aten[in.a] = 1;
+      if (in.code > LAST_ELEMENTWISE && !(rowwise(in) && blas())) {
+        for (int64_t base : {in.a, in.b, in.c}) {
+          if (base >= 0) p_.ref_aten[base] = 1;
+        }
+      }
       p_.rewrites.push_back(in.a == in.dst || in.b == in.dst || in.c == in.dst);
       // The one rewrite lowering emits: a sum's chain, d = d + b on the same columns.
       TORCH_CHECK(!p_.rewrites.back() || (in.code == ADD && in.a == in.dst && in.a_col == in.dst_col &&
@@ -242,6 +284,46 @@ class NativeKernel {
           break;
         }
         case EMBED: gparams[-1 - in.b].index_add_(0, ids[in.a], gd); break;
+        case MATMUL:
+        case MATMUL_ADD: {  // d = a b: ga = gd b^T, gb = a^T gd (a parameter's summed over the rows)
+          const int64_t p = in.p, q = in.q, r = w / p;
+          if (in.a < 0) {
+            const at::Tensor& a = p_.params[-1 - in.a];
+            at::Tensor b = columns(bases, in.b, in.b_col, q * r, k).view({k, q, r}), g3 = gd.view({k, p, r});
+            gparams[-1 - in.a].add_(at::einsum("kpr,kqr->pq", {g3, b}));
+            add(in.b, in.b_col, q * r, at::matmul(a.t(), g3).view({k, q * r}));
+          } else if (in.b < 0) {
+            const at::Tensor& b = p_.params[-1 - in.b];
+            at::Tensor a = columns(bases, in.a, in.a_col, p * q, k).reshape({k * p, q}), g2 = gd.reshape({k * p, r});
+            gparams[-1 - in.b].addmm_(a.t(), g2);
+            add(in.a, in.a_col, p * q, g2.mm(b.t()).view({k, p * q}));
+          } else {
+            at::Tensor a = columns(bases, in.a, in.a_col, p * q, k).view({k, p, q});
+            at::Tensor b = columns(bases, in.b, in.b_col, q * r, k).view({k, q, r}), g3 = gd.view({k, p, r});
+            add(in.a, in.a_col, p * q, at::bmm(g3, b.transpose(1, 2)).view({k, p * q}));
+            add(in.b, in.b_col, q * r, at::bmm(a.transpose(1, 2), g3).view({k, q * r}));
+          }
+          break;
+        }
+        case MATVEC: {  // d = a v: ga = gd v^T, gv = a^T gd
+          const int64_t p = in.p, q = in.q;
+          if (in.a < 0) {
+            const at::Tensor& a = p_.params[-1 - in.a];
+            gparams[-1 - in.a].addmm_(gd.t(), columns(bases, in.b, in.b_col, q, k));
+            add(in.b, in.b_col, q, gd.mm(a));
+          } else if (in.b < 0) {
+            const at::Tensor& v = p_.params[-1 - in.b];
+            at::Tensor a = columns(bases, in.a, in.a_col, p * q, k).view({k, p, q});
+            add(in.a, in.a_col, p * q, (gd.unsqueeze(2) * v.view({1, 1, q})).view({k, p * q}));
+            gparams[-1 - in.b].add_(at::einsum("kp,kpq->q", {gd, a}));
+          } else {
+            at::Tensor a = columns(bases, in.a, in.a_col, p * q, k).view({k, p, q});
+            at::Tensor v = columns(bases, in.b, in.b_col, q, k);
+            add(in.a, in.a_col, p * q, (gd.unsqueeze(2) * v.unsqueeze(1)).view({k, p * q}));
+            add(in.b, in.b_col, q, at::bmm(gd.unsqueeze(1), a).view({k, q}));
+          }
+          break;
+        }
         case LOG_SOFTMAX: {
           at::Tensor d = val(in.dst, in.dst_col);
           add(in.a, in.a_col, w, gd - d.exp() * gd.sum(1, true));
@@ -257,6 +339,11 @@ class NativeKernel {
     gin.assign(g.begin(), g.begin() + num_inputs());
   }
   int64_t num_inputs() const { return static_cast<int64_t>(p_.token.size()); }
+  // A product that runs one GEMM per row on the CPU: its left operand is a matrix per row (a
+  // shared left matrix with per-row right ones is no better as one batched call).
+  static bool rowwise(const Instr& in) {
+    return in.code == MATMUL || in.code == MATMUL_ADD || (in.code == MATVEC && in.a >= 0);
+  }
   const std::vector<int64_t>& token() const { return p_.token; }
   // Whether input p must be a tensor (ATen reads it), rather than rows read in place.
   bool needs_tensor(size_t p, bool direct) const { return p_.ref_aten[p] || !direct; }
@@ -286,6 +373,13 @@ class NativeKernel {
         } else {
           for (size_t q = i; q < j; ++q) elementwise_aten(bases, p_.instrs[q], k);
         }
+        i = j;
+        continue;
+      }
+      if (direct && rowwise(in) && blas()) {  // a run of products, row by row: a row's matrices stay in cache
+        size_t j = i;
+        while (j < p_.instrs.size() && rowwise(p_.instrs[j])) ++j;
+        product_rows(bases, i, j, k);
         i = j;
         continue;
       }
@@ -438,10 +532,55 @@ class NativeKernel {
         break;
       }
       case EMBED: at::index_select_out(d, p_.params[-1 - in.b], 0, ids[in.a]); break;
+      case MATMUL:
+      case MATMUL_ADD: product(bases, in, d, k); break;
+      case MATVEC: {
+        const int64_t p = in.p, q = in.q;
+        if (in.a < 0) {  // a parameter matrix: an affine, d = v a^T
+          at::mm_out(d, columns(bases, in.b, in.b_col, q, k), p_.params[-1 - in.a].t());
+        } else {
+          at::Tensor a = columns(bases, in.a, in.a_col, p * q, k).view({k, p, q});
+          at::Tensor v = in.b < 0 ? p_.params[-1 - in.b].view({1, q, 1}).expand({k, q, 1})
+                                  : columns(bases, in.b, in.b_col, q, k).unsqueeze(2);
+          at::Tensor d3 = d.unsqueeze(2);
+          at::bmm_out(d3, a, v);
+        }
+        break;
+      }
       case LOG_SOFTMAX: at::_log_softmax_out(d, columns(bases, in.a, in.a_col, in.width, k), 1, false); break;
       case SOFTMAX: at::_softmax_out(d, columns(bases, in.a, in.a_col, in.width, k), 1, false); break;
       default: TORCH_CHECK(false, "opcode ", in.code, " is not an ATen instruction");
     }
+  }
+
+  void product_rows(std::vector<Rows>& bases, size_t from, size_t to, int64_t k) const {
+    const Sgemm gemm = blas();
+    for (int64_t row = 0; row < k; ++row) {
+      for (size_t i = from; i < to; ++i) {
+        const Instr& in = p_.instrs[i];
+        const int64_t r = in.code == MATVEC ? 1 : in.width / in.p;
+        row_gemm(gemm, in.p, in.q, r, operand(bases, in.a, in.a_col, row), operand(bases, in.b, in.b_col, row),
+                 in.code == MATMUL_ADD ? 1.0f : 0.0f, bases[in.dst].row(row) + in.dst_col);
+      }
+    }
+  }
+
+  // d (+)= a b, a [p, q] and b [q, r] per row or a parameter: a shared left matrix is one batched
+  // GEMM over the rows' matrices (expanded, not copied); a shared right one a single GEMM.
+  void product(std::vector<Rows>& bases, const Instr& in, at::Tensor& d, int64_t k) const {
+    const int64_t p = in.p, q = in.q, r = in.width / p;
+    const double beta = in.code == MATMUL_ADD ? 1.0 : 0.0;
+    if (in.b < 0) {  // [k p, q] x [q, r], on a copy where d's rows are not adjacent
+      at::Tensor a = columns(bases, in.a, in.a_col, p * q, k).reshape({k * p, q});
+      at::Tensor dc = d.is_contiguous() ? d : d.contiguous();
+      dc.view({k * p, r}).addmm_(a, p_.params[-1 - in.b], beta);
+      if (!d.is_contiguous()) d.copy_(dc);
+      return;
+    }
+    at::Tensor a = in.a < 0 ? p_.params[-1 - in.a].expand({k, p, q})
+                            : columns(bases, in.a, in.a_col, p * q, k).view({k, p, q});
+    at::Tensor d3 = d.view({k, p, r});
+    d3.baddbmm_(a, columns(bases, in.b, in.b_col, q * r, k).view({k, q, r}), beta);
   }
 
   Program p_;

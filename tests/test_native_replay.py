@@ -1,6 +1,7 @@
 """The native replay (`csrc/replay.cpp`): every bundled model's results equal the generated
 Python kernels' (the oracle) and the reference, on the fused CPU path and on the ATen path other
-devices take; the bundled cells lower to native programs; the fused math keeps NaN and inf."""
+devices take; the bundled cells lower to native programs; matrix products, forward and backward;
+the fused math keeps NaN and inf."""
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ from edbc.api import CompileOptions, compile_batch, load_data, load_spec
 from edbc.graph import CELL, OP
 from edbc.native import core
 from edbc.runtime import Runtime
+from edbc.runtime.module import WeightsModule
+from edbc.runtime.reference import reference_outputs
 from edbc.runtime.native import CODE, FIELDS, NONE
 from edbc.settings import MODELS_DIR
 
@@ -44,12 +47,8 @@ def test_native_replay_equals_the_python_kernels(model, granularity, fused):
         assert (got - ref).abs().max().item() <= 1e-4, (spec.name, granularity, memory)
 
 
-# Cells whose ops all have instructions run natively; only mvrnn's matrix cell keeps its Python kernel.
-PYTHON_CELLS = {("mvrnn", "node")}
-
-
 @pytest.mark.parametrize("name", MODELS)
-def test_bundled_cells_lower_to_native_programs(name):
+def test_every_bundled_cell_lowers_to_a_native_program(name):
     spec, _ = load_spec(MODELS_DIR / f"{name}.yaml")
     data = load_data(spec, None, limit=4, seed=1)
     runtime = Runtime(spec)
@@ -57,8 +56,82 @@ def test_bundled_cells_lower_to_native_programs(name):
     for cell in c.cells:
         if cell is None:  # a set reduction: native without a program
             continue
-        native = runtime.native_kernel(cell)
-        assert (native is None) == ((name, cell.program.name) in PYTHON_CELLS), (name, cell.program.name)
+        assert runtime.native_kernel(cell) is not None, (name, cell.program.name)
+
+
+# Every form of matrix product the lowering knows: matvec and matmul of two values, or with a
+# parameter on either side; products only a sum reads (accumulated in place) and one read twice;
+# elementwise ops on matrices.
+PRODUCTS = """
+model: products
+seed: 0
+dims: {vocab: 16, h: 3, hh: 9, classes: 2}
+vocab:
+  word: {size: vocab}
+params:
+  E: {shape: [vocab, h]}
+  EM: {shape: [vocab, hh], init: normal, std: 0.5}
+  P: {shape: [h, h], init: normal, std: 0.5}
+  Q: {shape: [h, h], init: normal, std: 0.5}
+  v: {shape: [h], init: normal, std: 0.5}
+  W: {shape: [h, classes]}
+cells:
+  leaf:
+    inputs: {word: token}
+    ops:
+      - a = embed(E, word)
+      - A = reshape(embed(EM, word), [h, h])
+    outputs: [a, A]
+  node:
+    inputs: {a_l: [h], A_l: [h, h], a_r: [h], A_r: [h, h]}
+    ops:
+      - x = matvec(A_l, a_r)
+      - y = matvec(P, a_l)
+      - z = matvec(A_r, v)
+      - a = tanh(add(add(x, y), z))
+      - M = matmul(A_l, A_r)
+      - S = add(matmul(P, A_l), matmul(A_r, Q))
+      - T = sum(matmul(Q, A_r), matmul(A_l, P), matmul(A_l, A_r))
+      - A = tanh(add(mul(M, S), sub(T, M)))
+    outputs: [a, A]
+  classify:
+    inputs: {a: [h]}
+    ops:
+      - logits = log_softmax(affine(a @ W))
+    outputs: [logits]
+structure:
+  kind: tree
+  leaf:     {cell: leaf, bind: {word: word}}
+  internal: {cell: node, bind: {a_l: left.a, A_l: left.A, a_r: right.a, A_r: right.A}}
+readout: {cell: classify, at: root, bind: {a: node.a}}
+"""
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("granularity", [CELL, OP])
+def test_matrix_products_equal_the_oracle_and_their_gradients_the_reference(tmp_path, granularity, fused):
+    path = tmp_path / "products.yaml"
+    path.write_text(PRODUCTS)
+    spec, _ = load_spec(path)
+    instances = load_data(spec, None, limit=6, seed=4).instances
+    runtime = Runtime(spec, fused=fused)
+    params = list(WeightsModule(runtime).parameters())
+    for memory in ("none", "pq"):
+        c = compile_batch(spec, instances, CompileOptions("typewise", granularity, memory))
+        if granularity == CELL:
+            assert all(runtime.native_kernel(cell) is not None for cell in c.cells if cell is not None)
+        executable = runtime.prepare(c)
+        got = executable.forward()
+        assert executable._replay_native.can_backward()
+        assert (got.detach() - python_replay(executable)).abs().max().item() <= 1e-5, memory
+        ref = reference_outputs(c.cell_graph, runtime.weights)
+        assert (got.detach() - ref.detach()).abs().max().item() <= 1e-5, memory
+        weight = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))
+        want = torch.autograd.grad((ref * weight).sum(), params, allow_unused=True)
+        grads = torch.autograd.grad((got * weight).sum(), params)
+        for name, g, w in zip(runtime.weights, grads, want):
+            w = torch.zeros_like(g) if w is None else w
+            assert (g - w).abs().max().item() <= 1e-5 * max(1.0, w.abs().max().item()), (memory, name)
 
 
 def test_the_fused_kernels_keep_nan_and_inf():
@@ -82,7 +155,7 @@ def test_the_fused_math_matches_torch_across_the_range():
     x = torch.cat([torch.linspace(-100, 100, 20001), torch.tensor([0.0, -0.0, 1e-8, -1e-8, 1e-30, 0.6249, 0.6251, 88.7, -87.3])])
     k = x.numel()
     for code, fn, tol in (("sigmoid", torch.sigmoid, 2e-7), ("tanh", torch.tanh, 4e-7), ("exp", torch.exp, 3e-7)):
-        instrs = torch.tensor([[CODE[code], 1, 0, 1, 0, 0, NONE, 0, NONE, 0]], dtype=torch.long).reshape(-1, FIELDS)
+        instrs = torch.tensor([[CODE[code], 1, 0, 1, 0, 0, NONE, 0, NONE, 0, 0, 0]], dtype=torch.long).reshape(-1, FIELDS)
         kernel = core().NativeKernel(instrs, [1, 1], [0], [(1, 0, 1)], [])
         out = torch.empty(k, 1)
         arena_in = torch.cat([x, torch.zeros(1)]).view(-1, 1)

@@ -27,6 +27,7 @@ from .dropout import Dropout, call_keys
 from .kernels import Kernel, SetKernel
 from .limits import check_params_fit
 from .native import differentiable_params, lower, native_params, native_replay
+from .pool import ArenaPool
 from .reference import reference_outputs
 from .weights import init_weights
 
@@ -68,6 +69,7 @@ class Runtime:
         self._kernels: dict[int, tuple[CompiledCell, Kernel]] = {}  # by the compiled cell's identity
         self._natives: dict[int, tuple[CompiledCell, object]] = {}  # native kernels (or None), likewise
         self._seen = self._versions()
+        self.pool = ArenaPool(self.device)  # the arenas of executables, reused once they are gone
 
     def _versions(self) -> tuple:
         # An in-place update bumps a tensor's version counter; replacing an entry changes its identity.
@@ -145,8 +147,8 @@ class Executable:
         graph, schedule, layout = compiled.graph, compiled.schedule, compiled.layout
         self.graph = graph
         self.device = device
-        self.arenas = [torch.empty((int(rows) + 1,) + shape, device=device)
-                       for shape, rows in zip(layout.arena_shapes, layout.arena_rows)]
+        self.arenas = runtime.pool.arenas([(int(rows) + 1,) + shape for shape, rows in
+                                           zip(layout.arena_shapes, layout.arena_rows)], self)
         for a in self.arenas:
             a[-1].zero_()
         programs = [t.program for t in graph.types]

@@ -445,7 +445,7 @@ def _split(ops, attrs):
 
 
 @_register("matmul", "matmul(A, B): matrix product [p, q] x [q, r] -> [p, r]; either may be a parameter",
-           lambda a, attrs: (torch.matmul(a[0], a[1]),), 2)
+           lambda a, attrs: (torch.matmul(a[0], a[1]),), 2, native="matmul")
 def _matmul(ops, attrs):
     _count(ops, "matmul", 2)
     _needs_value(ops, "matmul")
@@ -470,7 +470,7 @@ def _matvec_impl(args, attrs):
 
 
 @_register("matvec", "matvec(A, v): matrix times vector [p, q] x [q] -> [p]; either may be a parameter",
-           _matvec_impl, 2)
+           _matvec_impl, 2, native="matvec")
 def _matvec(ops, attrs):
     _count(ops, "matvec", 2)
     _needs_value(ops, "matvec")
