@@ -376,6 +376,10 @@ class NativeKernel {
         i = j;
         continue;
       }
+      if (direct && (in.code == AFFINE || in.code == AFFINE_ADD) && affine_direct(bases, in, k)) {
+        ++i;
+        continue;
+      }
       if (direct && rowwise(in) && blas()) {  // a run of products, row by row: a row's matrices stay in cache
         size_t j = i;
         while (j < p_.instrs.size() && rowwise(p_.instrs[j])) ++j;
@@ -551,6 +555,31 @@ class NativeKernel {
       case SOFTMAX: at::_softmax_out(d, columns(bases, in.a, in.a_col, in.width, k), 1, false); break;
       default: TORCH_CHECK(false, "opcode ", in.code, " is not an ATen instruction");
     }
+  }
+
+  // d[k, n] (+)= x[k, m] w[m, n] (+ bias) as one sgemm on the rows where they are: no ATen
+  // dispatch, views or bias copy (x's rows are at a fixed stride: an ATen-read base). False
+  // where BLAS cannot take the rows (a broadcast row's stride 0): ATen runs it instead.
+  bool affine_direct(std::vector<Rows>& bases, const Instr& in, int64_t k) const {
+    const at::Tensor& w = p_.params[-1 - in.b];
+    const int64_t m = w.size(0), n = in.width;
+    const Rows& x = bases[in.a];
+    const Rows& d = bases[in.dst];
+    if (!blas() || x.index || d.index || (k > 1 && (x.stride < m || d.stride < n))) return false;
+    float* d0 = d.row(0) + in.dst_col;
+    float beta = 1.0f;
+    if (in.code == AFFINE) {
+      if (in.c == kNone) {
+        beta = 0.0f;
+      } else {
+        for (int64_t r = 0; r < k; ++r) std::memcpy(d0 + r * d.stride, operand(bases, in.c, in.c_col, r), n * sizeof(float));
+      }
+    }
+    if (k == 0) return true;
+    const float one = 1.0f;
+    const int64_t ldx = k > 1 ? x.stride : m, ldd = k > 1 ? d.stride : n;
+    blas()("N", "N", &n, &k, &m, &one, w.data_ptr<float>(), &n, x.row(0) + in.a_col, &ldx, &beta, d0, &ldd);
+    return true;
   }
 
   void product_rows(std::vector<Rows>& bases, size_t from, size_t to, int64_t k) const {

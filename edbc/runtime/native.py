@@ -186,8 +186,8 @@ class _Lowering:
         self._emit(code, dst, prod(program.values[op.outs[0]].shape), *refs, left=shapes[0])
 
     def _param_matrix(self, t: torch.Tensor) -> tuple[int, int]:
-        """A 2-D parameter (weight, table), kept 2-D: ATen reads it whole."""
-        self.params.append(t)
+        """A 2-D parameter (weight, table), kept 2-D: ATen or BLAS reads it whole, row-major."""
+        self.params.append(t.contiguous())
         return -len(self.params), 0
 
     def outputs(self) -> list[tuple[int, int, int]]:
