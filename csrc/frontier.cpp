@@ -454,6 +454,35 @@ py::array_t<int32_t> depths(const Array<int64_t>& arg_ptr, const Array<int32_t>&
   return to_numpy(std::move(depth));
 }
 
+// Each node's consumers (the argument CSR transposed, one entry per argument edge, consumers in
+// node order) and how many of its arguments are nodes: a counting sort, where numpy would sort.
+py::tuple consumers(const Array<int64_t>& arg_ptr, const Array<int32_t>& arg_node) {
+  const int64_t n = arg_ptr.size() - 1;
+  const int64_t* ptr = arg_ptr.data();
+  const int32_t* arg = arg_node.data();
+  if (n < 0 || ptr[0] != 0 || ptr[n] != arg_node.size()) throw py::value_error("the argument CSR does not match its nodes");
+  std::vector<int64_t> out_ptr(n + 1, 0);
+  std::vector<int32_t> num_args(n, 0);
+  for (int64_t v = 0; v < n; ++v) {
+    for (int64_t e = ptr[v]; e < ptr[v + 1]; ++e) {
+      if (arg[e] >= n) throw py::value_error("node " + std::to_string(v) + " has an argument past the last node");
+      if (arg[e] >= 0) {
+        ++out_ptr[arg[e] + 1];
+        ++num_args[v];
+      }
+    }
+  }
+  for (int64_t v = 0; v < n; ++v) out_ptr[v + 1] += out_ptr[v];
+  std::vector<int32_t> node(out_ptr[n]);
+  std::vector<int64_t> fill(out_ptr.begin(), out_ptr.end() - 1);
+  for (int64_t v = 0; v < n; ++v) {
+    for (int64_t e = ptr[v]; e < ptr[v + 1]; ++e) {
+      if (arg[e] >= 0) node[fill[arg[e]]++] = static_cast<int32_t>(v);
+    }
+  }
+  return py::make_tuple(to_numpy(std::move(out_ptr)), to_numpy(std::move(node)), to_numpy(std::move(num_args)));
+}
+
 // The nearest same-type ancestors of every node (`analysis.same_type_links` says what they are and
 // numbers the bits): bitsets `seen` and `shadowed` travel down the graph, node by node in node order;
 // a node's own type owns `words[t]` words from `col0[t]`. Returns (node, bit) for every nearest
@@ -503,6 +532,8 @@ py::tuple nearest_same_type(const Array<int64_t>& arg_ptr, const Array<int32_t>&
 void register_frontier(py::module_& m) {
   m.def("nearest_same_type", &nearest_same_type, py::arg("arg_ptr"), py::arg("arg_node"), py::arg("node_type"),
         py::arg("rank"), py::arg("col0"), py::arg("words"));
+  m.def("consumers", &consumers, py::arg("arg_ptr"), py::arg("arg_node"),
+        "Each node's consumers (ptr, node: one per argument edge, in node order) and its node-argument count.");
   m.def("depths", &depths, py::arg("arg_ptr"), py::arg("arg_node"),
         "Each node's depth from the inputs (0: no node arguments), in one scan in node order.");
   py::class_<FsmTable>(m, "FsmTable", "A learned policy's table (state -> vocabulary id), with its fallback priority.")

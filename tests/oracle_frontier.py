@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edbc.graph.ir import Graph, csr_gather
+from edbc.graph.ir import Graph, csr_gather, csr_ptr
 from edbc.policy.encoding import state_types
-from edbc.schedule.analysis import SameTypeLinks, batchable_mask, consumers, level_args, same_type_numbering
+from edbc.schedule.analysis import Consumers, SameTypeLinks, batchable_mask, level_args, same_type_numbering
 from edbc.schedule.ir import Schedule
 
 
@@ -52,6 +52,17 @@ def adjacency(ptr: np.ndarray, node: np.ndarray) -> Adjacency:
     owner = np.repeat(np.arange(n), degree)
     table[owner, np.arange(len(node)) - ptr[owner]] = node
     return Adjacency(ptr, node, table)
+
+
+def consumers(g: Graph) -> Consumers:
+    """The argument CSR transposed, by a stable sort of the argument edges by producer."""
+    owner = np.repeat(np.arange(g.num_nodes, dtype=np.int32), np.diff(g.arg_ptr))
+    real = g.arg_node >= 0
+    producer = g.arg_node[real]
+    order = np.argsort(producer, kind="stable")
+    ptr = csr_ptr(np.bincount(producer, minlength=g.num_nodes))
+    num_args = np.bincount(owner[real], minlength=g.num_nodes).astype(np.int32)
+    return Consumers(ptr, owner[real][order], num_args)
 
 
 def _consumer_adjacency(graph: Graph) -> Adjacency:

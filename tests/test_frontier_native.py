@@ -17,7 +17,7 @@ from edbc.policy.fsm import Fsm, fsm_schedule
 from edbc.policy.resolve import shipped_policy_path
 from edbc.policy.search import imitate
 from edbc.schedule import Schedule, depth, frontier, schedule
-from edbc.schedule.analysis import same_type_links
+from edbc.schedule.analysis import consumers, same_type_links
 from edbc.schedule.policies import HEURISTICS
 from edbc.settings import ENCODINGS, MODELS_DIR
 
@@ -115,6 +115,14 @@ def fallback_kinds(fsm: Fsm, graph) -> Counter:
 
     oracle.drive(s.frontier, choose)
     return kinds
+
+
+def test_consumers_equal_the_oracle(model_graphs):
+    for g in GRAPHS + [g for _, _, g in model_graphs]:
+        native, expected = consumers(g), oracle.consumers(g)
+        for field in ("ptr", "node", "num_args"):
+            assert np.array_equal(getattr(native, field), getattr(expected, field))
+            assert getattr(native, field).dtype == getattr(expected, field).dtype
 
 
 def test_depths_equal_the_oracle(model_graphs):
