@@ -172,7 +172,7 @@ def _plan_memory(s: BatchState) -> BatchState:
     if s.options.memory == "pq" and s.runs is not None:  # plan only where it repays its cost
         sched, layout = unplanned(s.graph, s.schedule)
         table = operand_table(s.graph, sched, layout)
-        if not planning_pays(table, sched.num_batches, s.runs):
+        if not planning_pays(table, s.graph, sched, s.runs):
             return replace(s, schedule=sched, layout=layout, operands=table)
     sched, layout = PLANNERS[s.options.memory](s.graph, s.schedule)
     return replace(s, schedule=sched, layout=layout)

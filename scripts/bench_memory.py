@@ -136,7 +136,8 @@ def cost_model(names: list[str], batch_size: int, policy: str, count: int) -> No
             plan_s = _median_s(lambda: planner.pq_layout(none.graph, none.schedule))
             run = {mode: runtime.prepare(c) for mode, c in compiled.items()}
             saved = _median_s(run["none"].run, 9) - _median_s(run["pq"].run, 9)
-            cost = planner.gathers_cost(operand_table(none.graph, none.schedule, none.layout))
+            cost = planner.gathers_cost(operand_table(none.graph, none.schedule, none.layout), none.graph,
+                                        none.schedule)
             batches = none.schedule.num_batches
             rows.append((batches, plan_s, planner.planning_cost(batches), saved, cost))
         b, p, e, s, c = (statistics.median(col) for col in zip(*rows))

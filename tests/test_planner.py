@@ -158,11 +158,26 @@ def test_pq_plans_a_mini_batch_only_where_its_runs_repay_planning(treelstm, synt
     ahead = Compiler(treelstm, options).compile_batch(synthetic_trees)  # a plan: planned always
     assert (once.layout.mode, often.layout.mode, ahead.layout.mode) == ("none", "pq", "pq")
     table = once.operand_table()
-    assert not planning_pays(table, once.schedule.num_batches, 1)
-    assert planning_pays(table, once.schedule.num_batches, 10_000)
+    assert not planning_pays(table, once.graph, once.schedule, 1)
+    assert planning_pays(table, once.graph, once.schedule, 10_000)
     assert often.memory_stats().gather_bytes < once.memory_stats().gather_bytes
     # the table the decision made is the one the mini-batch runs with
     assert once.known_operands is table
+
+
+def test_the_cost_model_counts_only_the_gathers_the_replay_copies():
+    """A gathered operand that only elementwise ops or row-by-row matrix products read is read in
+    place: planning cannot save on it."""
+    from edbc.api import load_spec
+    from edbc.memory.planner import copied_inputs
+    from edbc.settings import MODELS_DIR
+    cells = {name: load_spec(MODELS_DIR / f"{name}.yaml")[0].cells for name in ("treelstm", "mvrnn")}
+    node = cells["treelstm"]["node"]
+    names = [node.values[v].name for v in node.float_inputs]
+    copied = dict(zip(names, copied_inputs(node)))
+    assert copied == {"h_l": True, "c_l": False, "h_r": True, "c_r": False}  # h: affines; c: f * c
+    assert not copied_inputs(cells["mvrnn"]["node"]).any()  # matvec and matmul rows, all in place
+    assert copied_inputs(cells["mvrnn"]["classify"]).all()  # an affine
 
 
 # Found by the property test: at op level, `affine(mean(...) @ P)` leaves a `[1]`-shaped type that no

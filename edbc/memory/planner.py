@@ -23,7 +23,8 @@ import numpy as np
 from ..graph.ir import Graph, csr_gather
 from ..native import core
 from ..schedule.ir import Schedule
-from ..spec.ops import set_reduction_of
+from ..spec.ops import OPS, is_alias, set_reduction_of
+from ..spec.program import Program
 from .align import Request, solve_orders
 from .layout import Layout, output_arenas, value_owner, value_shapes
 
@@ -196,10 +197,40 @@ PLAN_S = 1e-3
 PLAN_BATCH_S = 3e-5
 
 
-def gathers_cost(table) -> float:
+def copied_inputs(program: Program) -> np.ndarray:
+    """Per float input of a node type: whether the CPU replay copies its gathered rows (bool). The
+    fused elementwise passes, the row-by-row matrix products and set reductions read gathered rows
+    where they are (`csrc/replay.cpp`); GEMMs over the whole batch (affines, a parameter matrix
+    times vectors), embeddings, softmaxes and outputs that are inputs need them copied together."""
+    if set_reduction_of(program) is not None:
+        return np.zeros(len(program.float_inputs), dtype=bool)
+    readers: dict[int, list] = {}
+    for op in program.ops:
+        for pos, a in enumerate(op.args):
+            if not isinstance(a, str):
+                readers.setdefault(a, []).append((op, pos))
+
+    def copied(v: int) -> bool:
+        if v in program.outputs:
+            return True
+        for op, pos in readers.get(v, []):
+            if is_alias(program, op):
+                if any(copied(out) for out in op.outs):
+                    return True
+            elif not (OPS[op.kind].elementwise or op.kind == "matmul"
+                      or (op.kind == "matvec" and not isinstance(op.args[0], str))):
+                return True
+        return False
+    return np.array([copied(v) for v in program.float_inputs], dtype=bool)
+
+
+def gathers_cost(table, graph: Graph, schedule: Schedule) -> float:
     """Seconds a run spends on the gathers of an operand table (`edbc.memory.operands.OperandTable`),
-    by the cost model: what planning could save at most."""
+    by the cost model: what planning could save at most. Gathers read in place cost nothing."""
+    copies = graph.cached("copied_inputs", lambda g: [copied_inputs(t.program) for t in g.types])
+    types = schedule.batch_type[table.batch]
     gathered = table.kind == table.GATHER_CODE
+    gathered[gathered] = [copies[t][p] for t, p in zip(types[gathered].tolist(), table.position[gathered].tolist())]
     return GATHER_S * int(gathered.sum()) + GATHER_BYTE_S * int(table.nbytes[gathered].sum())
 
 
@@ -208,7 +239,7 @@ def planning_cost(num_batches: int) -> float:
     return PLAN_S + PLAN_BATCH_S * num_batches
 
 
-def planning_pays(table, num_batches: int, runs: int) -> bool:
+def planning_pays(table, graph: Graph, schedule: Schedule, runs: int) -> bool:
     """Whether pq planning is worth its cost for a mini-batch run `runs` times, given the operand
     table of its unplanned layout."""
-    return runs * gathers_cost(table) > planning_cost(num_batches)
+    return runs * gathers_cost(table, graph, schedule) > planning_cost(schedule.num_batches)
