@@ -16,6 +16,7 @@ without a copy and must gather the others anyway.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from math import prod
 
 import numpy as np
@@ -227,11 +228,20 @@ def copied_inputs(program: Program) -> np.ndarray:
 def gathers_cost(table, graph: Graph, schedule: Schedule) -> float:
     """Seconds a run spends on the gathers of an operand table (`edbc.memory.operands.OperandTable`),
     by the cost model: what planning could save at most. Gathers read in place cost nothing."""
-    copies = graph.cached("copied_inputs", lambda g: [copied_inputs(t.program) for t in g.types])
-    types = schedule.batch_type[table.batch]
-    gathered = table.kind == table.GATHER_CODE
-    gathered[gathered] = [copies[t][p] for t, p in zip(types[gathered].tolist(), table.position[gathered].tolist())]
+    copies = _copied_table(graph.types)
+    gathered = (table.kind == table.GATHER_CODE) & copies[schedule.batch_type[table.batch], table.position]
     return GATHER_S * int(gathered.sum()) + GATHER_BYTE_S * int(table.nbytes[gathered].sum())
+
+
+@lru_cache(maxsize=64)
+def _copied_table(types: tuple) -> np.ndarray:
+    """`copied_inputs` of every node type, as a [type, input position] table (a model's types are
+    the same objects from one mini-batch to the next)."""
+    rows = [copied_inputs(t.program) if t.program is not None else np.zeros(0, dtype=bool) for t in types]
+    table = np.zeros((len(rows), max((len(r) for r in rows), default=0) + 1), dtype=bool)
+    for t, r in enumerate(rows):
+        table[t, :len(r)] = r
+    return table
 
 
 def planning_cost(num_batches: int) -> float:
