@@ -1,6 +1,7 @@
 // The replay loop: a compiled mini-batch as a flat stream of batches, each running its cell's
-// native program (affine -> ATen matmuls; runs of elementwise ops -> one fused pass over the
-// rows), with no Python per batch. Cells the lowering cannot express run their Python kernel.
+// native program (affine -> one GEMM; matrix products -> one GEMM per row; runs of elementwise
+// ops -> one fused pass over the rows), with no Python per batch. Cells the lowering cannot
+// express run their Python kernel.
 //
 // Inside a program every tensor is a `[k, width]` base (a cell input or a step's output); an
 // operand is a column range of a base, or of a parameter row (the same row for every call).
@@ -20,7 +21,7 @@ namespace {
 // Opcodes: the order of `edbc.runtime.native.OPCODES`.
 enum Code : int64_t {
   ADD, SUB, MUL, DIV, ADDCMUL, LERP, SIGMOID, TANH, RELU, EXP, COPY,  // elementwise
-  AFFINE, AFFINE_ADD, EMBED, LOG_SOFTMAX, SOFTMAX, MATMUL, MATMUL_ADD, MATVEC,  // through ATen
+  AFFINE, AFFINE_ADD, EMBED, LOG_SOFTMAX, SOFTMAX, MATMUL, MATMUL_ADD, MATVEC,  // ATen (CPU: sgemm)
   NUM_CODES
 };
 constexpr int64_t LAST_ELEMENTWISE = COPY;

@@ -2,14 +2,14 @@
 
 `lower` turns a cell plan into the native core's instructions (`csrc/replay.cpp`):
 each internal batch becomes one instruction on column ranges of `[k, width]` bases,
-exactly as the generated Python kernel (`kernels.py`) slices them; the core runs
-affines and embeddings through ATen and each run of elementwise instructions as one
-fused pass over the rows. A cell with an op that has no instruction (the op table's
-`native` field is None: dropout in training, ...) or a batch shape the
-instructions do not cover lowers to None and runs its Python kernel, called from
-the replay loop.
+exactly as the generated Python kernel (`kernels.py`) slices them; on the CPU the core
+runs affines as one sgemm on the rows in place, matrix products one sgemm per row, each
+run of elementwise instructions as one fused pass over the rows, and embeddings and
+softmaxes through ATen. A cell with an op that has no instruction (the op table's
+`native` field is None: dropout in training, ...) or a batch shape the instructions do
+not cover lowers to None and runs its Python kernel, called from the replay loop.
 
-`replay_of` hands a compiled mini-batch's flat arrays (schedule, operand table,
+`native_replay` hands a compiled mini-batch's flat arrays (schedule, operand table,
 layout) to the core's `Replay`, which runs every batch with no Python per batch.
 """
 
