@@ -207,14 +207,14 @@ def copied_inputs(program: Program) -> np.ndarray:
         return np.zeros(len(program.float_inputs), dtype=bool)
     readers: dict[int, list] = {}
     for op in program.ops:
-        for pos, a in enumerate(op.args):
+        for a in op.args:
             if not isinstance(a, str):
-                readers.setdefault(a, []).append((op, pos))
+                readers.setdefault(a, []).append(op)
 
     def copied(v: int) -> bool:
         if v in program.outputs:
             return True
-        for op, pos in readers.get(v, []):
+        for op in readers.get(v, []):
             if is_alias(program, op):
                 if any(copied(out) for out in op.outs):
                     return True

@@ -195,8 +195,10 @@ class _Lowering:
         return [(homes[v].base, homes[v].start, homes[v].size) for v in self.program.outputs]
 
 
-ROWWISE = {CODE["matmul"], CODE["matmul_add"], CODE["matvec"]}  # the core's `rowwise` (a matvec's
-# left operand a parameter aside): on the CPU a run of them goes row by row, a row's matrices in cache
+def _rowwise(ins: tuple[int, ...]) -> bool:
+    """The core's `rowwise`: a product whose left operand is a matrix per row. On the CPU a run of
+    them goes row by row, a row's matrices in cache."""
+    return ins[0] in (CODE["matmul"], CODE["matmul_add"]) or (ins[0] == CODE["matvec"] and ins[4] >= 0)
 
 
 def _products_together(instrs: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -209,9 +211,9 @@ def _products_together(instrs: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
     out: list[tuple[int, ...]] = []
     for ins in instrs:
         at = len(out)
-        if ins[0] in ROWWISE and not (ins[0] == CODE["matvec"] and ins[4] < 0):
+        if _rowwise(ins):
             dst, reads = bases(ins)
-            while at > 0 and out[at - 1][0] not in ROWWISE:
+            while at > 0 and not _rowwise(out[at - 1]):
                 d, r = bases(out[at - 1])
                 if d in reads or dst in r or d == dst:
                     break

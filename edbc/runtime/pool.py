@@ -9,6 +9,7 @@ buffers and hands one to the next executable once the executable that held it is
 from __future__ import annotations
 
 import weakref
+from math import prod
 
 import torch
 
@@ -26,9 +27,9 @@ class ArenaPool:
         offsets, total = [], 0
         for shape in shapes:
             offsets.append(total)
-            total += -(-_numel(shape) // ALIGN) * ALIGN
+            total += -(-prod(shape) // ALIGN) * ALIGN
         flat = self._buffer(total, holder)
-        return [flat[o:o + _numel(s)].view(s) for o, s in zip(offsets, shapes)]
+        return [flat[o:o + prod(s)].view(s) for o, s in zip(offsets, shapes)]
 
     def _buffer(self, numel: int, holder: object) -> torch.Tensor:
         free = [i for i, (_, who) in enumerate(self._entries) if who() is None]
@@ -45,9 +46,3 @@ class ArenaPool:
         self._entries.append((flat, weakref.ref(holder)))
         return flat
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
