@@ -194,70 +194,98 @@ py::tuple operand_table(Array<int64_t> ptr_a, Array<int32_t> nodes_a, Array<int3
                         ptr_out, rows_out, bad_batch, bad_position);
 }
 
-// The structure calls of a mini-batch of trees (`edbc.graph.build._tree_calls`), from the trees'
-// arrays end to end: `sizes` and `links` (children listed) per tree, their child CSR pointers (one
-// more than its nodes a tree), children and tokens. Per tree, in post-order: each node, preceded by
-// the edge calls of its children when `with_edges`. Returns (instance, node ids, leaf ids, internal
-// ids, leaf tokens, root ids, children set pointer, children's ids, left ids, right ids, edge ids,
-// first node of another arity than two (-1 if none; only looked for when `binary`)).
-py::tuple tree_calls(Array<int64_t> sizes_a, Array<int64_t> links_a, Array<int64_t> child_ptrs_a, Array<int32_t> child_a,
-                     Array<int32_t> tokens_a, bool binary, bool with_edges) {
-  const int64_t trees = sizes_a.size();
-  const int64_t* sizes = sizes_a.data();
-  const int64_t* links = links_a.data();
-  const int64_t* child_ptrs = child_ptrs_a.data();
-  const int32_t* local_child = child_a.data();
-  const std::vector<int64_t> tree_base = prefix(sizes, trees), link_base = prefix(links, trees);
-  const int64_t n = tree_base[trees];
-  require(child_ptrs_a.size() == n + trees && tokens_a.size() == n && child_a.size() == link_base[trees],
-          "tree arrays of other lengths than the trees'");
-  std::vector<int64_t> arity(n), child(link_base[trees]);
-  std::vector<int32_t> tree_of(n);
-  int64_t bad = -1;
+// The structure calls of a mini-batch of trees (`edbc.graph.build._tree_calls`), read from the
+// `Tree` objects themselves (their `child_ptr`, `child` and `tokens` arrays; no Python gathers
+// them). Per tree, in post-order: each node, preceded by the edge calls of its children when
+// `with_edges`. Returns (instance, node ids, leaf ids, internal ids, leaf tokens, root ids, children
+// set pointer, children's ids, left ids, right ids, edge ids, first node of another arity than two
+// (-1 if none; only looked for when `binary`)), or just (that node,) when there is one.
+py::tuple tree_calls(py::sequence trees_seq, bool binary, bool with_edges) {
+  struct TreeArrays {
+    Array<int64_t> child_ptr;
+    Array<int32_t> child, tokens;
+  };
+  const int64_t trees = static_cast<int64_t>(py::len(trees_seq));
+  std::vector<TreeArrays> held;
+  held.reserve(trees);
+  std::vector<int64_t> tree_base(trees + 1, 0);
+  int64_t links = 0;
+  // Interned once and never freed: a static py::str would be released after the interpreter is gone.
+  static const py::handle child_ptr_name = PyUnicode_InternFromString("child_ptr"),
+                          child_name = PyUnicode_InternFromString("child"),
+                          tokens_name = PyUnicode_InternFromString("tokens");
   for (int64_t t = 0; t < trees; ++t) {
-    for (int64_t v = tree_base[t]; v < tree_base[t + 1]; ++v) {
-      tree_of[v] = static_cast<int32_t>(t);
-      arity[v] = child_ptrs[v + t + 1] - child_ptrs[v + t];
-      if (binary && bad < 0 && arity[v] > 0 && arity[v] != 2) bad = v;
-    }
-    for (int64_t l = link_base[t]; l < link_base[t + 1]; ++l) {
-      child[l] = local_child[l] + tree_base[t];
-      require(child[l] >= tree_base[t] && child[l] < tree_base[t + 1], "a child outside its tree");
+    py::object tree = trees_seq[t];
+    py::object tokens = tree.attr(tokens_name);
+    if (tokens.is_none()) throw py::value_error("instances must be encoded (token ids) before building a graph");
+    held.push_back({as_array<int64_t>(tree.attr(child_ptr_name)), as_array<int32_t>(tree.attr(child_name)),
+                    as_array<int32_t>(tokens)});
+    const TreeArrays& a = held.back();
+    const int64_t size = a.child_ptr.size() - 1;
+    require(size >= 1 && a.tokens.size() == size && a.child_ptr.data()[0] == 0 &&
+                a.child_ptr.data()[size] == a.child.size(), "tree arrays of other lengths than the tree's");
+    tree_base[t + 1] = tree_base[t] + size;
+    links += a.child.size();
+  }
+  const int64_t n = tree_base[trees];
+  int64_t internal_count = 0, calls = 0;
+  for (int64_t t = 0; t < trees; ++t) {
+    const int64_t* cp = held[t].child_ptr.data();
+    for (int64_t v = 0; v < tree_base[t + 1] - tree_base[t]; ++v) {
+      const int64_t arity = cp[v + 1] - cp[v];
+      require(arity >= 0, "child pointers out of order");
+      if (binary && arity > 0 && arity != 2) return py::make_tuple(tree_base[t] + v);
+      internal_count += arity > 0;
+      calls += with_edges ? 1 + arity : 1;
     }
   }
-  if (bad >= 0) return py::make_tuple(bad);
-  const std::vector<int64_t> child_ptr = prefix(arity.data(), n);
-  require(child_ptr[n] == link_base[trees], "child pointers that do not cover the children");
-  std::vector<int64_t> block(n + 1, 0);  // each node's calls: its children's edge calls, then its own
-  for (int64_t v = 0; v < n; ++v) block[v + 1] = block[v] + (with_edges ? 1 + arity[v] : 1);
-  std::vector<int64_t> node_id(n), leaves, internal, leaf_tokens, roots(trees), children_ptr{0}, children;
-  std::vector<int64_t> left, right, edges;
-  std::vector<int32_t> instance(block[n]);
-  for (int64_t v = 0; v < n; ++v) {
-    node_id[v] = block[v + 1] - 1;
-    std::fill(instance.begin() + block[v], instance.begin() + block[v + 1], tree_of[v]);
+  const int64_t leaf_count = n - internal_count;
+  auto instance_out = out<int32_t>(calls);
+  auto node_id_out = out<int64_t>(n), leaves_out = out<int64_t>(leaf_count), internal_out = out<int64_t>(internal_count);
+  auto leaf_tokens_out = out<int64_t>(leaf_count), roots_out = out<int64_t>(trees);
+  auto children_ptr_out = out<int64_t>(internal_count + 1), children_out = out<int64_t>(links);
+  auto left_out = out<int64_t>(binary ? internal_count : 0), right_out = out<int64_t>(binary ? internal_count : 0);
+  auto edges_out = out<int64_t>(with_edges ? links : 0);
+  int32_t* instance = instance_out.mutable_data();
+  int64_t *node_id = node_id_out.mutable_data(), *leaves = leaves_out.mutable_data();
+  int64_t *internal = internal_out.mutable_data(), *leaf_tokens = leaf_tokens_out.mutable_data();
+  int64_t *roots = roots_out.mutable_data(), *children_ptr = children_ptr_out.mutable_data();
+  int64_t *children = children_out.mutable_data(), *left = left_out.mutable_data();
+  int64_t *right = right_out.mutable_data(), *edges = edges_out.mutable_data();
+  int64_t call = 0, leaf = 0, inner = 0, link = 0;
+  children_ptr[0] = 0;
+  for (int64_t t = 0; t < trees; ++t) {
+    const int64_t* cp = held[t].child_ptr.data();
+    const int32_t* child = held[t].child.data();
+    const int32_t* tokens = held[t].tokens.data();
+    const int64_t base = tree_base[t], size = tree_base[t + 1] - base;
+    for (int64_t v = 0; v < size; ++v) {
+      const int64_t arity = cp[v + 1] - cp[v];
+      const int64_t first_call = call;
+      call += with_edges ? 1 + arity : 1;  // the node's block: its children's edge calls, then its own
+      std::fill(instance + first_call, instance + call, static_cast<int32_t>(t));
+      node_id[base + v] = call - 1;
+      if (arity == 0) {
+        leaves[leaf] = call - 1;
+        leaf_tokens[leaf++] = tokens[v];
+        continue;
+      }
+      internal[inner++] = call - 1;
+      children_ptr[inner] = children_ptr[inner - 1] + arity;
+      for (int64_t l = cp[v]; l < cp[v + 1]; ++l, ++link) {
+        require(child[l] >= 0 && child[l] < v, "a child that is not before its parent in its tree");
+        children[link] = node_id[base + child[l]];
+        if (with_edges) edges[link] = first_call + l - cp[v];
+      }
+      if (binary) {
+        left[inner - 1] = node_id[base + child[cp[v]]];
+        right[inner - 1] = node_id[base + child[cp[v] + 1]];
+      }
+    }
+    roots[t] = node_id[base + size - 1];
   }
-  for (int64_t t = 0; t < trees; ++t) roots[t] = node_id[tree_base[t + 1] - 1];
-  for (int64_t v = 0; v < n; ++v) {
-    if (arity[v] == 0) {
-      leaves.push_back(node_id[v]);
-      leaf_tokens.push_back(tokens_a.data()[v]);
-      continue;
-    }
-    internal.push_back(node_id[v]);
-    children_ptr.push_back(children_ptr.back() + arity[v]);
-    for (int64_t l = child_ptr[v]; l < child_ptr[v + 1]; ++l) {
-      children.push_back(node_id[child[l]]);
-      if (with_edges) edges.push_back(block[v] + l - child_ptr[v]);
-    }
-    if (binary) {
-      left.push_back(node_id[child[child_ptr[v]]]);
-      right.push_back(node_id[child[child_ptr[v] + 1]]);
-    }
-  }
-  return py::make_tuple(array(instance), array(node_id), array(leaves), array(internal), array(leaf_tokens),
-                        array(roots), array(children_ptr), array(children), array(left), array(right),
-                        array(edges), int64_t{-1});
+  return py::make_tuple(instance_out, node_id_out, leaves_out, internal_out, leaf_tokens_out, roots_out,
+                        children_ptr_out, children_out, left_out, right_out, edges_out, int64_t{-1});
 }
 
 // The structure calls of a mini-batch of sequences (`edbc.graph.build._chain_calls`) of the given
@@ -395,7 +423,8 @@ py::tuple lattice_calls(Array<int64_t> nodes_a, Array<int64_t> arcs_a, Array<int
 // type and one more for "no producer", neighbour ids aligned with the role's, set CSR pointer, set
 // members): the neighbours for a neighbour, the CSR for a set. `anchors`: the readout's neighbour
 // columns (a readout belongs to the instance of its largest). Ids are structure ids, -1 for none.
-// Returns (node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance, readout ids).
+// `num_imms`, `num_outs`: each type's immediates and outputs. Returns (node_type, arg_ptr, arg_node,
+// arg_slot, imm_ptr, imm, instance, readout ids, value_ptr).
 struct Argument {
   int64_t position, reduction;
   Array<int32_t> slot_of_type;
@@ -412,7 +441,7 @@ struct Role {
 };
 
 py::tuple assemble_graph(Array<int32_t> instance_a, py::list roles_list, py::list anchors_list,
-                         Array<int64_t> num_imms_a) {
+                         Array<int64_t> num_imms_a, Array<int64_t> num_outs_a) {
   const int64_t n_struct = instance_a.size();
   std::vector<Array<int64_t>> anchors;
   for (auto a : anchors_list) anchors.push_back(a.cast<Array<int64_t>>());
@@ -496,14 +525,19 @@ py::tuple assemble_graph(Array<int32_t> instance_a, py::list roles_list, py::lis
     }
   }
   const int64_t* num_imms = num_imms_a.data();
+  const int64_t* num_outs = num_outs_a.data();
+  require(num_outs_a.size() == num_imms_a.size(), "output counts not one a type");
   auto arg_ptr_out = out<int64_t>(total + 1), imm_ptr_out = out<int64_t>(total + 1);
+  auto value_ptr_out = out<int64_t>(total + 1);
   int64_t* arg_ptr = arg_ptr_out.mutable_data();
   int64_t* imm_ptr = imm_ptr_out.mutable_data();
-  arg_ptr[0] = imm_ptr[0] = 0;
+  int64_t* value_ptr = value_ptr_out.mutable_data();
+  arg_ptr[0] = imm_ptr[0] = value_ptr[0] = 0;
   for (int64_t v = 0; v < total; ++v) {
     require(node_type[v] >= 0, "a node no call fills");
     arg_ptr[v + 1] = arg_ptr[v] + n_args[v];
     imm_ptr[v + 1] = imm_ptr[v] + num_imms[node_type[v]];
+    value_ptr[v + 1] = value_ptr[v] + num_outs[node_type[v]];
   }
   auto arg_node_out = out<int32_t>(arg_ptr[total]), arg_slot_out = out<int32_t>(arg_ptr[total]);
   auto imm_out = out<int64_t>(imm_ptr[total]);
@@ -544,7 +578,7 @@ py::tuple assemble_graph(Array<int32_t> instance_a, py::list roles_list, py::lis
   auto readout_out = out<int64_t>(n_readout);
   for (int64_t i = 0; i < n_readout; ++i) readout_out.mutable_data()[i] = n_before + i;
   return py::make_tuple(node_type_out, arg_ptr_out, arg_node_out, arg_slot_out, imm_ptr_out, imm_out,
-                        instance_out, readout_out);
+                        instance_out, readout_out, value_ptr_out);
 }
 
 }  // namespace

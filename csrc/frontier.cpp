@@ -172,16 +172,52 @@ class FsmTable {
   std::vector<int32_t> slots_;  // entry or -1; a power of two, at most half full
 };
 
+// Each node's consumers (the argument CSR transposed, one entry per argument edge, consumers in
+// node order) and how many of its arguments are nodes: a counting sort, where numpy would sort.
+struct ConsumerCsr {
+  std::vector<int64_t> ptr;
+  std::vector<int32_t> node;
+  std::vector<int32_t> num_args;
+};
+
+ConsumerCsr transpose_arguments(const Array<int64_t>& arg_ptr, const Array<int32_t>& arg_node) {
+  const int64_t n = arg_ptr.size() - 1;
+  const int64_t* ptr = arg_ptr.data();
+  const int32_t* arg = arg_node.data();
+  if (n < 0 || ptr[0] != 0 || ptr[n] != arg_node.size()) throw py::value_error("the argument CSR does not match its nodes");
+  ConsumerCsr c{std::vector<int64_t>(n + 1, 0), {}, std::vector<int32_t>(n, 0)};
+  for (int64_t v = 0; v < n; ++v) {
+    for (int64_t e = ptr[v]; e < ptr[v + 1]; ++e) {
+      if (arg[e] >= n) throw py::value_error("node " + std::to_string(v) + " has an argument past the last node");
+      if (arg[e] >= 0) {
+        ++c.ptr[arg[e] + 1];
+        ++c.num_args[v];
+      }
+    }
+  }
+  for (int64_t v = 0; v < n; ++v) c.ptr[v + 1] += c.ptr[v];
+  c.node.resize(c.ptr[n]);
+  std::vector<int64_t> fill(c.ptr.begin(), c.ptr.end() - 1);
+  for (int64_t v = 0; v < n; ++v) {
+    for (int64_t e = ptr[v]; e < ptr[v + 1]; ++e) {
+      if (arg[e] >= 0) c.node[fill[arg[e]]++] = static_cast<int32_t>(v);
+    }
+  }
+  return c;
+}
+
 class Frontier {
  public:
-  Frontier(Array<int64_t> consumer_ptr, Array<int32_t> consumer_node, Array<int32_t> num_args,
-           Array<int32_t> node_type, Array<bool> batchable, std::optional<Array<int64_t>> link_ptr,
-           std::optional<Array<int32_t>> link_node, std::optional<Array<int32_t>> num_nearest)
-      : consumer_ptr_(std::move(consumer_ptr)), consumer_node_(std::move(consumer_node)),
-        node_type_(std::move(node_type)) {
-    const int64_t n = num_args.size();
+  Frontier(const Array<int64_t>& arg_ptr, const Array<int32_t>& arg_node, Array<int32_t> node_type,
+           Array<bool> batchable, std::optional<Array<int64_t>> link_ptr, std::optional<Array<int32_t>> link_node,
+           std::optional<Array<int32_t>> num_nearest)
+      : node_type_(std::move(node_type)) {
+    ConsumerCsr c = transpose_arguments(arg_ptr, arg_node);
+    const int64_t n = static_cast<int64_t>(c.num_args.size());
     const int64_t num_types = batchable.size();
-    check_csr(consumer_ptr_, consumer_node_, n, "consumer");
+    consumer_ptr_ = std::move(c.ptr);
+    consumer_node_ = std::move(c.node);
+    pending_ = std::move(c.num_args);
     if (node_type_.size() != n) throw py::value_error("node_type has one entry a node");
     type_of_ = node_type_.data();
     for (int64_t v = 0; v < n; ++v)
@@ -193,7 +229,6 @@ class Frontier {
     descending_.assign(num_types, 1);
     count_.assign(num_types, 0);
     remaining_ = n;
-    pending_.assign(num_args.data(), num_args.data() + n);
     for (int32_t v = 0; v < n; ++v)
       if (pending_[v] == 0) add_ready(v);
     if (link_ptr || link_node || num_nearest) {
@@ -225,7 +260,8 @@ class Frontier {
     out.nodes.insert(out.nodes.end(), ready.begin(), ready.end());
     ready.clear();
     count_[t] = 0;
-    std::sort(out.nodes.begin() + start, out.nodes.end());
+    // Nodes mostly become ready in ascending order (a batch's consumers follow its nodes').
+    if (!std::is_sorted(out.nodes.begin() + start, out.nodes.end())) std::sort(out.nodes.begin() + start, out.nodes.end());
     out.close(static_cast<int32_t>(t));
     finish(out.nodes.data() + start, out.nodes.size() - start, static_cast<int32_t>(t));
   }
@@ -357,8 +393,8 @@ class Frontier {
         if (--pending_[consumer[e]] == 0) add_ready(consumer[e]);
   }
 
-  Array<int64_t> consumer_ptr_;
-  Array<int32_t> consumer_node_;  // one entry per argument edge: a node may consume another twice
+  std::vector<int64_t> consumer_ptr_;
+  std::vector<int32_t> consumer_node_;  // one entry per argument edge: a node may consume another twice
   Array<int32_t> node_type_;
   const int32_t* type_of_ = nullptr;
   std::vector<uint8_t> batchable_;
@@ -454,33 +490,11 @@ py::array_t<int32_t> depths(const Array<int64_t>& arg_ptr, const Array<int32_t>&
   return to_numpy(std::move(depth));
 }
 
-// Each node's consumers (the argument CSR transposed, one entry per argument edge, consumers in
-// node order) and how many of its arguments are nodes: a counting sort, where numpy would sort.
+// The consumer CSR as numpy arrays (ptr, node, num_args): the frontier builds its own; this serves
+// the tests that hold it to its oracle.
 py::tuple consumers(const Array<int64_t>& arg_ptr, const Array<int32_t>& arg_node) {
-  const int64_t n = arg_ptr.size() - 1;
-  const int64_t* ptr = arg_ptr.data();
-  const int32_t* arg = arg_node.data();
-  if (n < 0 || ptr[0] != 0 || ptr[n] != arg_node.size()) throw py::value_error("the argument CSR does not match its nodes");
-  std::vector<int64_t> out_ptr(n + 1, 0);
-  std::vector<int32_t> num_args(n, 0);
-  for (int64_t v = 0; v < n; ++v) {
-    for (int64_t e = ptr[v]; e < ptr[v + 1]; ++e) {
-      if (arg[e] >= n) throw py::value_error("node " + std::to_string(v) + " has an argument past the last node");
-      if (arg[e] >= 0) {
-        ++out_ptr[arg[e] + 1];
-        ++num_args[v];
-      }
-    }
-  }
-  for (int64_t v = 0; v < n; ++v) out_ptr[v + 1] += out_ptr[v];
-  std::vector<int32_t> node(out_ptr[n]);
-  std::vector<int64_t> fill(out_ptr.begin(), out_ptr.end() - 1);
-  for (int64_t v = 0; v < n; ++v) {
-    for (int64_t e = ptr[v]; e < ptr[v + 1]; ++e) {
-      if (arg[e] >= 0) node[fill[arg[e]]++] = static_cast<int32_t>(v);
-    }
-  }
-  return py::make_tuple(to_numpy(std::move(out_ptr)), to_numpy(std::move(node)), to_numpy(std::move(num_args)));
+  ConsumerCsr c = transpose_arguments(arg_ptr, arg_node);
+  return py::make_tuple(to_numpy(std::move(c.ptr)), to_numpy(std::move(c.node)), to_numpy(std::move(c.num_args)));
 }
 
 // The nearest same-type ancestors of every node (`analysis.same_type_links` says what they are and
@@ -543,9 +557,9 @@ void register_frontier(py::module_& m) {
       .def("__len__", &FsmTable::size);
 
   py::class_<Frontier>(m, "Frontier", "The ready frontier of a graph, by type (csrc/frontier.cpp).")
-      .def(py::init<Array<int64_t>, Array<int32_t>, Array<int32_t>, Array<int32_t>, Array<bool>,
+      .def(py::init<const Array<int64_t>&, const Array<int32_t>&, Array<int32_t>, Array<bool>,
                     std::optional<Array<int64_t>>, std::optional<Array<int32_t>>, std::optional<Array<int32_t>>>(),
-           py::arg("consumer_ptr"), py::arg("consumer_node"), py::arg("num_args"), py::arg("node_type"),
+           py::arg("arg_ptr"), py::arg("arg_node"), py::arg("node_type"),
            py::arg("batchable"), py::arg("link_ptr") = py::none(), py::arg("link_node") = py::none(),
            py::arg("num_nearest") = py::none())
       .def_property_readonly("remaining", &Frontier::remaining)

@@ -76,7 +76,7 @@ def operand_table(graph: Graph, schedule: Schedule, layout: Layout) -> OperandTa
 
 def _classify(graph: Graph, layout: Layout, batches: np.ndarray, p: int, shape, e: np.ndarray,
               seg: np.ndarray, k: np.ndarray) -> tuple:
-    a = arena_of_shape(layout, shape)
+    a = arena_of_shape(layout.arena_shapes, shape)
     starts = np.cumsum(k) - k
     producer, slot = graph.arg_node[e], graph.arg_slot[e]
     real = producer >= 0

@@ -69,6 +69,7 @@ class _Assembly:
     types: tuple[NodeType, ...]
     roles: dict[str, _Role]
     num_imms: np.ndarray  # int64 [types]
+    num_outs: np.ndarray  # int64 [types]
 
 
 @lru_cache(maxsize=64)
@@ -88,7 +89,8 @@ def _assembly(spec: ModelSpec) -> _Assembly:
             for position, (_, source) in enumerate(_float_bindings(spec, r)))
         roles[role] = _Role(type_of[r.cell], arguments,
                             tuple(r.bind[v].ref for v in spec.cells[r.cell].token_inputs))
-    return _Assembly(types, roles, np.array([len(t.program.token_inputs) for t in types], dtype=np.int64))
+    return _Assembly(types, roles, np.array([len(t.program.token_inputs) for t in types], dtype=np.int64),
+                     np.array([t.num_outputs for t in types], dtype=np.int64))
 
 
 def assemble(spec: ModelSpec, calls: Calls, num_instances: int) -> Graph:
@@ -106,10 +108,10 @@ def assemble(spec: ModelSpec, calls: Calls, num_instances: int) -> Graph:
                      for a in r.arguments]
         roles.append((None if role == "readout" else calls.roles[role], r.type, len(arguments), arguments,
                       [calls.tokens[(role, name)] for name in r.tokens]))
-    node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance, readout_ids = core().assemble_graph(
-        calls.instance, roles, list(anchors.values()), assembly.num_imms)
+    node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance, readout_ids, value_ptr = core().assemble_graph(
+        calls.instance, roles, list(anchors.values()), assembly.num_imms, assembly.num_outs)
     return Graph(CELL, assembly.types, node_type, arg_ptr, arg_node, arg_slot, imm_ptr, imm, instance,
-                 num_instances, out_node=readout_ids, out_slot=np.zeros(len(readout_ids)))
+                 num_instances, out_node=readout_ids, out_slot=np.zeros(len(readout_ids)), value_ptr=value_ptr)
 
 
 def _float_bindings(spec: ModelSpec, role) -> list:
@@ -126,17 +128,15 @@ def _require_encoded(instances: list, attribute: str) -> None:
 def _tree_calls(spec: ModelSpec, trees: list) -> Calls:
     """Per tree, in post-order: each node, preceded by the edge calls of its children when the model
     has an edge role. A model that reads `left` and `right` needs every internal node to have two.
-    Native (`tree_calls`): a mini-batch holds thousands of nodes, numpy would take ~25 passes."""
-    _require_encoded(trees, "tokens")
+    Native (`tree_calls`, reading the trees' arrays where they are): a mini-batch holds thousands of
+    nodes, numpy would take ~25 passes."""
     binary = any(s.kind == "state" for s in spec.roles["internal"].bind)
     with_edges = "edge" in spec.roles
-    sizes = np.array([t.num_nodes for t in trees], dtype=np.int64)
-    found = core().tree_calls(sizes, np.array([len(t.child) for t in trees], dtype=np.int64),
-                              np.concatenate([t.child_ptr for t in trees]), np.concatenate([t.child for t in trees]),
-                              np.concatenate([t.tokens for t in trees]), binary, with_edges)
+    found = core().tree_calls(trees, binary, with_edges)
     if len(found) == 1:  # a node of another arity than two, for a binary model
-        tree = int(np.searchsorted(np.cumsum(sizes), found[0], side="right"))
-        node = found[0] - int(sizes[:tree].sum())
+        sizes = np.cumsum([t.num_nodes for t in trees])
+        tree = int(np.searchsorted(sizes, found[0], side="right"))
+        node = found[0] - (int(sizes[tree - 1]) if tree else 0)
         n = int(trees[tree].arity[node])
         raise trees[tree].fail(f"node with {n} child{'ren' if n != 1 else ''}; model '{spec.name}' reads `left` "
                                "and `right`, so every internal node needs exactly two (a model reading the set "

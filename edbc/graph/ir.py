@@ -38,7 +38,8 @@ class Graph:
                  "imm_ptr", "imm", "instance", "num_instances", "out_node", "out_slot", "_cache")
 
     def __init__(self, granularity: str, types: tuple[NodeType, ...], node_type, arg_ptr, arg_node,
-                 arg_slot, imm_ptr, imm, instance, num_instances: int, out_node, out_slot):
+                 arg_slot, imm_ptr, imm, instance, num_instances: int, out_node, out_slot, value_ptr=None):
+        """`value_ptr`, where the builder has it already, saves computing it (see `value_ptr`)."""
         self.granularity = granularity
         self.types = tuple(types)
         self.node_type = np.ascontiguousarray(node_type, dtype=np.int32)
@@ -51,7 +52,7 @@ class Graph:
         self.num_instances = int(num_instances)
         self.out_node = np.ascontiguousarray(out_node, dtype=np.int32)
         self.out_slot = np.ascontiguousarray(out_slot, dtype=np.int32)
-        self._cache: dict = {}
+        self._cache: dict = {} if value_ptr is None else {"value_ptr": np.ascontiguousarray(value_ptr, dtype=np.int64)}
 
     @property
     def num_nodes(self) -> int:

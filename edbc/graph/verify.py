@@ -33,6 +33,14 @@ def verify_graph(graph: Graph) -> None:
     if len(bad):
         fail(int(bad[0]), f"instance {graph.instance[bad[0]]} is out of range")
 
+    outputs = np.diff(graph.value_ptr)  # a builder may hand the values' CSR over with the graph
+    if len(outputs) != n or graph.value_ptr[0] != 0:
+        fail(None, f"value_ptr is not a CSR index over {n} nodes")
+    bad = np.flatnonzero(outputs != graph.num_outputs_per_type[graph.node_type])
+    if len(bad):
+        fail(int(bad[0]), f"value_ptr gives {outputs[bad[0]]} values, its type has "
+                          f"{graph.num_outputs_per_type[graph.node_type[bad[0]]]} outputs")
+
     owner = np.repeat(np.arange(n), np.diff(graph.arg_ptr))
     producer = graph.arg_node.astype(np.int64)
     bad = np.flatnonzero((producer < -1) | (producer >= owner))

@@ -9,6 +9,8 @@ the batch's nodes; otherwise the runtime gathers it.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from ..errors import VerificationError
@@ -35,16 +37,24 @@ def output_arenas(graph: Graph) -> tuple[list[Shape], np.ndarray]:
     """Distinct output shapes of the types that have nodes (an arena per shape, none left empty), and
     per type the index of each output slot's shape (-1 past its outputs, and for types without
     nodes: lowering to ops can leave a type no node has), int32 [types, most outputs]."""
-    shapes: dict[Shape, int] = {}
-    per_type = []
     present = np.bincount(graph.node_type, minlength=len(graph.types)) > 0
-    for t, there in zip(graph.types, present.tolist()):
-        per_type.append([shapes.setdefault(s, len(shapes)) for s in t.program.output_shapes] if there else [])
+    shapes, table = _output_arenas(graph.types, present.tobytes())
+    return list(shapes), table
+
+
+@lru_cache(maxsize=64)
+def _output_arenas(types: tuple, present: bytes) -> tuple[tuple[Shape, ...], np.ndarray]:
+    """`output_arenas` of a model's types, `present` saying which have nodes (one byte a type): the
+    same from one mini-batch to the next. The table is read-only, being shared."""
+    shapes: dict[Shape, int] = {}
+    per_type = [[shapes.setdefault(s, len(shapes)) for s in t.program.output_shapes] if there else []
+                for t, there in zip(types, present)]
     width = max(max(len(p) for p in per_type), 1)
-    table = np.full((len(graph.types), width), -1, dtype=np.int32)
+    table = np.full((len(types), width), -1, dtype=np.int32)
     for ti, ids in enumerate(per_type):
         table[ti, :len(ids)] = ids
-    return list(shapes), table
+    table.flags.writeable = False
+    return tuple(shapes), table
 
 
 def value_shapes(graph: Graph) -> tuple[list[Shape], np.ndarray]:

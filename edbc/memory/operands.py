@@ -13,6 +13,7 @@ and `memory_stats` adds the figures up for reports, so the two always agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import prod
 from typing import ClassVar
 
@@ -66,9 +67,10 @@ class MemoryStats:
 NO_STATS = MemoryStats(0, 0, 0, 0, 0)
 
 
-def arena_of_shape(layout: Layout, shape: Shape) -> int:
+def arena_of_shape(arena_shapes: tuple[Shape, ...], shape: Shape) -> int:
+    """The arena of values of `shape` in a layout of `arena_shapes`, or -1."""
     try:
-        return layout.arena_shapes.index(tuple(shape))
+        return arena_shapes.index(tuple(shape))
     except ValueError:
         return -1
 
@@ -107,24 +109,32 @@ VIEW_CODE, BROADCAST_CODE, GATHER_CODE = OperandTable.VIEW_CODE, OperandTable.BR
 def operand_table(graph: Graph, schedule: Schedule, layout: Layout) -> OperandTable:
     """Classify every batch operand (native: `operand_table`, one pass over the batches). A set
     reduction's batch has one operand: every argument of its nodes, node after node."""
-    is_set = np.zeros(len(graph.types), dtype=np.int8)
+    *columns, bad_batch, bad_position = core().operand_table(
+        schedule.ptr, schedule.nodes, schedule.batch_type, graph.arg_ptr, graph.arg_node, graph.arg_slot,
+        graph.value_ptr, layout.value_arena, layout.value_row, layout.arena_rows,
+        *_type_inputs(graph.types, layout.arena_shapes))
+    if bad_batch >= 0:
+        raise VerificationError(f"batch {bad_batch}: operand {bad_position} is not in the arena of its shape")
+    return OperandTable(*columns)
+
+
+@lru_cache(maxsize=64)
+def _type_inputs(types: tuple, arena_shapes: tuple) -> tuple[np.ndarray, ...]:
+    """What `operand_table` needs of the node types, per type: whether it is a set reduction (its one
+    operand: every argument), and its float inputs' CSR, arenas and row bytes (a model's types and
+    arena shapes are the same from one mini-batch to the next)."""
+    is_set = np.zeros(len(types), dtype=np.int8)
     input_arena, input_row_bytes, input_counts = [], [], []
-    for t, node_type in enumerate(graph.types):
+    for t, node_type in enumerate(types):
         program = node_type.program
         inputs = [program.values[v].shape for v in program.float_inputs] if program is not None else []
         if inputs and set_reduction_of(program) is not None:
             is_set[t], inputs = 1, inputs[:1]
         input_counts.append(len(inputs))
-        input_arena += [arena_of_shape(layout, shape) for shape in inputs]
+        input_arena += [arena_of_shape(arena_shapes, shape) for shape in inputs]
         input_row_bytes += [prod(shape) * 4 for shape in inputs]
-    *columns, bad_batch, bad_position = core().operand_table(
-        schedule.ptr, schedule.nodes, schedule.batch_type, graph.arg_ptr, graph.arg_node, graph.arg_slot,
-        graph.value_ptr, layout.value_arena, layout.value_row, layout.arena_rows, is_set,
-        csr_ptr(np.array(input_counts, dtype=np.int64)), np.array(input_arena, dtype=np.int32),
-        np.array(input_row_bytes, dtype=np.int64))
-    if bad_batch >= 0:
-        raise VerificationError(f"batch {bad_batch}: operand {bad_position} is not in the arena of its shape")
-    return OperandTable(*columns)
+    return (is_set, csr_ptr(np.array(input_counts, dtype=np.int64)), np.array(input_arena, dtype=np.int32),
+            np.array(input_row_bytes, dtype=np.int64))
 
 
 def batch_operands(graph: Graph, schedule: Schedule, layout: Layout, b: int) -> list[BatchOperand]:

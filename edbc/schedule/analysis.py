@@ -24,7 +24,8 @@ class Consumers:
 
 def consumers(graph: Graph) -> Consumers:
     """The argument CSR transposed, in the native core (a counting sort; numpy's argsort was half
-    of a tree mini-batch's schedule phase)."""
+    of a tree mini-batch's schedule phase). The native frontier transposes it itself, with the same
+    code."""
     return graph.cached("consumers", lambda g: Consumers(*core().consumers(g.arg_ptr, g.arg_node)))
 
 

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 from ..graph.ir import Graph
 from ..native import core
-from .analysis import batchable_mask, consumers, same_type_links
+from .analysis import batchable_mask, same_type_links
 
 
 def frontier(graph: Graph, track_ideal: bool = False):
     """The native frontier of `graph` before any node has run; `track_ideal` also maintains |F*_t|,
     which typewise and the RL reward need (its links cost more than the rest of a schedule)."""
-    c = consumers(graph)
     links = same_type_links(graph) if track_ideal else None
-    return core().Frontier(c.ptr, c.node, c.num_args, graph.node_type, batchable_mask(graph),
+    return core().Frontier(graph.arg_ptr, graph.arg_node, graph.node_type, batchable_mask(graph),
                            *((links.ptr, links.node, links.num_nearest) if links is not None else ()))
