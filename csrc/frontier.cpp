@@ -185,22 +185,34 @@ ConsumerCsr transpose_arguments(const Array<int64_t>& arg_ptr, const Array<int32
   const int64_t* ptr = arg_ptr.data();
   const int32_t* arg = arg_node.data();
   if (n < 0 || ptr[0] != 0 || ptr[n] != arg_node.size()) throw py::value_error("the argument CSR does not match its nodes");
-  ConsumerCsr c{std::vector<int64_t>(n + 1, 0), {}, std::vector<int32_t>(n, 0)};
+  ConsumerCsr c{std::vector<int64_t>(n + 1, 0), {}, std::vector<int32_t>(n)};
+  // Local pointers and bounds: the int64 counts could alias the int64 argument pointers, which
+  // would make the compiler reload those on every edge.
+  int64_t* count = c.ptr.data() + 1;
+  int32_t* num_args = c.num_args.data();
   for (int64_t v = 0; v < n; ++v) {
-    for (int64_t e = ptr[v]; e < ptr[v + 1]; ++e) {
-      if (arg[e] >= n) throw py::value_error("node " + std::to_string(v) + " has an argument past the last node");
-      if (arg[e] >= 0) {
-        ++c.ptr[arg[e] + 1];
-        ++c.num_args[v];
+    const int64_t hi = ptr[v + 1];
+    int32_t nodes = 0;
+    for (int64_t e = ptr[v]; e < hi; ++e) {
+      const int32_t a = arg[e];
+      if (a >= n) throw py::value_error("node " + std::to_string(v) + " has an argument past the last node");
+      if (a >= 0) {
+        ++count[a];
+        ++nodes;
       }
     }
+    num_args[v] = nodes;
   }
-  for (int64_t v = 0; v < n; ++v) c.ptr[v + 1] += c.ptr[v];
+  for (int64_t v = 0; v < n; ++v) count[v] += count[v - 1];
   c.node.resize(c.ptr[n]);
   std::vector<int64_t> fill(c.ptr.begin(), c.ptr.end() - 1);
+  int64_t* next = fill.data();
+  int32_t* node = c.node.data();
   for (int64_t v = 0; v < n; ++v) {
-    for (int64_t e = ptr[v]; e < ptr[v + 1]; ++e) {
-      if (arg[e] >= 0) c.node[fill[arg[e]]++] = static_cast<int32_t>(v);
+    const int64_t hi = ptr[v + 1];
+    for (int64_t e = ptr[v]; e < hi; ++e) {
+      const int32_t a = arg[e];
+      if (a >= 0) node[next[a]++] = static_cast<int32_t>(v);
     }
   }
   return c;
@@ -218,6 +230,7 @@ class Frontier {
     consumer_ptr_ = std::move(c.ptr);
     consumer_node_ = std::move(c.node);
     pending_ = std::move(c.num_args);
+    now_ready_.resize(consumer_node_.size() + 1);
     if (node_type_.size() != n) throw py::value_error("node_type has one entry a node");
     type_of_ = node_type_.data();
     for (int64_t v = 0; v < n; ++v)
@@ -386,11 +399,22 @@ class Frontier {
         for (int64_t e = ptr[nodes[i]]; e < ptr[nodes[i] + 1]; ++e)
           if (--near_pending_[later[e]] == 0) ++ideal_[type_of_[later[e]]];
     }
+    // Consumers whose last argument this was are collected without a branch (whether a count
+    // reaches zero is a coin toss the predictor loses), then made ready in the same order.
     const int64_t* ptr = consumer_ptr_.data();
     const int32_t* consumer = consumer_node_.data();
-    for (size_t i = 0; i < k; ++i)
-      for (int64_t e = ptr[nodes[i]]; e < ptr[nodes[i] + 1]; ++e)
-        if (--pending_[consumer[e]] == 0) add_ready(consumer[e]);
+    int32_t* pending = pending_.data();
+    int32_t* now_ready = now_ready_.data();
+    size_t found = 0;
+    for (size_t i = 0; i < k; ++i) {
+      const int64_t hi = ptr[nodes[i] + 1];
+      for (int64_t e = ptr[nodes[i]]; e < hi; ++e) {
+        const int32_t c = consumer[e];
+        now_ready[found] = c;
+        found += --pending[c] == 0;
+      }
+    }
+    for (size_t j = 0; j < found; ++j) add_ready(now_ready[j]);
   }
 
   std::vector<int64_t> consumer_ptr_;
@@ -400,6 +424,7 @@ class Frontier {
   std::vector<uint8_t> batchable_;
   std::vector<int32_t> unbatchable_types_;
   std::vector<int32_t> pending_;  // arguments not yet run
+  std::vector<int32_t> now_ready_;  // `finish`'s scratch: one entry per consumer edge, and one more
   std::vector<std::vector<int32_t>> ready_;  // by type, in no order until a batch sorts them
   std::vector<uint8_t> descending_;  // ready_[t] sorted descending, so its lowest id pops from the back
   std::vector<int64_t> count_;  // |F_t|

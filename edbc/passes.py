@@ -5,8 +5,13 @@ Across instances (one mini-batch at a time, `BATCH_PASSES`):
     build_graph       instances -> cell-level graph          (edbc.graph.build)
     lower_to_ops      cell-level -> op-level graph           (edbc.graph.lower; --granularity op only)
     schedule          graph -> batches                       (edbc.schedule, edbc.policy; --policy)
-    plan_memory       graph + batches -> batches, layout     (edbc.memory; --memory pq or none; pq plans
-                                                             a mini-batch run N times where it repays)
+    plan_memory       graph + batches -> batches, layout     (edbc.memory; --memory pq or none; pq on
+                                                             a mini-batch run N times lays it out
+                                                             unplanned first)
+    prepare_operands  layout -> operand table                (edbc.memory.operands; a mini-batch about
+                                                             to run: views, broadcasts, gather rows)
+    plan_where_it_pays  pq on a mini-batch run N times: the pq layout where the table's gathers cost
+                      more than planning (edbc.memory.planner.planning_pays)
 
 Inside each cell (once per cell program, `CELL_PASSES`):
 
@@ -36,7 +41,7 @@ from .cell.verify import verify_cell_plan, verify_cell_schedule, verify_program
 from .errors import UsageError, VerificationError
 from .graph import CELL, OP, Graph, build_graph, format_graph, lower_to_ops, verify_graph
 from .memory import PLANNERS, Layout, format_layout, verify_layout
-from .memory.operands import OperandTable, operand_table
+from .memory.operands import OperandTable, format_operands, operand_table, verify_operands
 from .memory.planner import planning_pays, unplanned
 from .policy.resolve import check_policy_name
 from .schedule import Schedule, format_schedule, verify_schedule
@@ -168,14 +173,37 @@ def _schedule(s: BatchState) -> BatchState:
     return replace(s, schedule=sched, fsm_fallbacks=fallbacks)
 
 
+def _decides_later(s: BatchState) -> bool:
+    """pq on a mini-batch run a known number of times plans only where that repays its cost, which
+    the unplanned layout's operand table tells (`planning_pays`)."""
+    return s.options.memory == "pq" and s.runs is not None
+
+
 def _plan_memory(s: BatchState) -> BatchState:
-    if s.options.memory == "pq" and s.runs is not None:  # plan only where it repays its cost
-        sched, layout = unplanned(s.graph, s.schedule)
-        table = operand_table(s.graph, sched, layout)
-        if not planning_pays(table, s.graph, sched, s.runs):
-            return replace(s, schedule=sched, layout=layout, operands=table)
-    sched, layout = PLANNERS[s.options.memory](s.graph, s.schedule)
+    sched, layout = (unplanned if _decides_later(s) else PLANNERS[s.options.memory])(s.graph, s.schedule)
     return replace(s, schedule=sched, layout=layout)
+
+
+def _prepare_operands(s: BatchState) -> BatchState:
+    """The operand table of a mini-batch about to run; a plan compiled ahead of time has its tables
+    made when it runs."""
+    return s if s.runs is None else replace(s, operands=operand_table(s.graph, s.schedule, s.layout))
+
+
+def _plan_where_it_pays(s: BatchState) -> BatchState:
+    if not (_decides_later(s) and planning_pays(s.operands, s.graph, s.schedule, s.runs)):
+        return s
+    sched, layout = PLANNERS["pq"](s.graph, s.schedule)
+    return replace(s, schedule=sched, layout=layout, operands=None)  # the run makes the new table
+
+
+def _verify_operands(s: BatchState) -> None:
+    if s.operands is not None:
+        verify_operands(s.operands, s.schedule)
+
+
+def _show_operands(s: BatchState) -> str:
+    return "(operand tables are made when the plan runs)" if s.operands is None else format_operands(s.operands)
 
 
 BATCH_PASSES = (
@@ -187,6 +215,9 @@ BATCH_PASSES = (
     Pass("schedule", _schedule, lambda s: verify_schedule(s.graph, s.schedule),
          lambda s: format_schedule(s.graph, s.schedule, max_batches=None), "schedule"),
     Pass("plan_memory", _plan_memory, lambda s: verify_layout(s.graph, s.schedule, s.layout),
+         lambda s: format_layout(s.layout), "memory"),
+    Pass("prepare_operands", _prepare_operands, _verify_operands, _show_operands, "prepare"),
+    Pass("plan_where_it_pays", _plan_where_it_pays, lambda s: verify_layout(s.graph, s.schedule, s.layout),
          lambda s: format_layout(s.layout), "memory"),
 )
 

@@ -88,6 +88,41 @@ def test_the_verifier_names_the_batch_pass_that_broke(monkeypatch, treelstm, syn
         compile_batch(treelstm, synthetic_trees, "agenda", verify=True)
 
 
+def test_operands_are_prepared_for_a_run_and_planned_where_it_pays(treelstm, synthetic_trees):
+    from edbc.api import Compiler
+    from edbc.memory.operands import operand_table
+
+    for runs, mode in ((1, "none"), (10**6, "pq")):
+        timings: dict[str, float] = {}
+        c = Compiler(treelstm, CompileOptions("agenda", memory="pq"), verify=True, runs=runs) \
+            .compile_batch(synthetic_trees, timings)
+        assert c.layout.mode == mode and "prepare" in timings
+        expected = operand_table(c.graph, c.schedule, c.layout)
+        if mode == "none":  # the table the cost model read is the run's
+            assert all(np.array_equal(getattr(c.known_operands, f), getattr(expected, f))
+                       for f in ("batch", "position", "kind", "arena", "first_row", "rows_read", "ptr", "rows"))
+        else:  # planned after the table was made: the run makes the new one
+            assert c.known_operands is None
+    assert compile_batch(treelstm, synthetic_trees, CompileOptions("agenda", memory="none")).known_operands is None
+
+
+def test_the_operand_verifier_rejects_a_malformed_table(treelstm, synthetic_trees):
+    from edbc.memory.operands import GATHER_CODE, VIEW_CODE, format_operands, verify_operands
+
+    c = compile_batch(treelstm, synthetic_trees, CompileOptions("agenda", memory="none"))
+    table = c.operand_table()
+    verify_operands(table, c.schedule)
+    gather = int(np.flatnonzero(table.kind == GATHER_CODE)[0])
+    assert f"gather {table.rows_read[gather]}" in format_operands(table, max_batches=None)
+    kind = table.kind.copy()
+    kind[gather] = VIEW_CODE
+    with pytest.raises(VerificationError, match=f"batch {table.batch[gather]} operand {table.position[gather]} "
+                                                r"is kind 0 with \d+ gather rows listed"):
+        verify_operands(replace(table, kind=kind), c.schedule)
+    with pytest.raises(VerificationError, match="not batch-major"):
+        verify_operands(replace(table, batch=table.batch[::-1].copy()), c.schedule)
+
+
 def test_every_bundled_cell_passes_every_verifier():
     for model in MODELS:
         spec, _ = load_spec(MODELS_DIR / f"{model}.yaml")

@@ -137,6 +137,37 @@ def _type_inputs(types: tuple, arena_shapes: tuple) -> tuple[np.ndarray, ...]:
             np.array(input_row_bytes, dtype=np.int64))
 
 
+def verify_operands(table: OperandTable, schedule: Schedule) -> None:
+    """Raise `VerificationError` unless `table` is a well-formed operand table of `schedule`'s
+    batches: aligned columns, batch-major entries, known kinds, and gather rows exactly where the
+    kind is a gather."""
+    n = len(table.batch)
+    columns = (table.position, table.kind, table.arena, table.first_row, table.rows_read, table.nbytes)
+    if any(len(c) != n for c in columns) or len(table.ptr) != n + 1 or table.ptr[0] != 0 \
+            or table.ptr[-1] != len(table.rows):
+        raise VerificationError("operand table: its columns and row index disagree")
+    if n and (np.any(np.diff(table.batch) < 0) or table.batch[0] < 0 or table.batch[-1] >= schedule.num_batches):
+        raise VerificationError("operand table: entries are not batch-major over the schedule's batches")
+    listed = np.diff(table.ptr)
+    bad = np.flatnonzero((table.kind < 0) | (table.kind >= len(KINDS))
+                         | np.where(table.kind == GATHER_CODE, listed != table.rows_read, listed != 0))
+    if len(bad):
+        i = int(bad[0])
+        raise VerificationError(f"operand table: batch {table.batch[i]} operand {table.position[i]} is kind "
+                                f"{table.kind[i]} with {listed[i]} gather rows listed for {table.rows_read[i]} read")
+
+
+def format_operands(table: OperandTable, max_batches: int | None = 40) -> str:
+    """One line per batch: how each operand is served (a gather with its row count)."""
+    lines = []
+    for b in np.unique(table.batch).tolist()[:max_batches]:
+        entries = np.flatnonzero(table.batch == b).tolist()
+        served = [f"{KINDS[table.kind[i]]} {table.rows_read[i]}" if table.kind[i] == GATHER_CODE
+                  else KINDS[table.kind[i]] for i in entries]
+        lines.append(f"batch {b}: {', '.join(served)}")
+    return "\n".join(lines)
+
+
 def batch_operands(graph: Graph, schedule: Schedule, layout: Layout, b: int) -> list[BatchOperand]:
     """The float operands of batch `b`, in the order of its program's float inputs."""
     table = operand_table(graph, schedule, layout)
