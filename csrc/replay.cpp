@@ -694,14 +694,71 @@ struct TypeKernel {
 };
 
 // The flat arrays of a compiled mini-batch (see `edbc.runtime.native.replay_of`).
+// The replay's flat arrays, derived from a compiled mini-batch's own (graph, schedule, layout and
+// operand table, each in its own integer type; plans' arrays are read-only): int64 tensors, the
+// gather rows and the token ids on `device`. Indices are checked, since plans come from files.
+struct ReplayArrays {
+  std::vector<at::Tensor> arrays;  // see `Replay`
+  std::vector<at::Tensor> tokens;  // per token input position: each schedule position's id (0: none)
+};
+
+template <class T>
+at::Tensor int64_tensor(const Array<T>& a) {
+  at::Tensor t = at::empty({static_cast<int64_t>(a.size())}, at::kLong);
+  std::copy(a.data(), a.data() + a.size(), t.data_ptr<int64_t>());
+  return t;
+}
+
+ReplayArrays replay_arrays(const Array<int32_t>& batch_type, const Array<int64_t>& ptr, const Array<int32_t>& nodes,
+                           const Array<int64_t>& value_ptr, const Array<int64_t>& arg_ptr,
+                           const Array<int64_t>& imm_ptr, const Array<int64_t>& imm,
+                           const Array<int64_t>& n_float, int64_t n_tokens, const Array<int8_t>& kind,
+                           const Array<int64_t>& arena, const Array<int64_t>& first_row,
+                           const Array<int64_t>& table_ptr, const Array<int64_t>& rows,
+                           const Array<int32_t>& value_arena, const Array<int64_t>& value_row, at::Device device) {
+  const int64_t batches = batch_type.size(), positions = nodes.size(), n = value_ptr.size() - 1;
+  const int64_t types = n_float.size();
+  TORCH_CHECK(ptr.size() == batches + 1 && ptr.data()[0] == 0 && ptr.data()[batches] == positions &&
+                  arg_ptr.size() == n + 1 && imm_ptr.size() == n + 1 && imm_ptr.data()[n] == imm.size() &&
+                  table_ptr.size() == kind.size() + 1 && value_arena.size() == value_row.size(),
+              "replay arrays of other lengths than their mini-batch's");
+  at::Tensor entry = at::empty({batches + 1}, at::kLong), first_value = at::empty({batches}, at::kLong);
+  int64_t* e = entry.data_ptr<int64_t>();
+  int64_t* fv = first_value.data_ptr<int64_t>();
+  e[0] = 0;
+  for (int64_t b = 0; b < batches; ++b) {
+    const int32_t t = batch_type.data()[b];
+    const int64_t lo = ptr.data()[b];
+    TORCH_CHECK(t >= 0 && t < types && lo < ptr.data()[b + 1], "a batch of no type or no node");
+    e[b + 1] = e[b] + n_float.data()[t];
+    fv[b] = value_ptr.data()[nodes.data()[lo]];
+  }
+  TORCH_CHECK(e[batches] == kind.size(), "an operand table of other entries than the batches' inputs");
+  at::Tensor counts = at::empty({positions}, at::kLong);
+  std::vector<at::Tensor> tokens;
+  for (int64_t q = 0; q < n_tokens; ++q) tokens.push_back(at::empty({positions}, at::kLong));
+  int64_t* c = counts.data_ptr<int64_t>();
+  for (int64_t j = 0; j < positions; ++j) {
+    const int32_t v = nodes.data()[j];
+    TORCH_CHECK(v >= 0 && v < n, "a scheduled node outside the graph");
+    c[j] = arg_ptr.data()[v + 1] - arg_ptr.data()[v];
+    const int64_t first = imm_ptr.data()[v], have = imm_ptr.data()[v + 1] - first;
+    for (int64_t q = 0; q < n_tokens; ++q) tokens[q].data_ptr<int64_t>()[j] = q < have ? imm.data()[first + q] : 0;
+  }
+  for (auto& t : tokens) t = t.to(device);
+  return {{int64_tensor(batch_type), int64_tensor(ptr), entry, first_value, int64_tensor(kind), int64_tensor(arena),
+           int64_tensor(first_row), int64_tensor(table_ptr), int64_tensor(rows).to(device), int64_tensor(value_arena),
+           int64_tensor(value_row), counts},
+          std::move(tokens)};
+}
+
 class Replay {
  public:
   // `direct`: read and write rows in place with loops of our own (CPU); else everything goes
   // through ATen (other devices, and the CPU's tests of that path).
-  Replay(std::vector<at::Tensor> arenas, std::vector<TypeKernel> kernels, std::vector<at::Tensor> arrays,
-         std::vector<at::Tensor> tokens, bool direct)
-      : arenas_(std::move(arenas)), kernels_(std::move(kernels)), arrays_(std::move(arrays)),
-        tokens_(std::move(tokens)), direct_(direct) {
+  Replay(std::vector<at::Tensor> arenas, std::vector<TypeKernel> kernels, ReplayArrays arrays, bool direct)
+      : arenas_(std::move(arenas)), kernels_(std::move(kernels)), arrays_(std::move(arrays.arrays)),
+        tokens_(std::move(arrays.tokens)), direct_(direct) {
     TORCH_CHECK(arrays_.size() == 12, "a replay takes 12 arrays");
     for (size_t i = 0; i < arrays_.size(); ++i) {
       // The gather rows (array 8) live on the arenas' device; the rest are read here.
@@ -931,9 +988,24 @@ void register_replay(pybind11::module_& m) {
            }),
            py::arg("native"), py::arg("set_how"), py::arg("python"), py::arg("token"), py::arg("n_outputs"));
   py::class_<Replay>(m, "Replay")
-      .def(py::init<std::vector<at::Tensor>, std::vector<TypeKernel>, std::vector<at::Tensor>,
-                    std::vector<at::Tensor>, bool>(),
-           py::arg("arenas"), py::arg("kernels"), py::arg("arrays"), py::arg("tokens"), py::arg("direct"))
+      .def(py::init([](std::vector<at::Tensor> arenas, std::vector<TypeKernel> kernels, bool direct,
+                       const Array<int32_t>& batch_type, const Array<int64_t>& ptr, const Array<int32_t>& nodes,
+                       const Array<int64_t>& value_ptr, const Array<int64_t>& arg_ptr, const Array<int64_t>& imm_ptr,
+                       const Array<int64_t>& imm, const Array<int64_t>& n_float, int64_t n_tokens,
+                       const Array<int8_t>& kind, const Array<int64_t>& arena, const Array<int64_t>& first_row,
+                       const Array<int64_t>& table_ptr, const Array<int64_t>& rows,
+                       const Array<int32_t>& value_arena, const Array<int64_t>& value_row) {
+             TORCH_CHECK(!arenas.empty(), "a replay writes at least one arena");
+             const at::Device device = arenas[0].device();
+             return Replay(std::move(arenas), std::move(kernels),
+                           replay_arrays(batch_type, ptr, nodes, value_ptr, arg_ptr, imm_ptr, imm, n_float, n_tokens,
+                                         kind, arena, first_row, table_ptr, rows, value_arena, value_row, device),
+                           direct);
+           }),
+           py::arg("arenas"), py::arg("kernels"), py::arg("direct"), py::arg("batch_type"), py::arg("ptr"),
+           py::arg("nodes"), py::arg("value_ptr"), py::arg("arg_ptr"), py::arg("imm_ptr"), py::arg("imm"),
+           py::arg("n_float"), py::arg("n_tokens"), py::arg("kind"), py::arg("arena"), py::arg("first_row"),
+           py::arg("table_ptr"), py::arg("rows"), py::arg("value_arena"), py::arg("value_row"))
       .def("run", &Replay::run, py::arg("keep") = false)
       .def("can_backward", &Replay::can_backward)
       .def("backward", &Replay::backward, py::arg("grads"));

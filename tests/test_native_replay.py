@@ -3,6 +3,7 @@ Python kernels' (the oracle) and the reference, on the fused CPU path and on the
 devices take; the bundled cells lower to native programs; matrix products, forward and backward;
 the fused math keeps NaN and inf."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,9 +175,13 @@ def test_the_fused_math_matches_torch_across_the_range():
 def _single_batch_replay(kernel, arena_in: torch.Tensor, out: torch.Tensor, k: int):
     """A replay of one batch of `k` rows: input rows 0..k-1 of `arena_in` (a view), output rows of `out`."""
     native = core()
-    long = lambda *v: torch.tensor(v, dtype=torch.long)  # noqa: E731
-    arrays = [long(0), long(0, k), long(0, 1), long(0), long(0), long(0), long(0), long(0, 0),
-              torch.zeros(0, dtype=torch.long), long(0), long(0), torch.zeros(k, dtype=torch.long)]
-    arrays[9] = long(1)  # value 0 (the batch's first output) lives in arena 1, from row 0
-    arrays[10] = long(0)
-    return native.Replay([arena_in, out], [native.TypeKernel(kernel, -1, None, [0], 1)], arrays, [], True)
+    i32 = lambda *v: np.array(v, dtype=np.int32)  # noqa: E731
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    # k nodes of one type, one argument and one output each; the batch's operand a view of rows 0..k-1
+    # of arena 0, its outputs (values 0..k-1) rows 0..k-1 of arena 1.
+    each = np.arange(k + 1, dtype=np.int64)
+    return native.Replay([arena_in, out], [native.TypeKernel(kernel, -1, None, [0], 1)], True,
+                         batch_type=i32(0), ptr=i64(0, k), nodes=np.arange(k, dtype=np.int32), value_ptr=each,
+                         arg_ptr=each, imm_ptr=np.zeros(k + 1, dtype=np.int64), imm=i64(), n_float=i64(1), n_tokens=0,
+                         kind=np.zeros(1, dtype=np.int8), arena=i64(0), first_row=i64(0), table_ptr=i64(0, 0),
+                         rows=i64(), value_arena=np.ones(k, dtype=np.int32), value_row=np.arange(k, dtype=np.int64))

@@ -42,6 +42,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+REMEMBERED = 64  # entries `Runtime.remembered` keeps
+
+
 class Runtime:
     """A model's weights on a device, and the kernels of the compiled cells that run with them.
 
@@ -68,6 +71,7 @@ class Runtime:
         self._recipes: dict[str, Derived] = {}
         self._kernels: dict[int, tuple[CompiledCell, Kernel]] = {}  # by the compiled cell's identity
         self._natives: dict[int, tuple[CompiledCell, object]] = {}  # native kernels (or None), likewise
+        self._remembered: dict[tuple, tuple] = {}  # `remembered`
         self._seen = self._versions()
         self.pool = ArenaPool(self.device)  # the arenas of executables, reused once they are gone
 
@@ -99,6 +103,19 @@ class Runtime:
             if name not in self._derived:
                 self._recipes[name] = d
                 self._derived[name] = _derive(d, self.weights)
+
+    def remembered(self, key: tuple, make):
+        """`make()`, made once per key of objects this runtime keeps alive (a model's node types and
+        compiled cells, the same from one mini-batch to the next), compared by identity."""
+        ids = tuple(id(k) for k in key)
+        known = self._remembered.get(ids)
+        if known is not None and all(a is b for a, b in zip(known[0], key)):
+            return known[1]
+        value = make()
+        if len(self._remembered) >= REMEMBERED:  # plans loaded from files may bring new objects each batch
+            self._remembered.clear()
+        self._remembered[ids] = (key, value)  # the entry keeps the key's objects alive, so their ids stay theirs
+        return value
 
     def native_kernel(self, cell: CompiledCell):
         """The native kernel of a compiled cell (`native.lower`), with this runtime's weights bound;

@@ -251,27 +251,18 @@ def native_replay(runtime, compiled, arenas: list[torch.Tensor]):
     set reduction or Python), and the flat arrays saying what each batch reads and writes."""
     from ..native import core
 
-    native = core()
     graph, schedule, layout = compiled.graph, compiled.schedule, compiled.layout
     device = runtime.device
     table = compiled.operand_table()
-    kernels = []
-    for t, cell in enumerate(compiled.cells):
-        program = graph.types[t].program
-        token = [int(v.dtype == TOKEN) for v in program.inputs]
-        reduction = set_reduction_of(program)
-        if reduction is not None:
-            kernels.append(native.TypeKernel(None, SET_HOWS.index(reduction.native), None, token, 1))
-            continue
-        k = runtime.native_kernel(cell) if cell is not None else None
-        python = runtime.kernel(cell) if cell is not None and k is None else None
-        kernels.append(native.TypeKernel(k, -1, python, token, len(program.outputs)))
+    kernels, n_float, n_tokens = runtime.remembered(("replay kernels", *graph.types, *compiled.cells),
+                                                    lambda: type_kernels(runtime, graph.types, compiled.cells))
 
     # Operands of no arena (zeros of a shape no value has) read a zero row of their own.
-    arena = table.arena.astype(np.int64)
+    arena = table.arena
     arenas = list(arenas)
     missing = np.flatnonzero(arena < 0)
     if len(missing):
+        arena = arena.copy()
         types = schedule.batch_type[table.batch[missing]]
         zeros: dict[tuple, int] = {}
         for i, t, p in zip(missing.tolist(), types.tolist(), table.position[missing].tolist()):
@@ -282,21 +273,31 @@ def native_replay(runtime, compiled, arenas: list[torch.Tensor]):
                 arenas.append(torch.zeros((1,) + tuple(shape), device=device))
             arena[i] = zeros[shape]
 
-    programs = [t.program for t in graph.types]
-    n_float = np.array([len(p.float_inputs) for p in programs], dtype=np.int64)[schedule.batch_type]
-    entry = np.zeros(schedule.num_batches + 1, dtype=np.int64)
-    np.cumsum(n_float, out=entry[1:])
-    nodes = schedule.nodes
-    arrays = [schedule.batch_type, schedule.ptr, entry, graph.value_ptr[nodes[schedule.ptr[:-1]]],
-              table.kind, arena, table.first_row, table.ptr, table.rows, layout.value_arena, layout.value_row,
-              np.diff(graph.arg_ptr)[nodes]]
-    arrays = [torch.from_numpy(np.require(a, np.int64, ["C", "W"])) for a in arrays]  # (plans' arrays are read-only)
-    arrays[8] = arrays[8].to(device)  # gather rows: the core hands them to index_select
-
-    # Token ids by schedule position, one array per token input position (0 where a node has fewer).
-    n_tokens = max((len(p.token_inputs) for p in programs), default=0)
-    counts = graph.imm_ptr[nodes + 1] - graph.imm_ptr[nodes]
-    tokens = [torch.as_tensor(np.where(counts > q, graph.imm[np.minimum(graph.imm_ptr[nodes] + q, len(graph.imm) - 1)],
-                                       0), dtype=torch.long, device=device) for q in range(n_tokens)]
+    # The core derives its flat arrays (each batch's first operand entry and first value, each
+    # position's set size and token ids) from these, rows and tokens on the arenas' device.
     # Rows are read and written in place, elementwise runs fused, on the CPU (unless the runtime says not).
-    return native.Replay(arenas, kernels, arrays, tokens, runtime.fused and device.type == "cpu")
+    return core().Replay(
+        arenas, kernels, runtime.fused and device.type == "cpu", schedule.batch_type, schedule.ptr, schedule.nodes,
+        graph.value_ptr, graph.arg_ptr, graph.imm_ptr, graph.imm, n_float, n_tokens, table.kind, arena,
+        table.first_row, table.ptr, table.rows, layout.value_arena, layout.value_row)
+
+
+def type_kernels(runtime, types: tuple, cells: tuple) -> tuple[list, np.ndarray, int]:
+    """Per node type, what the replay runs (native program, set reduction or Python kernel), its
+    float input count, and the most token inputs a type has: the same for every mini-batch of a model."""
+    from ..native import core
+
+    kernels = []
+    for node_type, cell in zip(types, cells):
+        program = node_type.program
+        token = [int(v.dtype == TOKEN) for v in program.inputs]
+        reduction = set_reduction_of(program)
+        if reduction is not None:
+            kernels.append(core().TypeKernel(None, SET_HOWS.index(reduction.native), None, token, 1))
+            continue
+        k = runtime.native_kernel(cell) if cell is not None else None
+        python = runtime.kernel(cell) if cell is not None and k is None else None
+        kernels.append(core().TypeKernel(k, -1, python, token, len(program.outputs)))
+    programs = [t.program for t in types]
+    return (kernels, np.array([len(p.float_inputs) for p in programs], dtype=np.int64),
+            max((len(p.token_inputs) for p in programs), default=0))
