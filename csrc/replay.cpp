@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "parts.h"
 
@@ -20,15 +21,16 @@ namespace {
 
 // Opcodes: the order of `edbc.runtime.native.OPCODES`.
 enum Code : int64_t {
-  ADD, SUB, MUL, DIV, ADDCMUL, LERP, SIGMOID, TANH, RELU, EXP, COPY,  // elementwise
+  ADD, SUB, MUL, DIV, ADDCMUL, LERP, SIGMOID, TANH, RELU, EXP, COPY, DROPOUT,  // elementwise
   AFFINE, AFFINE_ADD, EMBED, LOG_SOFTMAX, SOFTMAX, MATMUL, MATMUL_ADD, MATVEC,  // ATen (CPU: sgemm)
   NUM_CODES
 };
-constexpr int64_t LAST_ELEMENTWISE = COPY;
+constexpr int64_t LAST_ELEMENTWISE = DROPOUT;
 // One instruction: code, dst (base, col), width, then three operands (base, col); a negative
 // base -1-p is parameter p. AFFINE reads a (the rows), b = the weight, c = the bias or none.
 // MATMUL (d = a b; MATMUL_ADD d += a b) and MATVEC read a, the left operand, as a [p, q] matrix
-// per row (or a parameter), and b; the last two fields are p and q.
+// per row (or a parameter), and b; the last two fields are p and q. DROPOUT's are its site and
+// rate (percent): d = a, or in training a times its mask.
 constexpr int64_t FIELDS = 12;
 constexpr int64_t kNone = INT64_MIN;  // an operand field not used
 
@@ -103,6 +105,54 @@ Sgemm find_sgemm() {
 Sgemm blas() {
   static const Sgemm gemm = find_sgemm();
   return gemm;
+}
+
+// Training's dropout masks (`edbc.spec.ops.dropout_keep`, which these equal bit for bit): an entry is
+// kept by a hash of the step's seed, its row's cell call key, the op's site and the column.
+constexpr int64_t kM32 = 0xFFFFFFFFLL;
+
+inline int64_t mix32(int64_t h) {
+  h = (((h >> 16) ^ h) * 0x45D9F3BLL) & kM32;
+  h = (((h >> 16) ^ h) * 0x45D9F3BLL) & kM32;
+  return (h >> 16) ^ h;
+}
+
+// The part of the hash a row shares across its columns.
+inline int64_t dropout_row(int64_t key, int64_t seed, int64_t site) {
+  const int64_t row = mix32((key & kM32) ^ (seed & kM32));
+  return mix32(row ^ (key >> 32) ^ ((site * 0x9E3779B9LL) & kM32));
+}
+
+// The factor of one entry: 0 where dropped, else 100 / (100 - rate) as the float torch makes it.
+inline float dropout_factor(int64_t row, int64_t col, int64_t rate) {
+  int64_t h = row ^ ((col * 0x85EBCA6BLL) & kM32);
+  h = (((h >> 16) ^ h) * 0x45D9F3BLL) & kM32;
+  const bool keep = ((h ^ (h >> 16)) >> 8) >= (rate << 24) / 100;
+  return keep ? static_cast<float>(100.0 / static_cast<double>(100 - rate)) : 0.0f;
+}
+
+// A batch's dropout draws: its rows' call keys (none: dropout is the identity, as at inference).
+struct Noise {
+  int64_t seed = 0;
+  const int64_t* keys = nullptr;  // the batch's rows', on the CPU
+  at::Tensor device_keys;  // the same on the arenas' device (the ATen path)
+};
+
+// The factors of a [k, width] dropout through ATen, on the keys' device.
+at::Tensor dropout_factors(const Noise& noise, int64_t site, int64_t rate, int64_t width) {
+  auto shr = [](const at::Tensor& h, int64_t n) { return at::bitwise_right_shift(h, n); };
+  auto mix = [&](at::Tensor h) {
+    h = ((shr(h, 16) ^ h) * 0x45D9F3BLL).bitwise_and(kM32);
+    h = ((shr(h, 16) ^ h) * 0x45D9F3BLL).bitwise_and(kM32);
+    return shr(h, 16) ^ h;
+  };
+  const at::Tensor& keys = noise.device_keys;
+  at::Tensor row = mix(keys.bitwise_and(kM32) ^ (noise.seed & kM32));
+  row = mix(row ^ shr(keys, 32) ^ ((site * 0x9E3779B9LL) & kM32));
+  at::Tensor h = row.unsqueeze(1) ^ (at::arange(width, keys.options()) * 0x85EBCA6BLL).bitwise_and(kM32).unsqueeze(0);
+  h = ((shr(h, 16) ^ h) * 0x45D9F3BLL).bitwise_and(kM32);
+  at::Tensor keep = shr(h ^ shr(h, 16), 8) >= (rate << 24) / 100;
+  return keep.to(at::kFloat) * static_cast<float>(100.0 / static_cast<double>(100 - rate));
 }
 
 struct Instr {
@@ -197,7 +247,7 @@ class NativeKernel {
   // gradients add into `gparams`. Instruction by instruction in reverse, through ATen.
   void backward(const std::vector<Rows>& bases, const std::vector<at::Tensor>& ids,
                 const std::vector<at::Tensor>& gout, std::vector<at::Tensor>& gin,
-                std::vector<at::Tensor>& gparams, int64_t k, bool direct) const {
+                std::vector<at::Tensor>& gparams, int64_t k, bool direct, const Noise& noise) const {
     const auto opts = gout.front().options();
     std::vector<at::Tensor> g(p_.widths.size());
     auto grad_of = [&](int64_t base) -> at::Tensor& {
@@ -226,7 +276,7 @@ class NativeKernel {
             if (base >= 0 && base != kNone) grad_of(base);
           }
         }
-        fused_backward(bases, g, gparams, from, i + 1, k);
+        fused_backward(bases, g, gparams, from, i + 1, k, noise);
         i = from;
         continue;
       }
@@ -275,6 +325,7 @@ class NativeKernel {
         case RELU: add(in.a, in.a_col, w, gd * (val(in.dst, in.dst_col) > 0)); break;
         case EXP: add(in.a, in.a_col, w, gd * val(in.dst, in.dst_col)); break;
         case COPY: add(in.a, in.a_col, w, gd); break;
+        case DROPOUT: add(in.a, in.a_col, w, noise.keys ? gd * dropout_factors(noise, in.p, in.q, w) : gd); break;
         case AFFINE:
         case AFFINE_ADD: {
           const at::Tensor& weight = p_.params[-1 - in.b];
@@ -351,8 +402,9 @@ class NativeKernel {
 
   // `bases`: the inputs' rows (a tensor where `needs_tensor`); `ids`: token inputs' ids, by input;
   // `out`: each output's destination, `[k, width]`.
+  // `noise`: the batch's dropout draws.
   void run(std::vector<Rows>& bases, const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& out,
-           int64_t k, bool direct) const {
+           int64_t k, bool direct, const Noise& noise) const {
     const int64_t n_in = num_inputs();
     const auto opts = out.front().options();
     bases.resize(p_.widths.size());
@@ -370,9 +422,9 @@ class NativeKernel {
         size_t j = i;
         while (j < p_.instrs.size() && p_.instrs[j].code <= LAST_ELEMENTWISE) ++j;
         if (direct) {
-          fused(bases, i, j, k);
+          fused(bases, i, j, k, noise);
         } else {
-          for (size_t q = i; q < j; ++q) elementwise_aten(bases, p_.instrs[q], k);
+          for (size_t q = i; q < j; ++q) elementwise_aten(bases, p_.instrs[q], k, noise);
         }
         i = j;
         continue;
@@ -409,7 +461,7 @@ class NativeKernel {
   // in reverse, each adding its operands' gradients (`g`: per base, `[k, width]`, contiguous; a
   // parameter row's gradient sums over the rows).
   void fused_backward(const std::vector<Rows>& bases, const std::vector<at::Tensor>& g,
-                      std::vector<at::Tensor>& gparams, size_t from, size_t to, int64_t k) const {
+                      std::vector<at::Tensor>& gparams, size_t from, size_t to, int64_t k, const Noise& noise) const {
     std::vector<float*> gdata(g.size(), nullptr);
     for (size_t b = 0; b < g.size(); ++b) {
       if (g[b].defined()) gdata[b] = g[b].data_ptr<float>();
@@ -463,13 +515,21 @@ class NativeKernel {
           case RELU: for (int64_t x = 0; x < w; ++x) ga[x] += d[x] > 0.0f ? gd[x] : 0.0f; break;
           case EXP: for (int64_t x = 0; x < w; ++x) ga[x] += gd[x] * d[x]; break;
           case COPY: for (int64_t x = 0; x < w; ++x) ga[x] += gd[x]; break;
+          case DROPOUT:
+            if (!noise.keys) {
+              for (int64_t x = 0; x < w; ++x) ga[x] += gd[x];
+            } else {
+              const int64_t row = dropout_row(noise.keys[r], noise.seed, in.p);
+              for (int64_t x = 0; x < w; ++x) ga[x] += gd[x] * dropout_factor(row, x, in.q);
+            }
+            break;
         }
       }
     }
   }
 
   // A run of elementwise instructions as one pass: row by row, every instruction on that row.
-  void fused(std::vector<Rows>& bases, size_t from, size_t to, int64_t k) const {
+  void fused(std::vector<Rows>& bases, size_t from, size_t to, int64_t k, const Noise& noise) const {
     for (int64_t r = 0; r < k; ++r) {
       for (size_t q = from; q < to; ++q) {
         const Instr& in = p_.instrs[q];
@@ -490,6 +550,14 @@ class NativeKernel {
           case RELU: for (int64_t x = 0; x < w; ++x) d[x] = a[x] < 0.0f ? 0.0f : a[x]; break;
           case EXP: for (int64_t x = 0; x < w; ++x) d[x] = vexp(a[x]); break;
           case COPY: for (int64_t x = 0; x < w; ++x) d[x] = a[x]; break;
+          case DROPOUT:
+            if (!noise.keys) {
+              for (int64_t x = 0; x < w; ++x) d[x] = a[x];
+            } else {
+              const int64_t row = dropout_row(noise.keys[r], noise.seed, in.p);
+              for (int64_t x = 0; x < w; ++x) d[x] = a[x] * dropout_factor(row, x, in.q);
+            }
+            break;
         }
       }
     }
@@ -502,7 +570,7 @@ class NativeKernel {
   }
 
   // The same instruction through ATen (other devices; and tests of this path on the CPU).
-  void elementwise_aten(std::vector<Rows>& bases, const Instr& in, int64_t k) const {
+  void elementwise_aten(std::vector<Rows>& bases, const Instr& in, int64_t k, const Noise& noise) const {
     at::Tensor d = columns(bases, in.dst, in.dst_col, in.width, k);
     auto arg = [&](int64_t base, int64_t col) { return columns(bases, base, col, in.width, k); };
     switch (in.code) {
@@ -517,6 +585,13 @@ class NativeKernel {
       case RELU: at::clamp_min_out(d, arg(in.a, in.a_col), 0); break;
       case EXP: at::exp_out(d, arg(in.a, in.a_col)); break;
       case COPY: d.copy_(arg(in.a, in.a_col)); break;
+      case DROPOUT:
+        if (noise.keys) {
+          at::mul_out(d, arg(in.a, in.a_col), dropout_factors(noise, in.p, in.q, in.width));
+        } else {
+          d.copy_(arg(in.a, in.a_col));
+        }
+        break;
     }
   }
 
@@ -693,7 +768,6 @@ struct TypeKernel {
   int64_t n_outputs = 0;
 };
 
-// The flat arrays of a compiled mini-batch (see `edbc.runtime.native.replay_of`).
 // The replay's flat arrays, derived from a compiled mini-batch's own (graph, schedule, layout and
 // operand table, each in its own integer type; plans' arrays are read-only): int64 tensors, the
 // gather rows and the token ids on `device`. Indices are checked, since plans come from files.
@@ -770,16 +844,19 @@ class Replay {
   }
 
   // `keep`: keep every batch's intermediate values for `backward` (training), which then need
-  // not compute them again.
-  void run(bool keep) {
+  // not compute them again. `keys` (int64, one a schedule position: its cell call's key) and `seed`:
+  // training's dropout draws; without keys dropout is the identity.
+  void run(bool keep, int64_t seed, std::optional<at::Tensor> keys) {
     Batch x;
+    set_noise(seed, std::move(keys));
+    TORCH_CHECK(!keys_.defined() || can_backward(), "dropout draws need every type of the mini-batch native");
     pybind11::gil_scoped_release released;
     kept_.assign(keep ? num_batches() : 0, {});
     for (int64_t b = 0; b < num_batches(); ++b) {
       const TypeKernel& tk = kernel_of(b);
       prepare(b, x, false);
       if (tk.native) {
-        tk.native->run(x.bases, x.ids, x.out, x.k, direct_);
+        tk.native->run(x.bases, x.ids, x.out, x.k, direct_, noise_of(x));
         if (keep) kept_[b] = tk.native->steps_of(x.bases);
       } else if (tk.set_how >= 0 && direct_) {
         reduce_sets(x.bases[0], x.out[0], at_(11) + x.lo, x.k, tk.set_how);
@@ -809,8 +886,10 @@ class Replay {
   // the results' already there) and adds its inputs' gradients into them: onto a view's rows, summed
   // into a broadcast row, index_add for a gather. Returns each type's parameter gradients, in its
   // native program's parameter order (types sharing a program share the tensors).
-  std::vector<std::vector<at::Tensor>> backward(std::vector<at::Tensor> grads) {
+  std::vector<std::vector<at::Tensor>> backward(std::vector<at::Tensor> grads, int64_t seed,
+                                                std::optional<at::Tensor> keys) {
     TORCH_CHECK(can_backward(), "a type of this mini-batch runs a Python kernel");
+    set_noise(seed, std::move(keys));
     std::map<const NativeKernel*, std::vector<at::Tensor>> params;
     std::vector<std::vector<at::Tensor>> by_type(kernels_.size());
     for (size_t t = 0; t < kernels_.size(); ++t) {
@@ -834,11 +913,11 @@ class Replay {
       gbases.clear();
       if (tk.native) {
         if (kept_.empty()) {
-          tk.native->run(x.bases, x.ids, x.out, x.k, direct_);  // the same values again, for the derivatives
+          tk.native->run(x.bases, x.ids, x.out, x.k, direct_, noise_of(x));  // the same values again, for the derivatives
         } else {
           tk.native->restore(x.bases, kept_[b]);
         }
-        tk.native->backward(x.bases, x.ids, gout, gbases, by_type[batch_type_(b)], x.k, direct_);
+        tk.native->backward(x.bases, x.ids, gout, gbases, by_type[batch_type_(b)], x.k, direct_, noise_of(x));
       } else {
         gbases.push_back(set_backward(x.bases[0].tensor, x.out[0], gout[0], arrays_[11].narrow(0, x.lo, x.k),
                                       tk.set_how));
@@ -859,6 +938,23 @@ class Replay {
     std::vector<Rows> bases;
     std::vector<at::Tensor> ids, natural, out, natural_out;
   };
+
+  void set_noise(int64_t seed, std::optional<at::Tensor> keys) {
+    seed_ = seed;
+    keys_ = at::Tensor();
+    device_keys_ = at::Tensor();
+    if (!keys) return;
+    TORCH_CHECK(keys->dtype() == at::kLong && keys->dim() == 1 && keys->numel() == arrays_[1].data_ptr<int64_t>()[num_batches()],
+                "dropout keys: int64, one a schedule position");
+    keys_ = keys->to(at::kCPU).contiguous();
+    device_keys_ = arenas_.empty() ? keys_ : keys_.to(arenas_[0].device());
+  }
+
+  // Batch x's dropout draws, while a run or backward holds the step's keys.
+  Noise noise_of(const Batch& x) const {
+    if (!keys_.defined()) return Noise{};
+    return Noise{seed_, keys_.data_ptr<int64_t>() + x.lo, device_keys_.narrow(0, x.lo, x.k)};
+  }
 
   const int64_t* at_(int i) const { return arrays_[i].data_ptr<int64_t>(); }
   int64_t num_batches() const { return arrays_[0].numel(); }
@@ -970,6 +1066,8 @@ class Replay {
   std::vector<at::Tensor> tokens_;
   bool direct_;
   std::vector<std::vector<at::Tensor>> kept_;  // per batch, its step bases (`run(keep=true)`)
+  int64_t seed_ = 0;  // the dropout draws of the run or backward under way (`set_noise`)
+  at::Tensor keys_, device_keys_;
 };
 
 }  // namespace
@@ -1006,9 +1104,9 @@ void register_replay(pybind11::module_& m) {
            py::arg("nodes"), py::arg("value_ptr"), py::arg("arg_ptr"), py::arg("imm_ptr"), py::arg("imm"),
            py::arg("n_float"), py::arg("n_tokens"), py::arg("kind"), py::arg("arena"), py::arg("first_row"),
            py::arg("table_ptr"), py::arg("rows"), py::arg("value_arena"), py::arg("value_row"))
-      .def("run", &Replay::run, py::arg("keep") = false)
+      .def("run", &Replay::run, py::arg("keep") = false, py::arg("seed") = 0, py::arg("keys") = py::none())
       .def("can_backward", &Replay::can_backward)
-      .def("backward", &Replay::backward, py::arg("grads"));
+      .def("backward", &Replay::backward, py::arg("grads"), py::arg("seed") = 0, py::arg("keys") = py::none());
 }
 
 }  // namespace edbc

@@ -3,6 +3,8 @@ Python kernels' (the oracle) and the reference, on the fused CPU path and on the
 devices take; the bundled cells lower to native programs; matrix products, forward and backward;
 the fused math keeps NaN and inf."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,37 @@ def _single_batch_replay(kernel, arena_in: torch.Tensor, out: torch.Tensor, k: i
                          arg_ptr=each, imm_ptr=np.zeros(k + 1, dtype=np.int64), imm=i64(), n_float=i64(1), n_tokens=0,
                          kind=np.zeros(1, dtype=np.int8), arena=i64(0), first_row=i64(0), table_ptr=i64(0, 0),
                          rows=i64(), value_arena=np.ones(k, dtype=np.int32), value_row=np.arange(k, dtype=np.int64))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("granularity", [CELL, OP])
+def test_training_dropout_runs_natively_with_the_python_kernels_masks(granularity, fused):
+    """With dropout every cell still lowers; the core draws the masks the Python kernels draw (the
+    same hash), forward and backward, on the fused path and the ATen path."""
+    from edbc.api import Compiler
+    from edbc.runtime.dropout import Dropout
+
+    spec, _ = load_spec(Path(__file__).parent / "fixtures" / "treelstm_dropout.yaml")
+    instances = load_data(spec, None, limit=6, seed=5).instances
+    runtime = Runtime(spec, fused=fused)
+    params = list(WeightsModule(runtime).parameters())
+    c = Compiler(spec, CompileOptions("typewise", granularity, "pq"), inference=False).compile_batch(instances)
+    assert any(op.kind == "dropout" for cell in c.cells if cell is not None for op in cell.program.ops)
+    executable = runtime.prepare(c)
+    assert executable._replay_native.can_backward()  # every type native: no Python kernel runs
+    dropout = Dropout(7, tuple(range(3, 9)))
+    got = executable.forward(dropout)
+    weight = torch.randn(got.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((got * weight).sum(), params)
+    noise = executable._noise(dropout)
+    with torch.no_grad():
+        executable._run_python(noise.batches())
+        want = torch.index_select(executable._result_arena, 0, executable._result_rows)
+    assert (got.detach() - want).abs().max().item() <= 1e-5
+    ref = reference_outputs(c.cell_graph, runtime.weights, dropout=dropout)
+    want_grads = torch.autograd.grad((ref * weight).sum(), params)
+    for name, g, w in zip(runtime.weights, grads, want_grads):
+        assert (g - w).abs().max().item() <= 1e-4 * max(1.0, w.abs().max().item()), name
+    quiet = executable.run()  # no draws: dropout is the identity
+    assert (quiet - runtime.reference(c.cell_graph)).abs().max().item() <= 1e-4
+    assert (quiet - got.detach()).abs().max().item() > 1e-2  # the draws did drop entries

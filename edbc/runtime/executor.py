@@ -270,30 +270,31 @@ class Executable:
         return self._python
 
 
-    def _noises(self, dropout: Dropout | None) -> list[Noise | None] | tuple[None, ...]:
-        """What each batch's noisy ops draw from (None at inference, or where the model has none)."""
+    def _noise(self, dropout: Dropout | None) -> "_StepNoise | None":
+        """What the noisy ops draw from (None at inference, or where the model has none)."""
         if dropout is not None and self._stripped:
             raise UsageError("this mini-batch was compiled for inference, without its dropout ops; compile it "
                              "for training (`edbc.load(..., training=True)`, or `Compiler(..., inference=False)`)")
         if dropout is None or self._calls is None:
-            return self._quiet
-        keys = torch.as_tensor(call_keys(self._cell_graph, dropout)[self._calls], device=self.device)
-        b = self._bounds
-        return [Noise(dropout.seed, keys[lo:hi]) for lo, hi in zip(b[:-1], b[1:])]
+            return None
+        return _StepNoise(dropout.seed, torch.from_numpy(call_keys(self._cell_graph, dropout)[self._calls]),
+                          self._bounds, self.device)
 
     def run(self, dropout: Dropout | None = None) -> torch.Tensor:
         """Execute every batch; returns the results `[num_results, *shape]` in graph order. With
         `dropout`, noisy ops run as in training (masks drawn from it); else they are the identity."""
-        return self._replay(self._noises(dropout))
+        return self._replay(self._noise(dropout))
 
-    def _replay(self, noises, keep: bool = False) -> torch.Tensor:
+    def _replay(self, noise: "_StepNoise | None", keep: bool = False) -> torch.Tensor:
         """`keep`: the native replay keeps each batch's intermediates for the backward (training)."""
         self._runtime.refresh()
         with torch.no_grad():
-            if noises is self._quiet:
+            if noise is None:
                 self._replay_native.run(keep)
-            else:  # dropout in training draws its masks in the Python kernels
-                self._run_python(noises)
+            elif self._replay_native.can_backward():  # every type native: the core draws the masks
+                self._replay_native.run(keep, noise.seed, noise.keys)
+            else:
+                self._run_python(noise.batches())
             return torch.index_select(self._result_arena, 0, self._result_rows)
 
     def _run_python(self, noises) -> None:
@@ -305,15 +306,15 @@ class Executable:
     def forward(self, dropout: Dropout | None = None) -> torch.Tensor:
         """`run`, as a node of the autograd graph: `loss.backward()` on what it returns fills the
         `.grad` of the runtime's weights (which must then require grad: `nn.Parameter`s)."""
-        return _PlanFunction.apply(self, self._noises(dropout), *self._runtime.weights.values())
+        return _PlanFunction.apply(self, self._noise(dropout), *self._runtime.weights.values())
 
     def backward(self, grad_results: torch.Tensor, dropout: Dropout | None = None) -> list[torch.Tensor]:
         """`_backward` after `run(dropout)`."""
-        return self._backward(grad_results, self._noises(dropout))
+        return self._backward(grad_results, self._noise(dropout))
 
-    def _backward(self, grad_results: torch.Tensor, noises) -> list[torch.Tensor]:
+    def _backward(self, grad_results: torch.Tensor, noise: "_StepNoise | None") -> list[torch.Tensor]:
         """The gradient of every weight (in `Runtime.weights` order), given the results' gradient,
-        after the forward replay with the same `noises` (whose masks the forward kept): batch by batch
+        after the forward replay with the same `noise` (the masks it drew): batch by batch
         in reverse schedule order, with the forward's batching and layout.
 
         Gradient arenas mirror the arenas: a batch reads its outputs' gradients as the same rows its
@@ -325,8 +326,9 @@ class Executable:
         runtime = self._runtime
         grads = [torch.zeros_like(a) for a in self.arenas]
         grads[self._result_index].index_add_(0, self._result_rows, grad_results.to(self.device))
-        if noises is self._quiet and self._replay_native.can_backward():
-            return self._native_backward(grads)
+        if self._replay_native.can_backward():
+            return self._native_backward(grads, noise)
+        noises = self._quiet if noise is None else noise.batches()
         with torch.enable_grad():
             weights = {name: w.detach().requires_grad_() for name, w in runtime.weights.items()}
             bound = runtime.bound(weights)
@@ -363,13 +365,14 @@ class Executable:
         return [w.grad if w.grad is not None else torch.zeros_like(w) for w in weights.values()]
 
 
-    def _native_backward(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _native_backward(self, grads: list[torch.Tensor], noise: "_StepNoise | None") -> list[torch.Tensor]:
         """`_backward` in the native core: the same batch loop in reverse, each batch's program
         differentiated instruction by instruction. The core returns the gradients of the programs'
         parameter rows; autograd takes them back to the weights once, through the rows as made from
         the weights (stacked, repeated, derived tables)."""
         runtime = self._runtime
-        by_type = self._replay_native.backward(grads)
+        by_type = self._replay_native.backward(grads) if noise is None else \
+            self._replay_native.backward(grads, noise.seed, noise.keys)
         with torch.enable_grad():
             weights = {name: w.detach().requires_grad_() for name, w in runtime.weights.items()}
             bound = runtime.bound(weights)
@@ -387,18 +390,34 @@ class Executable:
         return [w.grad if w.grad is not None else torch.zeros_like(w) for w in weights.values()]
 
 
+class _StepNoise:
+    """A training step's dropout draws for one mini-batch: the step's seed and each schedule
+    position's cell call key (int64, CPU), from which the core draws its masks; for Python kernels,
+    each batch's `Noise` (made once: it keeps the masks the forward drew for the backward)."""
+
+    def __init__(self, seed: int, keys: torch.Tensor, bounds: list[int], device: torch.device):
+        self.seed, self.keys, self._bounds, self._device = seed, keys, bounds, device
+        self._batches: list[Noise] | None = None
+
+    def batches(self) -> list[Noise]:
+        if self._batches is None:
+            keys, b = self.keys.to(self._device), self._bounds
+            self._batches = [Noise(self.seed, keys[lo:hi]) for lo, hi in zip(b[:-1], b[1:])]
+        return self._batches
+
+
 class _PlanFunction(torch.autograd.Function):
     """A compiled mini-batch's results as a function of the model's weights."""
 
     @staticmethod
-    def forward(ctx, executable: Executable, noises, *weights: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, executable: Executable, noise, *weights: torch.Tensor) -> torch.Tensor:
         ctx.executable = executable
-        ctx.noises = noises  # the backward's recompute reuses the masks the forward drew into them
-        return executable._replay(noises, keep=True)
+        ctx.noise = noise  # the backward draws the forward's masks again (or reuses those it kept)
+        return executable._replay(noise, keep=True)
 
     @staticmethod
     def backward(ctx, grad_results: torch.Tensor):
-        return (None, None, *ctx.executable._backward(grad_results, ctx.noises))
+        return (None, None, *ctx.executable._backward(grad_results, ctx.noise))
 
 
 def _token_inputs(graph: Graph, schedule: Schedule, device) -> dict[int, list[torch.Tensor]]:

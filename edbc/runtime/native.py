@@ -5,8 +5,9 @@ each internal batch becomes one instruction on column ranges of `[k, width]` bas
 exactly as the generated Python kernel (`kernels.py`) slices them; on the CPU the core
 runs affines as one sgemm on the rows in place, matrix products one sgemm per row, each
 run of elementwise instructions as one fused pass over the rows, and embeddings and
-softmaxes through ATen. A cell with an op that has no instruction (the op table's
-`native` field is None: dropout in training, ...) or a batch shape the instructions do
+softmaxes through ATen; dropout in training draws the Python kernels' masks (the same hash of
+the step's seed, the row's cell call, the op's site and the column). A cell with an op that has
+no instruction (the op table's `native` field is None) or a batch shape the instructions do
 not cover lowers to None and runs its Python kernel, called from the replay loop.
 
 `native_replay` hands a compiled mini-batch's flat arrays (schedule, operand table,
@@ -25,11 +26,11 @@ from ..spec.ops import OPS, set_reduction_of
 from ..spec.program import TOKEN, affine_terms, value_uses
 
 # The core's opcodes, in its order (`enum Code`); the op table's `native` field names one.
-OPCODES = ("add", "sub", "mul", "div", "addcmul", "lerp", "sigmoid", "tanh", "relu", "exp", "copy",
+OPCODES = ("add", "sub", "mul", "div", "addcmul", "lerp", "sigmoid", "tanh", "relu", "exp", "copy", "dropout",
            "affine", "affine_add", "embed", "log_softmax", "softmax", "matmul", "matmul_add", "matvec")
 CODE = {name: i for i, name in enumerate(OPCODES)}
 SET_HOWS = ("set_sum", "set_mean", "set_max")  # the core's `SetHow`
-FIELDS = 12  # code, dst base, dst col, width, three (base, col) operands, the left operand's [p, q]
+FIELDS = 12  # code, dst base, dst col, width, three (base, col) operands, the left operand's [p, q] (dropout: site, rate)
 NONE = -(2 ** 63)  # an operand field not used
 
 
@@ -109,7 +110,7 @@ class _Lowering:
         op = program.ops[step.ops[0]]
         opdef = OPS[op.kind]
         m = len(step.ops)
-        if opdef.native is None or opdef.noisy:
+        if opdef.native is None:
             raise NotNative(op.kind)
         if len(op.outs) != 1:
             raise NotNative(f"{op.kind} with {len(op.outs)} outputs")
@@ -119,6 +120,10 @@ class _Lowering:
             return  # its products accumulated into its destination already
         if any(o.kind in (BROADCAST, TOKENS) for o in step.operands):
             raise NotNative("a broadcast or stacked-token operand")
+        if op.kind == "dropout":  # the core draws training's masks as `dropout_keep` does; [p, q] = site, rate
+            self._emit("dropout", dst, width, self._operand(step.operands[0], m, weights),
+                       left=(op.attr("site"), op.attr("rate")))
+            return
         if opdef.elementwise:
             args = [self._operand(o, m, weights) for o in step.operands]
             if op.kind == "sum":

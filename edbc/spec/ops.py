@@ -383,7 +383,7 @@ def _dropout_impl(args, attrs, noise: Noise | None = None):
 
 @_register("dropout", "dropout(x, percent): in training, zero each entry with probability percent/100 (an "
                       "integer 0..99, or a dimension) and scale the rest by 100/(100-percent); at inference, x",
-           _dropout_impl, 1, attrs=("rate",), noisy=True)
+           _dropout_impl, 1, attrs=("rate",), noisy=True, native="dropout")
 def _dropout(ops, attrs):
     _count(ops, "dropout", 1)
     _needs_value(ops, "dropout")
